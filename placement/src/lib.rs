@@ -1,0 +1,1 @@
+//! The placement driver: cluster model, schedulers as pure functions (model -> operators), ID allocation, and the route table.
