@@ -91,6 +91,9 @@ pub fn apply(current: &ConfState, change: &ConfChange) -> Result<ConfState, Conf
     }
     let mut next = current.clone();
     if change.uses_joint() {
+        if current.voters.is_empty() {
+            return Err(ConfChangeError::NoVoters);
+        }
         next.voters_outgoing = current.voters.clone();
         next.auto_leave = change.transition != Transition::Explicit;
     }

@@ -43,7 +43,8 @@ pub struct Config {
     /// followers ignore campaigns while they hear from a leader.
     pub check_quorum: bool,
     pub read_mode: ReadMode,
-    /// The index the caller's state machine has applied (0 for a new replica).
+    /// The index the caller's state machine has applied (0 for a new replica). Never below
+    /// the storage's snapshot index: a lower value is raised to it.
     pub applied: Index,
     /// Seeds the election-timeout randomness; with the same inputs a replica behaves the same.
     pub seed: u64,

@@ -76,8 +76,11 @@ pub(crate) struct RaftLog<S> {
 }
 
 impl<S: Storage> RaftLog<S> {
+    /// `applied` is raised to the storage's snapshot index: the state machine the caller
+    /// restored includes everything the snapshot covers.
     pub fn new(storage: S, committed: Index, applied: Index) -> Result<Self, StorageError> {
         let last = storage.last_index()?;
+        let snapshot_index = storage.first_index()? - 1;
         Ok(RaftLog {
             storage,
             unstable: Unstable {
@@ -85,8 +88,8 @@ impl<S: Storage> RaftLog<S> {
                 offset: last + 1,
                 entries: Vec::new(),
             },
-            committed,
-            applied,
+            committed: committed.max(snapshot_index),
+            applied: applied.max(snapshot_index),
             persisted: last,
         })
     }

@@ -5,7 +5,7 @@ use crate::message::MessageKind;
 use crate::raft::Raft;
 use crate::replication::EmptyAppend;
 use crate::storage::Storage;
-use crate::types::{ConfState, LogPosition, NodeId, Payload, Role};
+use crate::types::{ConfState, Entry, LogPosition, NodeId, Payload, Role};
 use crate::Error;
 
 impl<S: Storage> Raft<S> {
@@ -14,6 +14,25 @@ impl<S: Storage> Raft<S> {
     /// does.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<LogPosition, Error> {
         self.propose_payload(Payload::Normal(data))
+    }
+
+    /// Proposes several entries at once: all are appended, then one round of appends goes
+    /// out, so followers receive them in as few messages as `max_msg_bytes` allows. All or
+    /// none are accepted.
+    pub fn propose_batch(&mut self, batch: Vec<Vec<u8>>) -> Result<Vec<LogPosition>, Error> {
+        self.wake();
+        self.check_can_propose()?;
+        let size: u64 = batch
+            .iter()
+            .map(|data| Entry::OVERHEAD_BYTES + data.len() as u64)
+            .sum();
+        self.check_uncommitted_room(size)?;
+        let positions = batch
+            .into_iter()
+            .map(|data| self.append_entry(Payload::Normal(data)))
+            .collect();
+        self.broadcast_append()?;
+        Ok(positions)
     }
 
     /// Proposes a membership change. Only one may be in flight: the next is refused until this
@@ -45,20 +64,21 @@ impl<S: Storage> Raft<S> {
     fn propose_payload(&mut self, payload: Payload) -> Result<LogPosition, Error> {
         self.wake();
         self.check_can_propose()?;
-        let size = crate::types::Entry {
-            term: 0,
-            index: 0,
-            payload: payload.clone(),
-        }
-        .size_bytes();
+        self.check_uncommitted_room(Entry::OVERHEAD_BYTES + payload.size_bytes())?;
+        let position = self.append_entry(payload);
+        self.broadcast_append()?;
+        Ok(position)
+    }
+
+    /// Refuses more than `max_uncommitted_bytes` in flight, but always admits a proposal when
+    /// nothing is in flight, so a single large entry cannot wedge the group.
+    fn check_uncommitted_room(&self, size: u64) -> Result<(), Error> {
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes + size > self.config.max_uncommitted_bytes
         {
             return Err(Error::TooManyUncommittedBytes);
         }
-        let position = self.append_entry(payload);
-        self.broadcast_append()?;
-        Ok(position)
+        Ok(())
     }
 
     /// Applies a committed membership change; the caller calls this when it applies the

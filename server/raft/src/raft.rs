@@ -42,8 +42,9 @@ pub struct Raft<S: Storage> {
     pub(crate) election_elapsed_ticks: u32,
     pub(crate) heartbeat_elapsed_ticks: u32,
     pub(crate) randomized_election_timeout_ticks: u32,
-    /// Restarted with state: refuse votes for an election timeout, as if a leader had just
-    /// been heard, so a lease granted before the crash is honoured.
+    /// Started with state in lease mode: refuse votes for an election timeout, as if a leader
+    /// had just been heard, so a lease this replica helped grant before a crash is honoured.
+    /// Only lease reads depend on it, so other modes elect without the delay.
     pub(crate) restart_guard: bool,
     rng: SeededRng,
     pub(crate) lead_transferee: Option<NodeId>,
@@ -104,7 +105,7 @@ impl<S: Storage> Raft<S> {
             election_elapsed_ticks: 0,
             heartbeat_elapsed_ticks: 0,
             randomized_election_timeout_ticks: config.election_timeout_ticks,
-            restart_guard: hard_state.term > 0,
+            restart_guard: hard_state.term > 0 && config.read_mode == ReadMode::LeaseBased,
             lead_transferee: None,
             timeout_now_sent: false,
             pending_conf_index: 0,

@@ -236,10 +236,8 @@ impl<S: Storage> Raft<S> {
             self.respond_append(from, result);
             return Ok(());
         }
-        if !metadata.conf_state.members().contains(&self.id()) {
-            // Not for us (we were removed); nothing changes.
-            return Ok(());
-        }
+        // The snapshot's configuration may not name us: it can predate our (re-)addition,
+        // which the entries after it carry. It is committed state either way, so install it.
         if self.log.match_term(index, metadata.term)? {
             // We already hold the snapshot's last entry: just fast-forward the commit.
             self.log.commit_to(index);

@@ -69,7 +69,44 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
-    /// A fresh replica of a new group whose members are `conf_state`.
+    /// The first member of a new group: the log starts after a snapshot at
+    /// [`MemStorage::BOOTSTRAP_INDEX`] that holds the initial membership and `data`.
+    ///
+    /// Starting past index 0 matters: a replica added later starts empty (last index 0), so
+    /// the leader finds the entries it needs compacted and must send a snapshot, which carries
+    /// the configuration. Without it the new replica would apply membership changes to an
+    /// empty configuration.
+    pub fn bootstrap(conf_state: ConfState, data: Vec<u8>) -> Self {
+        let position = LogPosition {
+            term: Self::BOOTSTRAP_INDEX,
+            index: Self::BOOTSTRAP_INDEX,
+        };
+        MemStorage {
+            hard_state: HardState {
+                term: position.term,
+                vote: None,
+                commit: position.index,
+            },
+            snapshot: Snapshot {
+                metadata: SnapshotMetadata {
+                    index: position.index,
+                    term: position.term,
+                    conf_state: conf_state.clone(),
+                },
+                data,
+            },
+            conf_state,
+            dummy: position,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Index (and term) of the snapshot every bootstrapped group starts from.
+    pub const BOOTSTRAP_INDEX: Index = 1;
+
+    /// A fresh replica whose members are `conf_state`, with an empty log from index 1. Fine
+    /// when every member starts this way (tests); a replica added later must start empty
+    /// (`MemStorage::default()`) and receive a snapshot, see [`MemStorage::bootstrap`].
     pub fn new_with_conf_state(conf_state: ConfState) -> Self {
         MemStorage {
             snapshot: Snapshot {

@@ -27,6 +27,17 @@ pub enum Payload {
     ConfChange(ConfChange),
 }
 
+impl Payload {
+    /// Bytes of content, as counted by the byte limits (without the per-entry overhead).
+    pub fn size_bytes(&self) -> u64 {
+        match self {
+            Payload::Empty => 0,
+            Payload::Normal(data) => data.len() as u64,
+            Payload::ConfChange(change) => 16 * change.changes.len() as u64,
+        }
+    }
+}
+
 /// One log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -41,12 +52,7 @@ impl Entry {
 
     /// The size this entry counts for against `max_msg_bytes` and the other byte limits.
     pub fn size_bytes(&self) -> u64 {
-        let payload = match &self.payload {
-            Payload::Empty => 0,
-            Payload::Normal(data) => data.len() as u64,
-            Payload::ConfChange(change) => 16 * change.changes.len() as u64,
-        };
-        Self::OVERHEAD_BYTES + payload
+        Self::OVERHEAD_BYTES + self.payload.size_bytes()
     }
 
     /// Where this entry sits in the log.
