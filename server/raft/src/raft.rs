@@ -59,8 +59,9 @@ pub struct Raft<S: Storage> {
     pub(crate) leader_ticks: u64,
     /// Heartbeat rounds: each broadcast gets the next number.
     pub(crate) heartbeat_round: u64,
-    /// First round of this leadership.
-    pub(crate) term_first_round: u64,
+    /// The first heartbeat round that may ground a lease: rounds of this leadership, sent
+    /// since the group last woke.
+    pub(crate) lease_first_round: u64,
     /// (first round sent in a tick, that tick), for the last election timeout of ticks.
     pub(crate) round_ticks: VecDeque<(u64, u64)>,
     /// Reads registered for a round not yet broadcast.
@@ -113,7 +114,7 @@ impl<S: Storage> Raft<S> {
             term_start_index: 0,
             leader_ticks: 0,
             heartbeat_round: 0,
-            term_first_round: 1,
+            lease_first_round: 1,
             round_ticks: VecDeque::new(),
             heartbeat_round_pending: false,
             pending_reads: VecDeque::new(),
@@ -271,8 +272,13 @@ impl<S: Storage> Raft<S> {
                 to: message.to,
             });
         }
-        let quiescing = matches!(message.kind, MessageKind::Heartbeat { quiesce: true, .. });
-        if !quiescing {
+        // Heartbeat answers carry no work: the answers to a quiescing heartbeat must not undo
+        // it. If one shows a follower behind, the leader wakes when it sends the catch-up.
+        let quiet = matches!(
+            message.kind,
+            MessageKind::Heartbeat { quiesce: true, .. } | MessageKind::HeartbeatResponse { .. }
+        );
+        if !quiet {
             self.wake();
         }
         if !self.step_term(&message)? {
@@ -497,7 +503,7 @@ impl<S: Storage> Raft<S> {
         }
         // Any unapplied entry may be a membership change: allow no new one until all apply.
         self.pending_conf_index = self.log.last_index();
-        self.term_first_round = self.heartbeat_round + 1;
+        self.lease_first_round = self.heartbeat_round + 1;
         // §5.4.2 / §8: a no-op of our term lets us commit entries of earlier terms.
         let position = self.append_entry(crate::types::Payload::Empty);
         self.term_start_index = position.index;

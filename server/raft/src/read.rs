@@ -111,7 +111,7 @@ impl<S: Storage> Raft<S> {
             return false;
         }
         let acked = self.quorum_acked_round();
-        if acked < self.term_first_round {
+        if acked < self.lease_first_round {
             return false;
         }
         // The tick at which the acknowledged round was sent.
@@ -187,6 +187,10 @@ impl<S: Storage> Raft<S> {
         self.quiesced = false;
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
+        // Leader ticks stood still while quiesced, so rounds acknowledged before say nothing
+        // about now: a lease needs a round sent after waking.
+        self.lease_first_round = self.heartbeat_round + 1;
+        self.round_ticks.clear();
         for progress in self.progress.values_mut() {
             progress.recent_active = true;
         }

@@ -341,6 +341,7 @@ impl<S: Storage> Raft<S> {
         progress.commit_known = progress.commit_known.max(commit);
         progress.round_acked = progress.round_acked.max(round);
         if progress.matched < last_index || progress.commit_known < self.log.committed {
+            self.wake();
             self.send_append(from, EmptyAppend::Send)?;
         }
         self.release_confirmed_reads();

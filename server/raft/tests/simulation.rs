@@ -18,14 +18,14 @@ fn replay_command(seed: u64) -> String {
     format!("RSHARD_SIM_SEED={seed} cargo test --release -p rshard-raft --test simulation replay -- --nocapture")
 }
 
-/// Runs one seed; on a violation or a panic anywhere, fails with the seed and how to replay.
-fn run_seed(seed: u64, trace: bool) -> sim::world::SimStats {
+/// Runs one seed; returns its counters, or the violation (or panic) with how to replay it.
+fn run_seed(seed: u64, trace: bool) -> Result<sim::world::SimStats, String> {
     let options = SimOptions::from_seed(seed);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         World::new(options.clone(), trace).run()
     }));
     let failure = match outcome {
-        Ok(Ok(stats)) => return stats,
+        Ok(Ok(stats)) => return Ok(stats),
         Ok(Err(violation)) => violation,
         Err(panic) => {
             let text = panic
@@ -36,40 +36,47 @@ fn run_seed(seed: u64, trace: bool) -> sim::world::SimStats {
             format!("panic: {text}")
         }
     };
-    panic!(
+    Err(format!(
         "simulation seed {seed} failed: {failure}\noptions: {options:?}\nreplay: {}",
         replay_command(seed)
-    );
+    ))
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// Runs this part's share of the seeds. Stops at the first failure, unless
+/// `RSHARD_SIM_KEEP_GOING` is set, in which case it counts every failing seed (used to
+/// measure how often a planted bug is caught).
 fn run_part(part: u64) {
     if std::env::var("RSHARD_SIM_SEED").is_ok() {
         return; // replaying one seed: only `replay` runs
     }
-    let total = std::env::var("RSHARD_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(DEFAULT_SEEDS);
-    let base = std::env::var("RSHARD_SIM_BASE_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0);
+    let total = env_u64("RSHARD_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let base = env_u64("RSHARD_SIM_BASE_SEED").unwrap_or(0);
+    let keep_going = std::env::var("RSHARD_SIM_KEEP_GOING").is_ok();
     let mut totals = sim::world::SimStats::default();
-    let mut seeds = 0;
+    let (mut passed, mut failures) = (0, Vec::new());
     for seed in (base..base + total).filter(|seed| seed % PARTS == part) {
-        let stats = run_seed(seed, false);
-        seeds += 1;
-        totals.ticks += stats.ticks;
-        totals.elections += stats.elections;
-        totals.proposals_acknowledged += stats.proposals_acknowledged;
-        totals.crashes += stats.crashes;
-        totals.partitions += stats.partitions;
-        totals.conf_changes += stats.conf_changes;
-        totals.snapshots_installed += stats.snapshots_installed;
-        totals.reads_served += stats.reads_served;
-        totals.checks += stats.checks;
+        match run_seed(seed, false) {
+            Ok(stats) => {
+                passed += 1;
+                totals.add(&stats);
+            }
+            Err(report) if keep_going => {
+                println!("{}", report.lines().next().unwrap_or_default());
+                failures.push(seed);
+            }
+            Err(report) => panic!("{report}"),
+        }
     }
-    println!("part {part}: {seeds} seeds passed; totals {totals:?}");
+    println!("part {part}: {passed} seeds passed; totals {totals:?}");
+    assert!(
+        failures.is_empty(),
+        "part {part}: {} seeds failed: {failures:?}",
+        failures.len()
+    );
 }
 
 #[test]
@@ -95,11 +102,10 @@ fn simulation_seeds_part_3() {
 /// Replays the seed in `RSHARD_SIM_SEED` with a trace of every fault and leader change.
 #[test]
 fn replay() {
-    if let Some(seed) = std::env::var("RSHARD_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        let stats = run_seed(seed, true);
-        println!("seed {seed} passed: {stats:?}");
+    if let Some(seed) = env_u64("RSHARD_SIM_SEED") {
+        match run_seed(seed, true) {
+            Ok(stats) => println!("seed {seed} passed: {stats:?}"),
+            Err(report) => panic!("{report}"),
+        }
     }
 }

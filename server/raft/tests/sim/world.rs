@@ -25,6 +25,8 @@ pub struct SimOptions {
     pub check_quorum: bool,
     pub max_inflight_msgs: usize,
     pub max_msg_bytes: u64,
+    pub election_timeout_ticks: u32,
+    pub heartbeat_interval_ticks: u32,
     pub faults: NetworkFaults,
     pub fault_ticks: u64,
     pub heal_limit_ticks: u64,
@@ -61,6 +63,9 @@ impl SimOptions {
             pre_vote: rng.chance(0.8),
             check_quorum,
             max_inflight_msgs: 1 + rng.below(4) as usize,
+            // Timeouts from "generous" to "barely above the round trip", for more churn.
+            election_timeout_ticks: 5 + rng.below(15) as u32,
+            heartbeat_interval_ticks: 1 + rng.below(3) as u32,
             // Often one entry per append, so an old entry and a new leader's no-op travel apart.
             max_msg_bytes: 1 + rng.below(150),
             faults: NetworkFaults {
@@ -139,7 +144,27 @@ pub struct SimStats {
     pub snapshots_installed: u64,
     pub reads_served: u64,
     pub elections: usize,
+    pub quiesces: u64,
+    pub transfers: u64,
+    pub lease_reads: u64,
     pub checks: u64,
+}
+
+impl SimStats {
+    pub fn add(&mut self, other: &SimStats) {
+        self.ticks += other.ticks;
+        self.proposals_acknowledged += other.proposals_acknowledged;
+        self.crashes += other.crashes;
+        self.partitions += other.partitions;
+        self.conf_changes += other.conf_changes;
+        self.snapshots_installed += other.snapshots_installed;
+        self.reads_served += other.reads_served;
+        self.elections += other.elections;
+        self.quiesces += other.quiesces;
+        self.transfers += other.transfers;
+        self.lease_reads += other.lease_reads;
+        self.checks += other.checks;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +185,8 @@ pub struct World {
     acknowledged: BTreeSet<u64>,
     /// Pending reads: context -> highest commit anywhere when requested.
     reads: BTreeMap<u64, u64>,
+    /// The client writes nothing until this tick (bursty load lets groups quiesce).
+    idle_until: u64,
     stats: SimStats,
     trace: bool,
 }
@@ -182,6 +209,7 @@ impl World {
             next_request: 1,
             acknowledged: BTreeSet::new(),
             reads: BTreeMap::new(),
+            idle_until: 0,
             stats: SimStats::default(),
             trace,
             options,
@@ -214,8 +242,8 @@ impl World {
 
     fn config(&self, id: NodeId, applied: u64) -> Config {
         let mut config = Config::new(id);
-        config.election_timeout_ticks = 10;
-        config.heartbeat_interval_ticks = 2;
+        config.election_timeout_ticks = self.options.election_timeout_ticks;
+        config.heartbeat_interval_ticks = self.options.heartbeat_interval_ticks;
         config.max_inflight_msgs = self.options.max_inflight_msgs;
         config.max_msg_bytes = self.options.max_msg_bytes;
         config.pre_vote = self.options.pre_vote;
@@ -500,16 +528,25 @@ impl World {
 
     fn client_actions(&mut self) -> SimResult {
         let options = self.options.clone();
-        if self.rng.chance(options.proposal_probability) {
+        let idle = self.now < self.idle_until;
+        if !idle && self.rng.chance(0.01) {
+            self.idle_until = self.now + 20 + self.rng.below(60);
+        }
+        if !idle && self.rng.chance(options.proposal_probability) {
             self.propose()?;
         }
-        if self.rng.chance(options.read_probability) {
+        let read_probability = if idle {
+            options.read_probability / 4.0
+        } else {
+            options.read_probability
+        };
+        if self.rng.chance(read_probability) {
             self.read()?;
         }
-        if self.rng.chance(options.conf_change_probability) {
+        if !idle && self.rng.chance(options.conf_change_probability) {
             self.change_membership()?;
         }
-        if self.rng.chance(options.transfer_probability) {
+        if !idle && self.rng.chance(options.transfer_probability) {
             self.transfer()?;
         }
         if self.rng.chance(options.campaign_probability) {
@@ -523,9 +560,15 @@ impl World {
         if self.rng.chance(options.compact_probability) {
             self.compact()?;
         }
-        if self.rng.chance(options.quiesce_probability) {
+        let quiesce_probability = if idle {
+            0.3
+        } else {
+            options.quiesce_probability
+        };
+        if self.rng.chance(quiesce_probability) {
             if let Some(leader) = self.rng.pick(&self.leaders()) {
                 if self.raft(leader).is_some_and(|r| r.quiesce()) {
+                    self.stats.quiesces += 1;
                     self.log(|| format!("leader {leader} quiesces"));
                 }
             }
@@ -562,6 +605,9 @@ impl World {
         let context = self.next_request;
         self.next_request += 1;
         self.reads.insert(context, self.checker.max_commit);
+        if self.raft(id).is_some_and(|r| r.has_lease()) {
+            self.stats.lease_reads += 1;
+        }
         let result = self
             .raft(id)
             .map(|r| r.read_index(context.to_le_bytes().to_vec()));
@@ -665,6 +711,9 @@ impl World {
             return Ok(());
         };
         let result = self.raft(leader).map(|r| r.transfer_leader(to));
+        if matches!(result, Some(Ok(()))) && to != leader {
+            self.stats.transfers += 1;
+        }
         self.expected_refusal(result)?;
         self.observe(leader)
     }
@@ -798,7 +847,7 @@ impl World {
         self.log(|| "healing: all nodes up, network perfect".to_string());
         let deadline = self.now + self.options.heal_limit_ticks;
         // A fresh proposal must commit; like a real client, retry it if a leader change lost it.
-        let retry_after_ticks = 5 * 10;
+        let retry_after_ticks = 5 * u64::from(self.options.election_timeout_ticks);
         let mut probe: Option<(u64, u64)> = None;
         while self.now < deadline {
             self.step(Phase::Heal)?;
