@@ -195,17 +195,13 @@ fn in_lease_mode_a_restarted_voter_ignores_vote_requests_for_an_election_timeout
     cluster.tick(3, 1);
     cluster.handle(3); // whatever 3 does on its own at the timeout
     cluster.in_flight.clear();
-    cluster.inject(vote_request(2, 3, term + 1, candidate_last));
-    let ready = cluster.take_ready(3);
+    let answers = cluster.persisted_answers_to(vote_request(2, 3, term + 1, candidate_last));
     assert!(
-        ready
-            .persisted_messages
+        answers
             .iter()
             .any(|m| m.to == 2 && m.kind == MessageKind::VoteResponse { reject: false }),
-        "{:?}",
-        ready.persisted_messages
+        "{answers:?}"
     );
-    cluster.finish_ready(3, ready);
     assert_eq!(cluster.node(3).term(), term + 1);
 }
 

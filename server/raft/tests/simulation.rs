@@ -1,6 +1,6 @@
 //! The seeded cluster simulation of the Raft core (see `sim/mod.rs` for what it checks).
 //!
-//! `cargo test -p rshard-raft --test simulation` runs 2,000 seeds split over four tests;
+//! `cargo test -p rshard-raft --test simulation` runs 5,000 seeds split over four tests;
 //! `RSHARD_SIM_SEEDS=N` runs N instead; `RSHARD_SIM_SEED=S` replays one seed with a trace.
 //! A failure prints its seed and the command that replays it.
 
@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use sim::world::{SimOptions, World};
 
-const DEFAULT_SEEDS: u64 = 2_000;
+const DEFAULT_SEEDS: u64 = 5_000;
 const PARTS: u64 = 4;
 
 fn replay_command(seed: u64) -> String {

@@ -48,7 +48,13 @@ pub struct Handled {
 
 /// Performs every duty for one Ready, in the documented order, and advances.
 pub fn handle_ready(raft: &mut Raft<MemStorage>) -> Handled {
-    let mut ready = raft.ready().expect("ready");
+    let ready = raft.ready().expect("ready");
+    perform_duties(raft, ready)
+}
+
+/// The caller's duties for a Ready already taken: send early, persist, send the rest, apply,
+/// advance.
+pub fn perform_duties(raft: &mut Raft<MemStorage>, mut ready: Ready) -> Handled {
     let mut messages = std::mem::take(&mut ready.messages);
     persist(raft, &ready);
     messages.append(&mut ready.persisted_messages);
@@ -133,12 +139,7 @@ impl Cluster {
             return;
         }
         let handled = handle_ready(node);
-        self.in_flight.extend(handled.messages);
-        self.applied.entry(id).or_default().extend(handled.applied);
-        self.read_states
-            .entry(id)
-            .or_default()
-            .extend(handled.read_states);
+        self.record(id, handled);
     }
 
     /// Delivers one queued message (dropping it if its link is cut). False if none queued.
@@ -319,17 +320,29 @@ impl Cluster {
 
     /// Performs the duties for a Ready taken with [`Cluster::take_ready`], exactly as
     /// [`Cluster::handle`] does, queueing its messages.
-    pub fn finish_ready(&mut self, id: u64, mut ready: Ready) {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        let mut messages = std::mem::take(&mut ready.messages);
-        persist(node, &ready);
-        messages.append(&mut ready.persisted_messages);
-        let applied = apply(node, &mut ready);
-        let read_states = std::mem::take(&mut ready.read_states);
-        node.advance(ready).expect("advance");
-        self.in_flight.extend(messages);
-        self.applied.entry(id).or_default().extend(applied);
-        self.read_states.entry(id).or_default().extend(read_states);
+    pub fn finish_ready(&mut self, id: u64, ready: Ready) {
+        let handled = perform_duties(self.node_mut(id), ready);
+        self.record(id, handled);
+    }
+
+    fn record(&mut self, id: u64, handled: Handled) {
+        self.in_flight.extend(handled.messages);
+        self.applied.entry(id).or_default().extend(handled.applied);
+        self.read_states
+            .entry(id)
+            .or_default()
+            .extend(handled.read_states);
+    }
+
+    /// Delivers `request` straight to its recipient, handles the Ready it causes, and returns
+    /// the answers that had to wait for persistence (votes, acknowledgements).
+    pub fn persisted_answers_to(&mut self, request: Message) -> Vec<Message> {
+        let to = request.to;
+        self.inject(request);
+        let ready = self.take_ready(to);
+        let answers = ready.persisted_messages.clone();
+        self.finish_ready(to, ready);
+        answers
     }
 
     /// Delivers `message` at once, as if it had arrived from the network (links ignored).
