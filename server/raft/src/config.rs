@@ -13,7 +13,8 @@ pub enum ReadMode {
     /// a heartbeat sent less than an election timeout ago, and followers will not elect
     /// anyone else within an election timeout of hearing from us. Requires `check_quorum`, and
     /// assumes ticks advance at the same rate on every replica. Falls back to `Safe` whenever
-    /// no lease is held (after election, transfer, quiescence).
+    /// no lease is held (after election, transfer, quiescence). Every replica of a group must
+    /// use the same read mode: a restarted replica honours leases only in this mode.
     LeaseBased,
 }
 
@@ -27,11 +28,15 @@ pub struct Config {
     pub election_timeout_ticks: u32,
     /// The leader sends heartbeats every this many ticks.
     pub heartbeat_interval_ticks: u32,
+    /// A snapshot sent and not acknowledged within this many ticks is presumed lost and sent
+    /// again. Large snapshots need long; the driver reports failures sooner.
+    pub snapshot_timeout_ticks: u32,
     /// Appends in flight to one follower in the replicate state.
     pub max_inflight_msgs: usize,
     /// Entry bytes in one append (at least one entry is always sent).
     pub max_msg_bytes: u64,
-    /// Bytes of proposed but uncommitted entries the leader accepts before refusing.
+    /// Bytes of entries this leader proposed and has not yet handed out for applying; past it,
+    /// proposals are refused until the log drains.
     pub max_uncommitted_bytes: u64,
     /// Bytes of committed entries handed out in one Ready.
     pub max_apply_bytes: u64,
@@ -57,6 +62,7 @@ impl Config {
             id,
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
+            snapshot_timeout_ticks: 600,
             max_inflight_msgs: 256,
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
@@ -77,8 +83,10 @@ impl Config {
             "heartbeat_interval_ticks must be positive"
         } else if self.election_timeout_ticks <= self.heartbeat_interval_ticks {
             "election_timeout_ticks must exceed heartbeat_interval_ticks"
-        } else if self.max_inflight_msgs == 0 {
-            "max_inflight_msgs must be positive"
+        } else if self.max_inflight_msgs == 0 || self.max_pending_reads == 0 {
+            "max_inflight_msgs and max_pending_reads must be positive"
+        } else if self.snapshot_timeout_ticks == 0 {
+            "snapshot_timeout_ticks must be positive"
         } else if self.max_msg_bytes == 0 || self.max_apply_bytes == 0 {
             "byte limits must be positive"
         } else if self.read_mode == ReadMode::LeaseBased && !self.check_quorum {

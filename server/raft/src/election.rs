@@ -24,6 +24,11 @@ impl<S: Storage> Raft<S> {
         if !self.is_promotable() {
             return Err(Error::NotVoter(self.id()));
         }
+        if self.role != Role::Leader && self.in_leader_lease() {
+            return Err(Error::LeaderAlive {
+                leader: self.leader,
+            });
+        }
         self.hup(CampaignKind::Election)
     }
 
@@ -44,9 +49,6 @@ impl<S: Storage> Raft<S> {
     }
 
     fn has_unapplied_conf_change(&self) -> Result<bool, Error> {
-        if self.log.applied >= self.log.committed {
-            return Ok(false);
-        }
         let entries = self.log.unapplied_committed(u64::MAX)?;
         Ok(entries
             .iter()
@@ -114,10 +116,7 @@ impl<S: Storage> Raft<S> {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.real_campaign(CampaignKind::Election)
             }
-            VoteResult::Won => {
-                self.become_leader()?;
-                self.broadcast_append()
-            }
+            VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
                 // Pre-vote responses may carry a future term: stay in ours (§9.6).
                 self.become_follower(self.term, None);
@@ -147,12 +146,12 @@ impl<S: Storage> Raft<S> {
             || (self.vote.is_none() && self.leader.is_none())
             || (pre_vote && message.term > self.term);
         let granted = can_vote && self.log.is_up_to_date(last_index, last_term)?;
-        let (term, kind) = match (pre_vote, granted) {
-            (true, _) => (
-                if granted { message.term } else { self.term },
-                MessageKind::PreVoteResponse { reject: !granted },
-            ),
-            (false, _) => (self.term, MessageKind::VoteResponse { reject: !granted }),
+        let (term, kind) = if pre_vote {
+            // A granted pre-vote answers in the term it was asked for (§9.6).
+            let term = if granted { message.term } else { self.term };
+            (term, MessageKind::PreVoteResponse { reject: !granted })
+        } else {
+            (self.term, MessageKind::VoteResponse { reject: !granted })
         };
         if granted && !pre_vote {
             self.election_elapsed_ticks = 0;

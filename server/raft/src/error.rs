@@ -1,4 +1,5 @@
-//! The errors the core returns. Each leaves the replica's state unchanged.
+//! The errors the core returns. Each leaves the replica's state unchanged, except
+//! `Storage`, after which the group must stop.
 
 use thiserror::Error;
 
@@ -29,6 +30,13 @@ pub enum Error {
     TooManyPendingReads,
     #[error("message addressed to {to} delivered to {id}")]
     WrongRecipient { id: NodeId, to: NodeId },
+    /// A peer sent a message no correct replica sends; it was dropped.
+    #[error("malformed message from {from}: {reason}")]
+    MalformedMessage { from: NodeId, reason: &'static str },
+    /// A leader was heard within an election timeout (or, in lease mode, this replica just
+    /// restarted): campaigning now could break its lease. Use `transfer_leader` instead.
+    #[error("a leader ({leader:?}) is alive; transfer leadership instead of campaigning")]
+    LeaderAlive { leader: Option<NodeId> },
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),
     /// The storage failed; the group must stop.

@@ -305,9 +305,12 @@ impl<S: Storage> RaftLog<S> {
         self.slice(low, self.applicable() + 1, max_bytes)
     }
 
-    /// Committed entries not yet applied, to look for pending membership changes.
+    /// Committed entries not yet applied, to look for pending membership changes. Entries a
+    /// snapshot (not yet applied) replaced are not among them: the snapshot carries their
+    /// configuration.
     pub fn unapplied_committed(&self, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        self.slice(self.applied + 1, self.committed + 1, max_bytes)
+        let low = (self.applied + 1).max(self.first_index()?);
+        self.slice(low, self.committed + 1, max_bytes)
     }
 
     pub fn unstable_entries(&self) -> &[Entry] {
@@ -323,7 +326,8 @@ impl<S: Storage> RaftLog<S> {
         self.committed = snapshot.metadata.index;
         self.unstable.offset = snapshot.metadata.index + 1;
         self.unstable.entries.clear();
-        self.persisted = self.persisted.min(snapshot.metadata.index);
+        // The old log is not ours any more and the snapshot is not yet durable.
+        self.persisted = 0;
         self.unstable.snapshot = Some(snapshot);
     }
 

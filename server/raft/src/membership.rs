@@ -5,7 +5,7 @@ use crate::message::MessageKind;
 use crate::raft::Raft;
 use crate::replication::EmptyAppend;
 use crate::storage::Storage;
-use crate::types::{ConfState, Entry, LogPosition, NodeId, Payload, Role};
+use crate::types::{ConfState, Entry, Index, LogPosition, NodeId, Payload, Role};
 use crate::Error;
 
 impl<S: Storage> Raft<S> {
@@ -81,12 +81,23 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// Applies a committed membership change; the caller calls this when it applies the
-    /// entry, and persists the returned configuration with its applied index. A change that
-    /// is invalid here is invalid on every replica alike and changes nothing.
-    pub fn apply_conf_change(&mut self, change: &ConfChange) -> Result<ConfState, Error> {
+    /// Applies the committed membership change at log index `index`; the caller calls this
+    /// when it applies the entry, and persists the returned configuration with its applied
+    /// index. A change that is invalid here is invalid on every replica alike and changes
+    /// nothing. A change at or before the configuration's own index (a snapshot installed
+    /// since the Ready that carried it already includes it) is ignored.
+    pub fn apply_conf_change(
+        &mut self,
+        index: Index,
+        change: &ConfChange,
+    ) -> Result<ConfState, Error> {
+        if index <= self.conf_index {
+            return Ok(self.conf.clone());
+        }
         let next = confchange::apply(&self.conf, change)?;
         self.set_conf(next);
+        self.conf_index = index;
+        self.release_confirmed_reads();
         if self.role == Role::Leader {
             if !self.progress.contains_key(&self.id()) || !self.is_promotable() {
                 // Removed or demoted: stop leading now that the change is committed.

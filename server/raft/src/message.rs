@@ -86,6 +86,76 @@ pub enum AppendResult {
     },
 }
 
+impl Message {
+    /// Checks what any correct sender guarantees, so a malformed or hostile message is
+    /// refused before it changes anything. Returns the reason it is malformed.
+    pub fn check_well_formed(&self) -> Result<(), &'static str> {
+        if self.term == Term::MAX {
+            return Err("term at its maximum");
+        }
+        if self.from == self.to {
+            return Err("message from a replica to itself");
+        }
+        match &self.kind {
+            MessageKind::PreVote { last_term, .. } | MessageKind::Vote { last_term, .. }
+                if *last_term > self.term =>
+            {
+                Err("candidate's last term is past its campaign term")
+            }
+            MessageKind::Append {
+                prev_index,
+                prev_term,
+                entries,
+                ..
+            } => check_entries(*prev_index, *prev_term, self.term, entries),
+            MessageKind::AppendResponse {
+                result:
+                    AppendResult::Rejected {
+                        rejected_index,
+                        hint_index,
+                        ..
+                    },
+                ..
+            } if hint_index > rejected_index => Err("rejection hint past the rejected index"),
+            MessageKind::InstallSnapshot { snapshot } => {
+                let metadata = &snapshot.metadata;
+                if metadata.index == 0 || metadata.term > self.term {
+                    Err("snapshot index or term out of range")
+                } else if metadata.conf_state.voters.is_empty() {
+                    Err("snapshot configuration has no voters")
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Entries of an append follow `prev_index` one by one, with terms that never decrease,
+/// starting at or after `prev_term` and never past the leader's term.
+fn check_entries(
+    prev_index: Index,
+    prev_term: Term,
+    term: Term,
+    entries: &[Entry],
+) -> Result<(), &'static str> {
+    if prev_term > term {
+        return Err("previous term past the leader's term");
+    }
+    let mut last_term = prev_term;
+    for (offset, entry) in entries.iter().enumerate() {
+        if Some(entry.index) != prev_index.checked_add(offset as u64 + 1) {
+            return Err("entries are not contiguous after the previous index");
+        }
+        if entry.term < last_term || entry.term > term {
+            return Err("entry terms out of order or past the leader's term");
+        }
+        last_term = entry.term;
+    }
+    Ok(())
+}
+
 impl MessageKind {
     /// True for messages only a leader of `term` sends.
     pub fn is_from_leader(&self) -> bool {

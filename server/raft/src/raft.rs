@@ -31,6 +31,8 @@ pub struct Raft<S: Storage> {
     pub(crate) leader: Option<NodeId>,
     pub(crate) log: RaftLog<S>,
     pub(crate) conf: ConfState,
+    /// The log index at which `conf` took effect (applied change or installed snapshot).
+    pub(crate) conf_index: Index,
     /// Every member's progress; maintained on all replicas, meaningful on the leader.
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// Answers received in the current (pre-)campaign.
@@ -69,6 +71,8 @@ pub struct Raft<S: Storage> {
     pub(crate) pending_reads: VecDeque<PendingRead>,
     pub(crate) read_states: Vec<crate::types::ReadState>,
     pub(crate) quiesced: bool,
+    /// A Ready was handed out and not yet advanced.
+    pub(crate) ready_outstanding: bool,
     pub(crate) previous_soft_state: SoftState,
     pub(crate) previous_hard_state: HardState,
     /// The (term, vote) the caller last made durable.
@@ -99,6 +103,7 @@ impl<S: Storage> Raft<S> {
             leader: None,
             log,
             conf: ConfState::default(),
+            conf_index: 0,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             messages: Vec::new(),
@@ -120,12 +125,14 @@ impl<S: Storage> Raft<S> {
             pending_reads: VecDeque::new(),
             read_states: Vec::new(),
             quiesced: false,
+            ready_outstanding: false,
             previous_soft_state: soft_state,
             previous_hard_state: hard_state,
             persisted_term_vote: (hard_state.term, hard_state.vote),
             config,
         };
         raft.set_conf(initial.conf_state);
+        raft.conf_index = raft.log.applied;
         raft.become_follower(hard_state.term, None);
         Ok(raft)
     }
@@ -270,6 +277,12 @@ impl<S: Storage> Raft<S> {
             return Err(Error::WrongRecipient {
                 id: self.id(),
                 to: message.to,
+            });
+        }
+        if let Err(reason) = message.check_well_formed() {
+            return Err(Error::MalformedMessage {
+                from: message.from,
+                reason,
             });
         }
         // Heartbeat answers carry no work: the answers to a quiescing heartbeat must not undo
@@ -507,7 +520,7 @@ impl<S: Storage> Raft<S> {
         // §5.4.2 / §8: a no-op of our term lets us commit entries of earlier terms.
         let position = self.append_entry(crate::types::Payload::Empty);
         self.term_start_index = position.index;
-        Ok(())
+        self.broadcast_append()
     }
 
     /// Replaces the configuration and keeps one progress per member.

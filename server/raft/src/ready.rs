@@ -37,7 +37,8 @@ struct ReadyMarks {
     last_entry: Option<LogPosition>,
     snapshot_index: Option<Index>,
     applied: Option<Index>,
-    committed_bytes: u64,
+    /// Bytes of committed entries of the leader's term: those `uncommitted_bytes` counted.
+    committed_own_bytes: u64,
 }
 
 impl Ready {
@@ -65,6 +66,10 @@ impl<S: Storage> Raft<S> {
     /// Collects the work accumulated since the last `advance`. Call `advance` with the result
     /// before calling `ready` again.
     pub fn ready(&mut self) -> Result<Ready, Error> {
+        assert!(
+            !self.ready_outstanding,
+            "ready() called again before advance(): the same entries would be applied twice"
+        );
         if self.heartbeat_round_pending && self.role == Role::Leader {
             self.broadcast_heartbeat();
         }
@@ -86,7 +91,11 @@ impl<S: Storage> Raft<S> {
             last_entry: entries.last().map(Entry::position),
             snapshot_index: snapshot.as_ref().map(|s| s.metadata.index),
             applied: committed_entries.last().map(|e| e.index),
-            committed_bytes: committed_entries.iter().map(Entry::size_bytes).sum(),
+            committed_own_bytes: committed_entries
+                .iter()
+                .filter(|e| e.term == self.term)
+                .map(Entry::size_bytes)
+                .sum(),
         };
         let ready = Ready {
             soft_state: (soft_state != self.previous_soft_state).then_some(soft_state),
@@ -101,11 +110,13 @@ impl<S: Storage> Raft<S> {
         };
         self.previous_soft_state = soft_state;
         self.previous_hard_state = hard_state;
+        self.ready_outstanding = true;
         Ok(ready)
     }
 
     /// Acknowledges that the caller persisted, sent and applied everything in `ready`.
     pub fn advance(&mut self, ready: Ready) -> Result<(), Error> {
+        self.ready_outstanding = false;
         let marks = ready.marks;
         if let Some(hard_state) = marks.hard_state {
             self.persisted_term_vote = (hard_state.term, hard_state.vote);
@@ -120,7 +131,9 @@ impl<S: Storage> Raft<S> {
             self.log.applied_to(applied);
         }
         if self.role == Role::Leader {
-            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(marks.committed_bytes);
+            self.uncommitted_bytes = self
+                .uncommitted_bytes
+                .saturating_sub(marks.committed_own_bytes);
             let (id, persisted) = (self.id(), self.log.persisted);
             if let Some(own) = self.progress.get_mut(&id) {
                 own.maybe_update(persisted);

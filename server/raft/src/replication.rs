@@ -125,6 +125,8 @@ impl<S: Storage> Raft<S> {
                 },
             );
         }
+        // With no other voter left, our own acknowledgement is the quorum.
+        self.release_confirmed_reads();
     }
 
     /// Commits the highest index a quorum holds, if it is of our term. Only entries of the
@@ -245,9 +247,12 @@ impl<S: Storage> Raft<S> {
             let conf = metadata.conf_state.clone();
             self.log.restore(snapshot);
             self.set_conf(conf);
+            self.conf_index = index;
         }
+        // Only the snapshot's prefix is known to match the leader's log: a suffix we held
+        // past it may be of an older term, so never claim it (etcd answers the same way).
         let result = AppendResult::Accepted {
-            match_index: self.log.last_index(),
+            match_index: self.log.committed,
         };
         self.respond_append(from, result);
         Ok(())
@@ -293,6 +298,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_append_accepted(&mut self, from: NodeId, match_index: Index) -> Result<(), Error> {
+        if match_index > self.log.last_index() {
+            // No honest follower holds entries we never had; ignore rather than trust it.
+            return Ok(());
+        }
         let Some(progress) = self.progress.get_mut(&from) else {
             return Ok(());
         };
@@ -348,9 +357,10 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    /// Snapshots presumed lost (no answer for two election timeouts) are retried.
+    /// Snapshots not acknowledged within `snapshot_timeout_ticks` are presumed lost and
+    /// retried; a driver that knows sooner calls `report_snapshot_failed`.
     pub(crate) fn expire_snapshots(&mut self) {
-        let limit = 2 * self.config.election_timeout_ticks;
+        let limit = self.config.snapshot_timeout_ticks;
         for progress in self.progress.values_mut() {
             if progress.state == ProgressState::Snapshot {
                 progress.snapshot_elapsed_ticks += 1;

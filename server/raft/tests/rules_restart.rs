@@ -112,8 +112,11 @@ fn an_entry_the_leader_has_not_persisted_is_not_counted_and_is_lost_on_crash() {
         "x was lost with the crash"
     );
 
-    // 3 wins the next term with 1's vote (their logs match) and overwrites 2's x.
+    // An election timeout later 3 no longer hears from a leader; it wins the next term with
+    // 1's vote (their logs match) and overwrites 2's x.
     cluster.heal();
+    let election_timeout_ticks = support::test_config(3).election_timeout_ticks;
+    cluster.tick(3, election_timeout_ticks);
     cluster.campaign(3);
     assert_eq!(cluster.leaders(), vec![3]);
     for id in 1..=3 {

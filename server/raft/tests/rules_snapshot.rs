@@ -127,13 +127,13 @@ fn lose_the_first_snapshot(cluster: &mut Cluster) {
 }
 
 /// §7 with loss: the leader sends nothing else to a follower awaiting a snapshot, so a lost
-/// snapshot must not block it forever: with no answer for two election timeouts the
+/// snapshot must not block it forever: with no answer for `snapshot_timeout_ticks` the
 /// snapshot is presumed lost, the follower goes back to probing and is sent a new one.
 #[test]
 fn a_lost_snapshot_is_retried_after_the_snapshot_timeout() {
     let (mut cluster, _) = follower_behind_a_compacted_log();
     lose_the_first_snapshot(&mut cluster);
-    let snapshot_timeout_ticks = 2 * ELECTION_TIMEOUT_TICKS;
+    let snapshot_timeout_ticks = support::test_config(1).snapshot_timeout_ticks;
 
     let mut waited = 0;
     while cluster.node(1).progress(3).map(|p| p.state) == Some(ProgressState::Snapshot) {

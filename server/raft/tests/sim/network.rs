@@ -84,6 +84,14 @@ impl Network {
         messages
     }
 
+    /// Removes and returns one message for `to` that is due by `now` and not on a cut link.
+    pub fn take_due_for(&mut self, to: u64, now: u64) -> Option<Message> {
+        let position = self.in_flight.iter().position(|(at, _, m)| {
+            *at <= now && m.to == to && !self.cut.contains(&(m.from, m.to))
+        })?;
+        Some(self.in_flight.remove(position).2)
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
     }

@@ -243,6 +243,8 @@ impl World {
     fn config(&self, id: NodeId, applied: u64) -> Config {
         let mut config = Config::new(id);
         config.election_timeout_ticks = self.options.election_timeout_ticks;
+        // The network loses snapshots like any message; retry well within the heal limit.
+        config.snapshot_timeout_ticks = 2 * self.options.election_timeout_ticks;
         config.heartbeat_interval_ticks = self.options.heartbeat_interval_ticks;
         config.max_inflight_msgs = self.options.max_inflight_msgs;
         config.max_msg_bytes = self.options.max_msg_bytes;
@@ -408,6 +410,15 @@ impl World {
         for message in std::mem::take(&mut ready.persisted_messages) {
             self.network.send(self.now, message, &mut self.rng);
         }
+        // Inputs may arrive between ready() and advance(): deliver one now and then.
+        if self.rng.chance(0.1) {
+            if let Some(message) = self.network.take_due_for(id, self.now) {
+                let raft = self.raft(id).expect("live node");
+                raft.step(message)
+                    .map_err(|e| raft_error("step inside a Ready", e))?;
+                self.observe(id)?;
+            }
+        }
         self.apply(id, &mut ready)?;
         self.serve_reads(id, &mut ready)?;
         let raft = self.raft(id).expect("live node");
@@ -435,7 +446,7 @@ impl World {
                 }
                 Payload::ConfChange(change) => {
                     let raft = node.raft.as_mut().expect("live node");
-                    if let Ok(conf) = raft.apply_conf_change(change) {
+                    if let Ok(conf) = raft.apply_conf_change(entry.index, change) {
                         raft.storage_mut().set_conf_state(conf);
                     }
                 }
@@ -551,9 +562,8 @@ impl World {
         }
         if self.rng.chance(options.campaign_probability) {
             if let Some(id) = self.rng.pick(&self.live()) {
-                if let Some(raft) = self.raft(id) {
-                    let _ = raft.campaign(); // NotVoter is a fine answer for a learner
-                }
+                let result = self.raft(id).map(|r| r.campaign());
+                self.expected_refusal(result)?;
                 self.observe(id)?;
             }
         }
@@ -621,9 +631,11 @@ impl World {
     fn expected_refusal(&self, result: Option<Result<(), Error>>) -> SimResult {
         match result {
             Some(Err(Error::Storage(error))) => Err(format!("storage failed: {error}")),
-            Some(Err(Error::WrongRecipient { .. } | Error::InvalidConfig(_))) => {
-                Err(format!("unexpected error {result:?}"))
-            }
+            Some(Err(
+                Error::WrongRecipient { .. }
+                | Error::InvalidConfig(_)
+                | Error::MalformedMessage { .. },
+            )) => Err(format!("unexpected error {result:?}")),
             _ => Ok(()),
         }
     }

@@ -29,7 +29,7 @@ pub fn apply(raft: &mut Raft<MemStorage>, ready: &mut Ready) -> Vec<Entry> {
     let committed = std::mem::take(&mut ready.committed_entries);
     for entry in &committed {
         if let Payload::ConfChange(change) = &entry.payload {
-            if let Ok(conf) = raft.apply_conf_change(change) {
+            if let Ok(conf) = raft.apply_conf_change(entry.index, change) {
                 raft.storage_mut().set_conf_state(conf);
             }
         }
@@ -73,6 +73,7 @@ pub fn test_config(id: u64) -> Config {
     let mut config = Config::new(id);
     config.election_timeout_ticks = 10;
     config.heartbeat_interval_ticks = 1;
+    config.snapshot_timeout_ticks = 2 * config.election_timeout_ticks;
     config.seed = id;
     config
 }
