@@ -5,42 +5,10 @@
 mod support;
 
 use rshard_raft::{ConfState, HardState, LogPosition, Message, MessageKind, Role, Term};
-use support::{entries_of_term, storage_with_log, Cluster};
+use support::{entries_of_term, pre_vote_request, storage_with_log, vote_request, Cluster};
 
 /// `support::test_config`'s election timeout.
 const ELECTION_TIMEOUT_TICKS: u32 = 10;
-
-fn vote_request(from: u64, to: u64, term: Term, last: LogPosition) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        kind: MessageKind::Vote {
-            last_index: last.index,
-            last_term: last.term,
-            leader_transfer: false,
-        },
-    }
-}
-
-fn pre_vote_request(from: u64, to: u64, term: Term, last: LogPosition) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        kind: MessageKind::PreVote {
-            last_index: last.index,
-            last_term: last.term,
-        },
-    }
-}
-
-fn last_position(cluster: &Cluster, id: u64) -> LogPosition {
-    cluster
-        .persisted_log(id)
-        .last()
-        .map_or(LogPosition::default(), |entry| entry.position())
-}
 
 /// Ticks replica 1 of a fresh three-replica group one tick at a time until it starts a
 /// (pre-)campaign and returns that tick, checking that it stays a silent follower before.
@@ -417,7 +385,7 @@ fn a_follower_that_hears_from_a_leader_ignores_campaigns_for_a_later_term() {
     let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
     cluster.campaign(1);
     let term = cluster.node(1).term();
-    let last = last_position(&cluster, 3);
+    let last = cluster.last_persisted_position(3);
 
     cluster.inject(pre_vote_request(3, 2, term + 1, last));
     assert!(!cluster.node(2).has_ready(), "a pre-vote is ignored");

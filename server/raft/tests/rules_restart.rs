@@ -4,38 +4,11 @@
 
 mod support;
 
-use rshard_raft::{LogPosition, Message, MessageKind, Term};
-use support::Cluster;
+use rshard_raft::MessageKind;
+use support::{vote_request, Cluster};
 
 /// `support::test_config`'s election timeout.
 const ELECTION_TIMEOUT_TICKS: u32 = 10;
-
-fn vote_request(from: u64, to: u64, term: Term, last: LogPosition) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        kind: MessageKind::Vote {
-            last_index: last.index,
-            last_term: last.term,
-            leader_transfer: false,
-        },
-    }
-}
-
-fn last_position(cluster: &Cluster, id: u64) -> LogPosition {
-    cluster
-        .persisted_log(id)
-        .last()
-        .map_or(LogPosition::default(), |entry| entry.position())
-}
-
-fn holds(cluster: &Cluster, id: u64, data: &[u8]) -> bool {
-    cluster
-        .persisted_log(id)
-        .iter()
-        .any(|entry| entry.payload == rshard_raft::Payload::Normal(data.to_vec()))
-}
 
 /// Figure 2 / §5.2 / §5.3: currentTerm, votedFor and the log are persistent state: a replica
 /// rebuilt from its storage has the same term, the same vote (so it cannot vote twice in
@@ -60,7 +33,7 @@ fn a_restarted_replica_keeps_its_term_vote_and_persisted_log() {
     assert_eq!(cluster.persisted_log(2), log);
 
     // The vote still binds: another candidate of that term is refused.
-    let last = last_position(&cluster, 3);
+    let last = cluster.last_persisted_position(3);
     cluster.inject(vote_request(3, 2, hard_state.term, last));
     let ready = cluster.take_ready(2);
     assert!(
@@ -120,7 +93,7 @@ fn an_entry_the_leader_has_not_persisted_is_not_counted_and_is_lost_on_crash() {
     cluster.campaign(3);
     assert_eq!(cluster.leaders(), vec![3]);
     for id in 1..=3 {
-        assert!(!holds(&cluster, id, b"x"), "replica {id} still holds x");
+        assert!(!cluster.holds(id, b"x"), "replica {id} still holds x");
         assert!(
             cluster.applied_data(id).is_empty(),
             "replica {id} applied x"
@@ -183,7 +156,7 @@ fn in_lease_mode_a_restarted_voter_ignores_vote_requests_for_an_election_timeout
     let term = cluster.node(3).term();
     cluster.restart(3, lease_mode);
     assert!(!cluster.node(3).has_ready());
-    let candidate_last = last_position(&cluster, 2);
+    let candidate_last = cluster.last_persisted_position(2);
 
     cluster.inject(vote_request(2, 3, term + 1, candidate_last));
     assert!(!cluster.node(3).has_ready(), "ignored right after restart");
@@ -217,7 +190,7 @@ fn outside_lease_mode_a_restarted_voter_answers_vote_requests_at_once() {
     cluster.campaign(1);
     let term = cluster.node(3).term();
     cluster.restart(3, |_| {});
-    let candidate_last = last_position(&cluster, 2);
+    let candidate_last = cluster.last_persisted_position(2);
     cluster.inject(vote_request(2, 3, term + 1, candidate_last));
     let ready = cluster.take_ready(3);
     assert!(ready

@@ -434,3 +434,48 @@ impl Cluster {
             .count()
     }
 }
+
+/// A vote request (§5.2) from a candidate whose log ends at `last`.
+pub fn vote_request(from: u64, to: u64, term: rshard_raft::Term, last: LogPosition) -> Message {
+    let kind = rshard_raft::MessageKind::Vote {
+        last_index: last.index,
+        last_term: last.term,
+        leader_transfer: false,
+    };
+    Message {
+        from,
+        to,
+        term,
+        kind,
+    }
+}
+
+/// A pre-vote request (thesis §9.6) for `term` from a replica whose log ends at `last`.
+pub fn pre_vote_request(from: u64, to: u64, term: rshard_raft::Term, last: LogPosition) -> Message {
+    let kind = rshard_raft::MessageKind::PreVote {
+        last_index: last.index,
+        last_term: last.term,
+    };
+    Message {
+        from,
+        to,
+        term,
+        kind,
+    }
+}
+
+impl Cluster {
+    /// Where the persisted log of `id` ends.
+    pub fn last_persisted_position(&self, id: u64) -> LogPosition {
+        self.persisted_log(id)
+            .last()
+            .map_or(LogPosition::default(), Entry::position)
+    }
+
+    /// True if the persisted log of `id` holds an entry with this payload.
+    pub fn holds(&self, id: u64, data: &[u8]) -> bool {
+        self.persisted_log(id)
+            .iter()
+            .any(|entry| entry.payload == Payload::Normal(data.to_vec()))
+    }
+}
