@@ -525,7 +525,9 @@ mod tests {
                     1 => (Operation::Put(value.clone()), Outcome::Done),
                     2 => (Operation::Delete, Outcome::Done),
                     _ => {
-                        let expected = register.clone().filter(|_| next(&mut seed) % 2 == 0);
+                        let expected = register
+                            .clone()
+                            .filter(|_| next(&mut seed).is_multiple_of(2));
                         let swapped = expected == register;
                         (
                             Operation::CompareAndSwap {

@@ -1,1 +1,6 @@
 //! One node: storage, the multi-raft driver (batching, coalesced heartbeats, quiescence), QUIC transport, the KV state machine, and the client API service.
+//!
+//! Today it holds the node's durable storage ([`storage`]); the driver, transport and API
+//! come next.
+
+pub mod storage;

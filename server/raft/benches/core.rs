@@ -99,7 +99,7 @@ fn commit_cost(c: &mut Criterion) {
         b.iter(|| {
             cluster.propose_and_commit(1, &payload);
             rounds += 1;
-            if rounds % 1024 == 0 {
+            if rounds.is_multiple_of(1024) {
                 cluster.compact();
             }
         });

@@ -327,7 +327,7 @@ impl World {
             }
         }
         self.wake_quiesced_without_live_leader();
-        if self.now % 25 == 0 {
+        if self.now.is_multiple_of(25) {
             self.check_log_matching()?;
         }
         Ok(())

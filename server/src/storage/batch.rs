@@ -1,0 +1,226 @@
+//! Writes of many groups gathered into one atomic batch (group commit).
+
+use rshard_raft::{
+    ConfState, Entry, HardState, Index, LogPosition, Snapshot, SnapshotMetadata, Storage,
+};
+use serde::Serialize;
+
+use super::group::{AppliedState, GroupStorage};
+use super::keys::{self, GroupId};
+use super::{NodeStore, StoreError};
+
+/// Pending writes; nothing is visible or durable until [`NodeStore::commit`].
+///
+/// Each method reads the group's committed state to know what to replace, so write each
+/// group at most once per kind per batch (the driver persists one Ready per group per batch).
+pub struct NodeBatch {
+    store: NodeStore,
+    batch: fjall::OwnedWriteBatch,
+}
+
+impl std::fmt::Debug for NodeBatch {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("NodeBatch").finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize>(
+    group: GroupId,
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(value).map_err(|error| StoreError::Corrupt {
+        group,
+        what,
+        detail: error.to_string(),
+    })
+}
+
+impl NodeBatch {
+    pub(crate) fn new(store: NodeStore) -> Self {
+        let batch = store.inner.database.batch();
+        NodeBatch { store, batch }
+    }
+
+    pub(crate) fn into_engine_batch(self) -> fjall::OwnedWriteBatch {
+        self.batch
+    }
+
+    fn put_state<T: Serialize>(
+        &mut self,
+        group: GroupId,
+        tag: u8,
+        what: &'static str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = encode(group, what, value)?;
+        self.batch.insert(
+            self.store.state(),
+            keys::state_key(group, tag).to_vec(),
+            bytes,
+        );
+        Ok(())
+    }
+
+    fn remove_entries(&mut self, group: GroupId, indexes: impl IntoIterator<Item = Index>) {
+        for index in indexes {
+            self.batch
+                .remove(self.store.log(), keys::log_key(group, index).to_vec());
+        }
+    }
+
+    /// Persists what one Ready asks of a group: the snapshot (replacing the whole log), the
+    /// entries (replacing any conflicting suffix) and the hard state, in one batch. Removals
+    /// and inserts never touch the same key.
+    pub fn persist_ready(
+        &mut self,
+        group: &GroupStorage,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<HardState>,
+    ) -> Result<(), StoreError> {
+        let id = group.group();
+        let mut compacted = group.compacted()?;
+        let old_last = group.stored_last_index()?;
+        let mut stale: Vec<Index> = Vec::new();
+        if let Some(snapshot) = snapshot {
+            let metadata = &snapshot.metadata;
+            stale = group.stored_indexes(compacted.index + 1, old_last)?;
+            compacted = LogPosition {
+                term: metadata.term,
+                index: metadata.index,
+            };
+            self.put_state(id, keys::COMPACTED_TAG, "compaction point", &compacted)?;
+            self.put_state(id, keys::SNAPSHOT_TAG, "snapshot", snapshot)?;
+            let applied = AppliedState {
+                applied: metadata.index,
+                conf_state: metadata.conf_state.clone(),
+            };
+            self.put_state(id, keys::APPLIED_STATE_TAG, "applied state", &applied)?;
+        }
+        let entries: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > compacted.index)
+            .collect();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            if snapshot.is_none() {
+                stale = ((last.index + 1)..=old_last).collect();
+            }
+            stale.retain(|&index| index < first.index || index > last.index);
+            for entry in &entries {
+                let bytes = encode(id, "log entry", *entry)?;
+                self.batch.insert(
+                    self.store.log(),
+                    keys::log_key(id, entry.index).to_vec(),
+                    bytes,
+                );
+            }
+        }
+        self.remove_entries(id, stale);
+        if let Some(hard_state) = hard_state {
+            self.put_state(id, keys::HARD_STATE_TAG, "hard state", &hard_state)?;
+        }
+        Ok(())
+    }
+
+    /// Records what the group's state machine has applied (with the data writes of the same
+    /// entries, in the same batch).
+    pub fn set_applied(
+        &mut self,
+        group: GroupId,
+        applied: Index,
+        conf_state: ConfState,
+    ) -> Result<(), StoreError> {
+        let state = AppliedState {
+            applied,
+            conf_state,
+        };
+        self.put_state(group, keys::APPLIED_STATE_TAG, "applied state", &state)
+    }
+
+    /// Records a snapshot of the group's state machine at `index`, which must be applied.
+    pub fn save_snapshot(
+        &mut self,
+        group: &GroupStorage,
+        index: Index,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let term = group
+            .term(index)
+            .map_err(|e| StoreError::Engine(format!("snapshot at {index}: {e}")))?;
+        let snapshot = Snapshot {
+            metadata: SnapshotMetadata {
+                index,
+                term,
+                conf_state,
+            },
+            data,
+        };
+        self.put_state(group.group(), keys::SNAPSHOT_TAG, "snapshot", &snapshot)
+    }
+
+    /// Drops entries up to `index`, never past the stored snapshot (so a follower that needs
+    /// them can be sent the snapshot).
+    pub fn compact(&mut self, group: &GroupStorage, index: Index) -> Result<(), StoreError> {
+        let covered = group.stored_snapshot()?.map_or(0, |s| s.metadata.index);
+        let index = index.min(covered);
+        let compacted = group.compacted()?;
+        if index <= compacted.index {
+            return Ok(());
+        }
+        let term = group
+            .term(index)
+            .map_err(|e| StoreError::Engine(format!("compact to {index}: {e}")))?;
+        let dropped = group.stored_indexes(compacted.index + 1, index)?;
+        self.remove_entries(group.group(), dropped);
+        self.put_state(
+            group.group(),
+            keys::COMPACTED_TAG,
+            "compaction point",
+            &LogPosition { term, index },
+        )
+    }
+
+    /// The first replica of a new group: its log starts after a snapshot at
+    /// `MemStorage::BOOTSTRAP_INDEX` holding the initial membership (see the Raft core docs).
+    pub fn bootstrap(
+        &mut self,
+        group: GroupId,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let start = rshard_raft::MemStorage::BOOTSTRAP_INDEX;
+        let position = LogPosition {
+            term: start,
+            index: start,
+        };
+        let metadata = SnapshotMetadata {
+            index: start,
+            term: start,
+            conf_state: conf_state.clone(),
+        };
+        self.put_state(group, keys::COMPACTED_TAG, "compaction point", &position)?;
+        self.put_state(
+            group,
+            keys::SNAPSHOT_TAG,
+            "snapshot",
+            &Snapshot { metadata, data },
+        )?;
+        self.put_state(
+            group,
+            keys::APPLIED_STATE_TAG,
+            "applied state",
+            &AppliedState {
+                applied: start,
+                conf_state,
+            },
+        )?;
+        let hard_state = HardState {
+            term: start,
+            vote: None,
+            commit: start,
+        };
+        self.put_state(group, keys::HARD_STATE_TAG, "hard state", &hard_state)
+    }
+}

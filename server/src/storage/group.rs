@@ -1,0 +1,207 @@
+//! One group's view of the node store, implementing the Raft core's read-only `Storage`.
+
+use rshard_raft::{
+    ConfState, Entry, HardState, Index, InitialState, LogPosition, Snapshot, Storage, StorageError,
+    Term,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{self, GroupId};
+use super::{engine, NodeStore, StoreError};
+
+/// What a group's state machine has applied, persisted atomically with the applied data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub applied: Index,
+    pub conf_state: ConfState,
+}
+
+/// The persisted Raft state of one group.
+#[derive(Clone, Debug)]
+pub struct GroupStorage {
+    store: NodeStore,
+    group: GroupId,
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    group: GroupId,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        group,
+        what,
+        detail: error.to_string(),
+    })
+}
+
+impl GroupStorage {
+    pub(crate) fn new(store: NodeStore, group: GroupId) -> Self {
+        GroupStorage { store, group }
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn read_state<T: DeserializeOwned>(
+        &self,
+        tag: u8,
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        self.store.check_poison()?;
+        let bytes = self
+            .store
+            .state()
+            .get(keys::state_key(self.group, tag))
+            .map_err(engine)?;
+        bytes
+            .map(|bytes| decode(self.group, what, &bytes))
+            .transpose()
+    }
+
+    pub fn hard_state(&self) -> Result<HardState, StoreError> {
+        Ok(self
+            .read_state(keys::HARD_STATE_TAG, "hard state")?
+            .unwrap_or_default())
+    }
+
+    pub fn applied_state(&self) -> Result<AppliedState, StoreError> {
+        Ok(self
+            .read_state(keys::APPLIED_STATE_TAG, "applied state")?
+            .unwrap_or_default())
+    }
+
+    /// The last position compacted away; (0, 0) for a log that never was.
+    pub fn compacted(&self) -> Result<LogPosition, StoreError> {
+        Ok(self
+            .read_state(keys::COMPACTED_TAG, "compaction point")?
+            .unwrap_or_default())
+    }
+
+    pub fn stored_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        self.read_state(keys::SNAPSHOT_TAG, "snapshot")
+    }
+
+    /// The highest index with an entry, or the compaction point if none is left.
+    pub(crate) fn stored_last_index(&self) -> Result<Index, StoreError> {
+        self.store.check_poison()?;
+        let last = self
+            .store
+            .log()
+            .prefix(keys::group_prefix(self.group))
+            .next_back();
+        match last {
+            Some(guard) => {
+                let (key, _) = guard.into_inner().map_err(engine)?;
+                keys::index_of_log_key(&key).ok_or(StoreError::Corrupt {
+                    group: self.group,
+                    what: "log key",
+                    detail: format!("{} bytes", key.len()),
+                })
+            }
+            None => Ok(self.compacted()?.index),
+        }
+    }
+
+    fn entry(&self, index: Index) -> Result<Option<Entry>, StoreError> {
+        self.store.check_poison()?;
+        let bytes = self
+            .store
+            .log()
+            .get(keys::log_key(self.group, index))
+            .map_err(engine)?;
+        let entry: Option<Entry> = bytes
+            .map(|b| decode(self.group, "log entry", &b))
+            .transpose()?;
+        match entry {
+            Some(entry) if entry.index != index => Err(StoreError::Corrupt {
+                group: self.group,
+                what: "log entry",
+                detail: format!("entry {} stored at index {index}", entry.index),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// The indexes of the stored entries in `[low, high]`, in order.
+    pub(crate) fn stored_indexes(&self, low: Index, high: Index) -> Result<Vec<Index>, StoreError> {
+        if low > high {
+            return Ok(Vec::new());
+        }
+        let range = keys::log_key(self.group, low)..=keys::log_key(self.group, high);
+        let mut indexes = Vec::new();
+        for guard in self.store.log().range(range) {
+            let (key, _) = guard.into_inner().map_err(engine)?;
+            indexes.extend(keys::index_of_log_key(&key));
+        }
+        Ok(indexes)
+    }
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        Ok(InitialState {
+            hard_state: self.hard_state()?,
+            conf_state: self.applied_state()?.conf_state,
+        })
+    }
+
+    fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        if low <= self.compacted()?.index {
+            return Err(StorageError::Compacted);
+        }
+        if high > self.stored_last_index()? + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        let mut entries = Vec::new();
+        let mut total = 0;
+        let range = keys::log_key(self.group, low)..keys::log_key(self.group, high);
+        for guard in self.store.log().range(range) {
+            let (_, value) = guard.into_inner().map_err(engine)?;
+            let entry: Entry = decode(self.group, "log entry", &value)?;
+            total += entry.size_bytes();
+            if !entries.is_empty() && total > max_bytes {
+                break;
+            }
+            let expected = low + entries.len() as u64;
+            if entry.index != expected {
+                return Err(StoreError::Corrupt {
+                    group: self.group,
+                    what: "log",
+                    detail: format!("entry {} where {expected} was expected", entry.index),
+                }
+                .into());
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        let compacted = self.compacted()?;
+        if index == compacted.index {
+            return Ok(compacted.term);
+        }
+        if index < compacted.index {
+            return Err(StorageError::Compacted);
+        }
+        self.entry(index)?
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable)
+    }
+
+    fn first_index(&self) -> Result<Index, StorageError> {
+        Ok(self.compacted()?.index + 1)
+    }
+
+    fn last_index(&self) -> Result<Index, StorageError> {
+        Ok(self.stored_last_index()?)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        self.stored_snapshot()?
+            .ok_or(StorageError::SnapshotTemporarilyUnavailable)
+    }
+}
