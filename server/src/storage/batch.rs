@@ -123,6 +123,14 @@ impl NodeBatch {
         Ok(())
     }
 
+    /// Writes (or, with `None`, deletes) one user key in the data keyspace.
+    pub fn write_data(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match value {
+            Some(value) => self.batch.insert(self.store.data(), key, value),
+            None => self.batch.remove(self.store.data(), key),
+        }
+    }
+
     /// Records what the group's state machine has applied (with the data writes of the same
     /// entries, in the same batch).
     pub fn set_applied(

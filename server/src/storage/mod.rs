@@ -173,7 +173,8 @@ impl NodeStore {
         StoreError::Poisoned(reason)
     }
 
-    pub(crate) fn check_poison(&self) -> Result<(), StoreError> {
+    /// Fails if the store is poisoned.
+    pub fn check_poison(&self) -> Result<(), StoreError> {
         match self.poisoned() {
             Some(reason) => Err(StoreError::Poisoned(reason)),
             None => Ok(()),

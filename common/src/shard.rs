@@ -1,0 +1,66 @@
+//! Shard descriptors: which key range a shard owns, at which epoch, on which replicas.
+//!
+//! A shard owns `[start_key, end_key)` in byte order; an empty `end_key` means "to the end
+//! of the key space". The epoch changes whenever the descriptor does: `version` on split and
+//! merge (the range changed), `conf_version` on membership changes. A request routed with an
+//! older epoch is answered `StaleEpoch` with the current descriptor.
+
+use serde::{Deserialize, Serialize};
+
+pub type ShardId = u64;
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch {
+    /// Bumped by every split and merge.
+    pub version: u64,
+    /// Bumped by every membership change.
+    pub conf_version: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDescriptor {
+    pub id: ShardId,
+    pub start_key: Vec<u8>,
+    /// Exclusive; empty means unbounded.
+    pub end_key: Vec<u8>,
+    pub epoch: Epoch,
+    /// Node ids of the replicas.
+    pub replicas: Vec<u64>,
+}
+
+impl ShardDescriptor {
+    /// True if `key` lies in `[start_key, end_key)`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start_key.as_slice()
+            && (self.end_key.is_empty() || key < self.end_key.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_half_open_and_an_empty_end_is_unbounded() {
+        let shard = ShardDescriptor {
+            start_key: b"b".to_vec(),
+            end_key: b"d".to_vec(),
+            ..Default::default()
+        };
+        assert!(
+            !shard.contains(b"a")
+                && shard.contains(b"b")
+                && shard.contains(b"c\xff")
+                && !shard.contains(b"d")
+        );
+        let last = ShardDescriptor {
+            start_key: b"d".to_vec(),
+            ..Default::default()
+        };
+        assert!(last.contains(b"d") && last.contains(b"\xff\xff") && !last.contains(b"c"));
+        let whole = ShardDescriptor::default();
+        assert!(whole.contains(b"") && whole.contains(b"anything"));
+    }
+}

@@ -1,0 +1,223 @@
+//! The replicated key-value state machine of a shard.
+//!
+//! A [`KvCommand`] is what a shard's Raft log carries: put, delete and compare-and-swap
+//! operations, applied atomically (all or none), routed with the shard epoch the client saw.
+//! Applying is deterministic, so every replica reaches the same state and the same answer:
+//! - the command's epoch version must equal the shard's (`StaleEpoch` otherwise: the range
+//!   changed under the client, which must refresh its route);
+//! - every key must lie in the shard's range (`KeyNotInShard`);
+//! - sizes are bounded (`KeyTooLarge`, `ValueTooLarge`, `TooManyOps`);
+//! - if any compare-and-swap's condition does not hold, nothing is written and the answer
+//!   says which one failed and what it found.
+//!
+//! A refused command changes nothing. Writes go into the same node batch as the group's
+//! applied index, so data and applied index are durable together.
+
+use std::collections::BTreeMap;
+
+use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::storage::{NodeBatch, NodeStore, StoreError};
+
+pub const MAX_KEY_BYTES: usize = 4 << 10;
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_OPS_PER_COMMAND: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Sets `key` to `new` (`None`: delete) if its value is `expected` (`None`: absent).
+    CompareAndSwap {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
+}
+
+impl KvOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::CompareAndSwap { key, .. } => key,
+        }
+    }
+
+    fn written_value(&self) -> Option<&[u8]> {
+        match self {
+            KvOp::Put { value, .. } => Some(value),
+            KvOp::CompareAndSwap { new, .. } => new.as_deref(),
+            KvOp::Delete { .. } => None,
+        }
+    }
+}
+
+/// One replicated command: operations on one shard, applied all or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCommand {
+    pub shard: ShardId,
+    /// The epoch the client routed with.
+    pub epoch: Epoch,
+    pub ops: Vec<KvOp>,
+}
+
+/// Why a command was refused; nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum KvError {
+    #[error("key is outside shard {} ([{:?}, {:?})); refresh the route", descriptor.id, descriptor.start_key, descriptor.end_key)]
+    KeyNotInShard {
+        key: Vec<u8>,
+        descriptor: Box<ShardDescriptor>,
+    },
+    #[error("shard {} changed (epoch {:?}); refresh the route", descriptor.id, descriptor.epoch)]
+    StaleEpoch { descriptor: Box<ShardDescriptor> },
+    #[error("command is for shard {command} but was applied by shard {shard}")]
+    WrongShard { command: ShardId, shard: ShardId },
+    #[error("key of {bytes} bytes exceeds the limit of {MAX_KEY_BYTES}")]
+    KeyTooLarge { bytes: usize },
+    #[error("value of {bytes} bytes exceeds the limit of {MAX_VALUE_BYTES}")]
+    ValueTooLarge { bytes: usize },
+    #[error("{count} operations exceed the limit of {MAX_OPS_PER_COMMAND} per command")]
+    TooManyOps { count: usize },
+    #[error("a command needs at least one operation")]
+    Empty,
+    #[error("undecodable command: {0}")]
+    Malformed(String),
+}
+
+/// The answer to a command that passed the checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOutcome {
+    /// Every operation was written.
+    Applied,
+    /// Operation `op` (a compare-and-swap) found `current`; nothing was written.
+    ConditionFailed { op: usize, current: Option<Vec<u8>> },
+}
+
+impl KvCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data into a Vec: MessagePack encoding cannot fail.
+        rmp_serde::to_vec(self).expect("a KvCommand always encodes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
+        rmp_serde::from_slice(bytes).map_err(|e| KvError::Malformed(e.to_string()))
+    }
+
+    /// The checks that need no data: shard, epoch, range, sizes. Also used before proposing,
+    /// to refuse bad commands without a trip through Raft.
+    pub fn check(&self, descriptor: &ShardDescriptor) -> Result<(), KvError> {
+        if self.shard != descriptor.id {
+            return Err(KvError::WrongShard {
+                command: self.shard,
+                shard: descriptor.id,
+            });
+        }
+        if self.ops.is_empty() {
+            return Err(KvError::Empty);
+        }
+        if self.ops.len() > MAX_OPS_PER_COMMAND {
+            return Err(KvError::TooManyOps {
+                count: self.ops.len(),
+            });
+        }
+        if self.epoch.version != descriptor.epoch.version {
+            return Err(KvError::StaleEpoch {
+                descriptor: Box::new(descriptor.clone()),
+            });
+        }
+        for op in &self.ops {
+            let key = op.key();
+            if key.len() > MAX_KEY_BYTES {
+                return Err(KvError::KeyTooLarge { bytes: key.len() });
+            }
+            if let Some(value) = op.written_value().filter(|v| v.len() > MAX_VALUE_BYTES) {
+                return Err(KvError::ValueTooLarge { bytes: value.len() });
+            }
+            if !descriptor.contains(key) {
+                return Err(KvError::KeyNotInShard {
+                    key: key.to_vec(),
+                    descriptor: Box::new(descriptor.clone()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies commands into one node batch. Later commands in the same batch see the writes of
+/// earlier ones (the batch itself cannot be read before it commits).
+#[derive(Debug)]
+pub struct Applier<'store> {
+    store: &'store NodeStore,
+    /// This batch's writes so far: key -> new value (`None`: deleted).
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'store> Applier<'store> {
+    pub fn new(store: &'store NodeStore) -> Self {
+        Applier {
+            store,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// The value of `key` as of the commands applied so far.
+    pub fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pending) = self.pending.get(key) {
+            return Ok(pending.clone());
+        }
+        read_committed(self.store, key)
+    }
+
+    /// Applies one command. The outer error is a storage failure (stop the node); the inner
+    /// one a refusal that every replica makes alike.
+    pub fn apply(
+        &mut self,
+        descriptor: &ShardDescriptor,
+        command: &KvCommand,
+    ) -> Result<Result<KvOutcome, KvError>, StoreError> {
+        if let Err(refusal) = command.check(descriptor) {
+            return Ok(Err(refusal));
+        }
+        for (index, op) in command.ops.iter().enumerate() {
+            if let KvOp::CompareAndSwap { key, expected, .. } = op {
+                let current = self.read(key)?;
+                if &current != expected {
+                    return Ok(Ok(KvOutcome::ConditionFailed { op: index, current }));
+                }
+            }
+        }
+        for op in &command.ops {
+            self.pending
+                .insert(op.key().to_vec(), op.written_value().map(<[u8]>::to_vec));
+        }
+        Ok(Ok(KvOutcome::Applied))
+    }
+
+    /// Moves the writes into `batch`, to be committed with the applied index.
+    pub fn finish(self, batch: &mut NodeBatch) {
+        for (key, value) in self.pending {
+            batch.write_data(key, value);
+        }
+    }
+}
+
+/// The committed value of `key` (for reads served after ReadIndex).
+pub fn read_committed(store: &NodeStore, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    store.check_poison()?;
+    let value = store
+        .data()
+        .get(key)
+        .map_err(|e| StoreError::Engine(e.to_string()))?;
+    Ok(value.map(|v| v.to_vec()))
+}
+
+#[cfg(test)]
+mod tests;
