@@ -43,7 +43,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_are_half_open_and_an_empty_end_is_unbounded() {
+    fn ranges_are_half_open_and_an_empty_end_reaches_the_end_of_the_key_space() {
         let shard = ShardDescriptor {
             start_key: b"b".to_vec(),
             end_key: b"d".to_vec(),

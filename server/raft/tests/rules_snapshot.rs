@@ -126,6 +126,18 @@ fn lose_the_first_snapshot(cluster: &mut Cluster) {
     panic!("the leader never sent a snapshot");
 }
 
+/// After the first snapshot was lost: a new one is sent (exactly one gets through) and 3
+/// catches up with the leader.
+fn assert_catches_up_with_one_new_snapshot(cluster: &mut Cluster) {
+    let last = cluster.node(1).last_index();
+    let caught_up = cluster.tick_all_until(5, |cluster| cluster.node(3).last_index() == last);
+    assert!(
+        caught_up.is_some(),
+        "a new snapshot is sent and 3 catches up"
+    );
+    assert_eq!(cluster.delivered_matching(|m| is_snapshot_to(m, 3)), 1);
+}
+
 /// §7 with loss: the leader sends nothing else to a follower awaiting a snapshot, so a lost
 /// snapshot must not block it forever: with no answer for `snapshot_timeout_ticks` the
 /// snapshot is presumed lost, the follower goes back to probing and is sent a new one.
@@ -150,13 +162,7 @@ fn a_lost_snapshot_is_retried_after_the_snapshot_timeout() {
         "gave up on the snapshot after only {waited} ticks"
     );
 
-    let last = cluster.node(1).last_index();
-    let caught_up = cluster.tick_all_until(5, |cluster| cluster.node(3).last_index() == last);
-    assert!(
-        caught_up.is_some(),
-        "a new snapshot is sent and 3 catches up"
-    );
-    assert_eq!(cluster.delivered_matching(|m| is_snapshot_to(m, 3)), 1);
+    assert_catches_up_with_one_new_snapshot(&mut cluster);
 }
 
 /// §7 with loss: when the driver reports that it could not deliver a snapshot, the leader
@@ -171,11 +177,5 @@ fn a_snapshot_reported_failed_is_retried_without_waiting_for_the_timeout() {
         cluster.node(1).progress(3).map(|p| p.state),
         Some(ProgressState::Probe)
     );
-    let last = cluster.node(1).last_index();
-    let caught_up = cluster.tick_all_until(5, |cluster| cluster.node(3).last_index() == last);
-    assert!(
-        caught_up.is_some(),
-        "a new snapshot is sent and 3 catches up"
-    );
-    assert_eq!(cluster.delivered_matching(|m| is_snapshot_to(m, 3)), 1);
+    assert_catches_up_with_one_new_snapshot(&mut cluster);
 }

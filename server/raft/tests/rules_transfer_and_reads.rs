@@ -82,10 +82,8 @@ fn a_transfer_to_a_lagging_follower_first_catches_it_up() {
     assert_eq!(cluster.applied_data(3).len(), 5);
 }
 
-/// Thesis §3.10: while a transfer is under way the leader refuses proposals, so the target
-/// can catch up and the log stops growing under it.
-#[test]
-fn proposals_are_refused_while_a_transfer_is_in_progress() {
+/// 1 leads and has started handing leadership to 3, which it cannot reach.
+fn leader_transferring_to_an_unreachable_3() -> Cluster {
     let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
     cluster.campaign(1);
     cluster.isolate(3);
@@ -93,6 +91,14 @@ fn proposals_are_refused_while_a_transfer_is_in_progress() {
         .node_mut(1)
         .transfer_leader(3)
         .expect("3 is a voter");
+    cluster
+}
+
+/// Thesis §3.10: while a transfer is under way the leader refuses proposals, so the target
+/// can catch up and the log stops growing under it.
+#[test]
+fn proposals_are_refused_while_a_transfer_is_in_progress() {
+    let mut cluster = leader_transferring_to_an_unreachable_3();
     let last_index = cluster.node(1).last_index();
     assert_eq!(
         cluster.node_mut(1).propose(b"x".to_vec()),
@@ -105,13 +111,7 @@ fn proposals_are_refused_while_a_transfer_is_in_progress() {
 /// and the leader takes proposals again.
 #[test]
 fn a_transfer_that_does_not_complete_is_abandoned_after_an_election_timeout() {
-    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
-    cluster.campaign(1);
-    cluster.isolate(3);
-    cluster
-        .node_mut(1)
-        .transfer_leader(3)
-        .expect("3 is a voter");
+    let mut cluster = leader_transferring_to_an_unreachable_3();
 
     for _ in 1..ELECTION_TIMEOUT_TICKS {
         cluster.tick(1, 1);
