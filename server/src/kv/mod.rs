@@ -211,12 +211,7 @@ impl<'store> Applier<'store> {
 
 /// The committed value of `key` (for reads served after ReadIndex).
 pub fn read_committed(store: &NodeStore, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    store.check_poison()?;
-    let value = store
-        .data()
-        .get(key)
-        .map_err(|e| StoreError::Engine(e.to_string()))?;
-    Ok(value.map(|v| v.to_vec()))
+    store.get(crate::storage::Space::Data, key)
 }
 
 #[cfg(test)]

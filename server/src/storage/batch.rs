@@ -3,19 +3,22 @@
 use rshard_raft::{
     ConfState, Entry, HardState, Index, LogPosition, Snapshot, SnapshotMetadata, Storage,
 };
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
+use super::engine::{Space, Write};
 use super::group::{AppliedState, GroupStorage};
 use super::keys::{self, GroupId};
-use super::{NodeStore, StoreError};
+use super::StoreError;
 
 /// Pending writes; nothing is visible or durable until [`NodeStore::commit`].
 ///
 /// Each method reads the group's committed state to know what to replace, so write each
 /// group at most once per kind per batch (the driver persists one Ready per group per batch).
+/// A later write of the same key replaces an earlier one of the same batch.
 pub struct NodeBatch {
-    store: NodeStore,
-    batch: fjall::OwnedWriteBatch,
+    writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for NodeBatch {
@@ -37,13 +40,31 @@ fn encode<T: Serialize>(
 }
 
 impl NodeBatch {
-    pub(crate) fn new(store: NodeStore) -> Self {
-        let batch = store.inner.database.batch();
-        NodeBatch { store, batch }
+    pub(crate) fn new() -> Self {
+        NodeBatch {
+            writes: BTreeMap::new(),
+        }
     }
 
-    pub(crate) fn into_engine_batch(self) -> fjall::OwnedWriteBatch {
-        self.batch
+    pub(crate) fn into_writes(self) -> Vec<Write> {
+        self.writes
+            .into_iter()
+            .map(|((space, key), value)| Write { space, key, value })
+            .collect()
+    }
+
+    /// True if nothing was written (so committing would only cost a sync).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// How many keys the batch writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.writes.insert((space, key), value);
     }
 
     fn put_state<T: Serialize>(
@@ -54,18 +75,17 @@ impl NodeBatch {
         value: &T,
     ) -> Result<(), StoreError> {
         let bytes = encode(group, what, value)?;
-        self.batch.insert(
-            self.store.state(),
+        self.put(
+            Space::State,
             keys::state_key(group, tag).to_vec(),
-            bytes,
+            Some(bytes),
         );
         Ok(())
     }
 
     fn remove_entries(&mut self, group: GroupId, indexes: impl IntoIterator<Item = Index>) {
         for index in indexes {
-            self.batch
-                .remove(self.store.log(), keys::log_key(group, index).to_vec());
+            self.put(Space::Log, keys::log_key(group, index).to_vec(), None);
         }
     }
 
@@ -109,10 +129,10 @@ impl NodeBatch {
             stale.retain(|&index| index < first.index || index > last.index);
             for entry in &entries {
                 let bytes = encode(id, "log entry", *entry)?;
-                self.batch.insert(
-                    self.store.log(),
+                self.put(
+                    Space::Log,
                     keys::log_key(id, entry.index).to_vec(),
-                    bytes,
+                    Some(bytes),
                 );
             }
         }
@@ -125,10 +145,7 @@ impl NodeBatch {
 
     /// Writes (or, with `None`, deletes) one user key in the data keyspace.
     pub fn write_data(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        match value {
-            Some(value) => self.batch.insert(self.store.data(), key, value),
-            None => self.batch.remove(self.store.data(), key),
-        }
+        self.put(Space::Data, key, value);
     }
 
     /// Records what the group's state machine has applied (with the data writes of the same

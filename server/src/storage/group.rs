@@ -7,8 +7,9 @@ use rshard_raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::engine::{KeyRange, ScanOrder, Space};
 use super::keys::{self, GroupId};
-use super::{engine, NodeStore, StoreError};
+use super::{NodeStore, StoreError};
 
 /// What a group's state machine has applied, persisted atomically with the applied data.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +51,9 @@ impl GroupStorage {
         tag: u8,
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
-        self.store.check_poison()?;
         let bytes = self
             .store
-            .state()
-            .get(keys::state_key(self.group, tag))
-            .map_err(engine)?;
+            .get(Space::State, &keys::state_key(self.group, tag))?;
         bytes
             .map(|bytes| decode(self.group, what, &bytes))
             .transpose()
@@ -86,32 +84,34 @@ impl GroupStorage {
 
     /// The highest index with an entry, or the compaction point if none is left.
     pub(crate) fn stored_last_index(&self) -> Result<Index, StoreError> {
-        self.store.check_poison()?;
-        let last = self
-            .store
-            .log()
-            .prefix(keys::group_prefix(self.group))
-            .next_back();
+        let (start, end) = (
+            keys::log_key(self.group, 0),
+            keys::group_prefix(self.group + 1),
+        );
+        let range = KeyRange {
+            start: &start,
+            end: (self.group < GroupId::MAX).then_some(&end[..]),
+        };
+        let mut last = None;
+        self.store
+            .scan(Space::Log, range, ScanOrder::Descending, &mut |key, _| {
+                last = Some(key.to_vec());
+                std::ops::ControlFlow::Break(())
+            })?;
         match last {
-            Some(guard) => {
-                let (key, _) = guard.into_inner().map_err(engine)?;
-                keys::index_of_log_key(&key).ok_or(StoreError::Corrupt {
-                    group: self.group,
-                    what: "log key",
-                    detail: format!("{} bytes", key.len()),
-                })
-            }
+            Some(key) => keys::index_of_log_key(&key).ok_or(StoreError::Corrupt {
+                group: self.group,
+                what: "log key",
+                detail: format!("{} bytes", key.len()),
+            }),
             None => Ok(self.compacted()?.index),
         }
     }
 
     fn entry(&self, index: Index) -> Result<Option<Entry>, StoreError> {
-        self.store.check_poison()?;
         let bytes = self
             .store
-            .log()
-            .get(keys::log_key(self.group, index))
-            .map_err(engine)?;
+            .get(Space::Log, &keys::log_key(self.group, index))?;
         let entry: Option<Entry> = bytes
             .map(|b| decode(self.group, "log entry", &b))
             .transpose()?;
@@ -130,12 +130,23 @@ impl GroupStorage {
         if low > high {
             return Ok(Vec::new());
         }
-        let range = keys::log_key(self.group, low)..=keys::log_key(self.group, high);
+        let (start, end) = (
+            keys::log_key(self.group, low),
+            keys::log_key(self.group, high),
+        );
+        let range = KeyRange {
+            start: &start,
+            end: None,
+        };
         let mut indexes = Vec::new();
-        for guard in self.store.log().range(range) {
-            let (key, _) = guard.into_inner().map_err(engine)?;
-            indexes.extend(keys::index_of_log_key(&key));
-        }
+        self.store
+            .scan(Space::Log, range, ScanOrder::Ascending, &mut |key, _| {
+                if key > &end[..] {
+                    return std::ops::ControlFlow::Break(());
+                }
+                indexes.extend(keys::index_of_log_key(key));
+                std::ops::ControlFlow::Continue(())
+            })?;
         Ok(indexes)
     }
 }
@@ -155,28 +166,46 @@ impl Storage for GroupStorage {
         if high > self.stored_last_index()? + 1 {
             return Err(StorageError::Unavailable);
         }
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         let mut total = 0;
-        let range = keys::log_key(self.group, low)..keys::log_key(self.group, high);
-        for guard in self.store.log().range(range) {
-            let (_, value) = guard.into_inner().map_err(engine)?;
-            let entry: Entry = decode(self.group, "log entry", &value)?;
-            total += entry.size_bytes();
-            if !entries.is_empty() && total > max_bytes {
-                break;
-            }
-            let expected = low + entries.len() as u64;
-            if entry.index != expected {
-                return Err(StoreError::Corrupt {
-                    group: self.group,
-                    what: "log",
-                    detail: format!("entry {} where {expected} was expected", entry.index),
+        let mut failure = None;
+        let (start, end) = (
+            keys::log_key(self.group, low),
+            keys::log_key(self.group, high),
+        );
+        let range = KeyRange {
+            start: &start,
+            end: Some(&end),
+        };
+        self.store
+            .scan(Space::Log, range, ScanOrder::Ascending, &mut |_, value| {
+                let entry: Entry = match decode(self.group, "log entry", value) {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        failure = Some(error);
+                        return std::ops::ControlFlow::Break(());
+                    }
+                };
+                total += entry.size_bytes();
+                if !entries.is_empty() && total > max_bytes {
+                    return std::ops::ControlFlow::Break(());
                 }
-                .into());
-            }
-            entries.push(entry);
+                let expected = low + entries.len() as u64;
+                if entry.index != expected {
+                    failure = Some(StoreError::Corrupt {
+                        group: self.group,
+                        what: "log",
+                        detail: format!("entry {} where {expected} was expected", entry.index),
+                    });
+                    return std::ops::ControlFlow::Break(());
+                }
+                entries.push(entry);
+                std::ops::ControlFlow::Continue(())
+            })?;
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(entries),
         }
-        Ok(entries)
     }
 
     fn term(&self, index: Index) -> Result<Term, StorageError> {

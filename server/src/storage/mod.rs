@@ -14,22 +14,25 @@
 //!   later commit and read fails with [`StoreError::Poisoned`], and the node must stop.
 //! - Bytes read back that do not decode are [`StoreError::Corrupt`], never a panic.
 //!
-//! Not yet here: snapshots are stored as one blob at creation. Producing them as a
-//! consistent scan of the shard's data range, streamed in chunks, comes with the KV state
-//! machine.
+//! The engine is a trait ([`Engine`]): fjall in production ([`FjallEngine`]), an in-memory
+//! engine that loses unsynced batches on a simulated crash in tests ([`MemEngine`]).
 
 mod batch;
+pub mod engine;
 mod group;
 pub mod keys;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use thiserror::Error;
 
 pub use batch::NodeBatch;
-pub use group::GroupStorage;
+pub use engine::{
+    Durability, Engine, FjallEngine, KeyRange, MemEngine, ScanOrder, Space, SyncAll, Write,
+};
+pub use group::{AppliedState, GroupStorage};
 pub use keys::GroupId;
 
 /// Why a storage operation failed.
@@ -56,38 +59,13 @@ impl From<StoreError> for rshard_raft::StorageError {
     }
 }
 
-fn engine(error: fjall::Error) -> StoreError {
-    StoreError::Engine(error.to_string())
-}
-
-/// How a committed batch is made durable. The real one fsyncs; tests inject failures.
-pub trait Durability: Send + Sync {
-    fn sync(&self, database: &Database) -> Result<(), String>;
-}
-
-/// `fsync` of the journal (`PersistMode::SyncAll`).
-#[derive(Debug)]
-pub struct SyncAll;
-
-impl Durability for SyncAll {
-    fn sync(&self, database: &Database) -> Result<(), String> {
-        database
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| e.to_string())
-    }
-}
-
 struct Inner {
-    database: Database,
-    log: Keyspace,
-    state: Keyspace,
-    data: Keyspace,
-    durability: Box<dyn Durability>,
+    engine: Arc<dyn Engine>,
     /// Set once, by the first failed write or sync; never cleared.
     poison: Mutex<Option<String>>,
 }
 
-/// The node's storage. Cheap to clone; all clones share one database.
+/// The node's storage. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
 pub struct NodeStore {
     inner: Arc<Inner>,
@@ -103,7 +81,7 @@ impl std::fmt::Debug for NodeStore {
 }
 
 impl NodeStore {
-    /// Opens (or creates) the store in `path`, syncing with fsync.
+    /// Opens (or creates) the fjall store in `path`, syncing with fsync.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with_durability(path, Box::new(SyncAll))
     }
@@ -112,28 +90,19 @@ impl NodeStore {
         path: &Path,
         durability: Box<dyn Durability>,
     ) -> Result<Self, StoreError> {
-        let database = Database::builder(path).open().map_err(engine)?;
-        let keyspace = |name: &str| {
-            database
-                .keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(engine)
-        };
-        let (log, state, data) = (
-            keyspace("raft_log")?,
-            keyspace("raft_state")?,
-            keyspace("data")?,
-        );
+        let engine = FjallEngine::open(path, durability).map_err(StoreError::Engine)?;
+        Ok(Self::with_engine(Arc::new(engine)))
+    }
+
+    /// A store over any engine (the in-memory one in tests and simulations).
+    pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
         let inner = Inner {
-            database,
-            log,
-            state,
-            data,
-            durability,
+            engine,
             poison: Mutex::new(None),
         };
-        Ok(NodeStore {
+        NodeStore {
             inner: Arc::new(inner),
-        })
+        }
     }
 
     /// The read side of one group's Raft storage.
@@ -142,17 +111,17 @@ impl NodeStore {
     }
 
     pub fn batch(&self) -> NodeBatch {
-        NodeBatch::new(self.clone())
+        NodeBatch::new()
     }
 
-    /// Makes `batch` atomic and durable: one journal write, one sync. On failure the store
+    /// Makes `batch` atomic and durable: one engine write, one sync. On failure the store
     /// is poisoned and the error says so; nothing is retried.
     pub fn commit(&self, batch: NodeBatch) -> Result<(), StoreError> {
         self.check_poison()?;
-        if let Err(error) = batch.into_engine_batch().commit() {
+        if let Err(error) = self.inner.engine.write(batch.into_writes()) {
             return Err(self.poison(format!("write failed: {error}")));
         }
-        if let Err(error) = self.inner.durability.sync(&self.inner.database) {
+        if let Err(error) = self.inner.engine.sync() {
             return Err(self.poison(format!("sync failed: {error}")));
         }
         Ok(())
@@ -181,17 +150,28 @@ impl NodeStore {
         }
     }
 
-    pub(crate) fn log(&self) -> &Keyspace {
-        &self.inner.log
+    /// The committed value of `key` in `space`.
+    pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check_poison()?;
+        self.inner
+            .engine
+            .get(space, key)
+            .map_err(StoreError::Engine)
     }
 
-    pub(crate) fn state(&self) -> &Keyspace {
-        &self.inner.state
-    }
-
-    /// The user-data keyspace, for the KV state machine.
-    pub fn data(&self) -> &Keyspace {
-        &self.inner.data
+    /// Visits the committed keys of `range` in `order` until `visit` breaks.
+    pub fn scan(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        order: ScanOrder,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.check_poison()?;
+        self.inner
+            .engine
+            .scan(space, range, order, visit)
+            .map_err(StoreError::Engine)
     }
 }
 

@@ -162,19 +162,22 @@ fn corrupt_bytes_are_a_typed_error_not_a_panic() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = bootstrapped(&dir);
     commit_ready(&store, &entries(1, 2..=3), None);
+    let raw = |space, key: &[u8], value: &[u8]| Write {
+        space,
+        key: key.to_vec(),
+        value: Some(value.to_vec()),
+    };
     store
-        .log()
-        .insert(
-            keys::log_key(GROUP, 3).to_vec(),
-            b"\xc1 not msgpack".to_vec(),
-        )
-        .expect("raw write");
-    store
-        .state()
-        .insert(
-            keys::state_key(GROUP, keys::HARD_STATE_TAG).to_vec(),
-            b"\xff".to_vec(),
-        )
+        .inner
+        .engine
+        .write(vec![
+            raw(Space::Log, &keys::log_key(GROUP, 3), b"\xc1 not msgpack"),
+            raw(
+                Space::State,
+                &keys::state_key(GROUP, keys::HARD_STATE_TAG),
+                b"\xff",
+            ),
+        ])
         .expect("raw write");
     let group = store.group(GROUP);
     for result in [
