@@ -22,7 +22,6 @@ pub mod engine;
 mod group;
 pub mod keys;
 
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -165,7 +164,7 @@ impl NodeStore {
         space: Space,
         range: KeyRange<'_>,
         order: ScanOrder,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+        visit: &mut engine::Visit<'_>,
     ) -> Result<(), StoreError> {
         self.check_poison()?;
         self.inner
