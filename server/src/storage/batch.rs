@@ -1,8 +1,6 @@
 //! Writes of many groups gathered into one atomic batch (group commit).
 
-use rshard_raft::{
-    ConfState, Entry, HardState, Index, LogPosition, Snapshot, SnapshotMetadata, Storage,
-};
+use rshard_raft::{ConfState, Entry, HardState, Index, LogPosition, Snapshot, Storage};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -111,7 +109,6 @@ impl NodeBatch {
                 index: metadata.index,
             };
             self.put_state(id, keys::COMPACTED_TAG, "compaction point", &compacted)?;
-            self.put_state(id, keys::SNAPSHOT_TAG, "snapshot", snapshot)?;
             let applied = AppliedState {
                 applied: metadata.index,
                 conf_state: metadata.conf_state.clone(),
@@ -163,32 +160,20 @@ impl NodeBatch {
         self.put_state(group, keys::APPLIED_STATE_TAG, "applied state", &state)
     }
 
-    /// Records a snapshot of the group's state machine at `index`, which must be applied.
-    pub fn save_snapshot(
+    /// Records the shard a group replicates (at creation, and when a split or merge changes
+    /// its range).
+    pub fn set_descriptor(
         &mut self,
-        group: &GroupStorage,
-        index: Index,
-        conf_state: ConfState,
-        data: Vec<u8>,
+        group: GroupId,
+        descriptor: &rshard_common::shard::ShardDescriptor,
     ) -> Result<(), StoreError> {
-        let term = group
-            .term(index)
-            .map_err(|e| StoreError::Engine(format!("snapshot at {index}: {e}")))?;
-        let snapshot = Snapshot {
-            metadata: SnapshotMetadata {
-                index,
-                term,
-                conf_state,
-            },
-            data,
-        };
-        self.put_state(group.group(), keys::SNAPSHOT_TAG, "snapshot", &snapshot)
+        self.put_state(group, keys::DESCRIPTOR_TAG, "shard descriptor", descriptor)
     }
 
-    /// Drops entries up to `index`, never past the stored snapshot (so a follower that needs
-    /// them can be sent the snapshot).
+    /// Drops entries up to `index`, never past the committed applied index: a follower that
+    /// needs them is sent a snapshot, which is taken at the applied index.
     pub fn compact(&mut self, group: &GroupStorage, index: Index) -> Result<(), StoreError> {
-        let covered = group.stored_snapshot()?.map_or(0, |s| s.metadata.index);
+        let covered = group.applied_state()?.applied;
         let index = index.min(covered);
         let compacted = group.compacted()?;
         if index <= compacted.index {
@@ -207,31 +192,15 @@ impl NodeBatch {
         )
     }
 
-    /// The first replica of a new group: its log starts after a snapshot at
+    /// An initial replica of a new group: its log starts after a snapshot at
     /// `MemStorage::BOOTSTRAP_INDEX` holding the initial membership (see the Raft core docs).
-    pub fn bootstrap(
-        &mut self,
-        group: GroupId,
-        conf_state: ConfState,
-        data: Vec<u8>,
-    ) -> Result<(), StoreError> {
+    pub fn bootstrap(&mut self, group: GroupId, conf_state: ConfState) -> Result<(), StoreError> {
         let start = rshard_raft::MemStorage::BOOTSTRAP_INDEX;
         let position = LogPosition {
             term: start,
             index: start,
         };
-        let metadata = SnapshotMetadata {
-            index: start,
-            term: start,
-            conf_state: conf_state.clone(),
-        };
         self.put_state(group, keys::COMPACTED_TAG, "compaction point", &position)?;
-        self.put_state(
-            group,
-            keys::SNAPSHOT_TAG,
-            "snapshot",
-            &Snapshot { metadata, data },
-        )?;
         self.put_state(
             group,
             keys::APPLIED_STATE_TAG,

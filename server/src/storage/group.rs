@@ -1,8 +1,9 @@
 //! One group's view of the node store, implementing the Raft core's read-only `Storage`.
 
+use rshard_common::shard::ShardDescriptor;
 use rshard_raft::{
-    ConfState, Entry, HardState, Index, InitialState, LogPosition, Snapshot, Storage, StorageError,
-    Term,
+    ConfState, Entry, HardState, Index, InitialState, LogPosition, Snapshot, SnapshotMetadata,
+    Storage, StorageError, Term,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -78,8 +79,9 @@ impl GroupStorage {
             .unwrap_or_default())
     }
 
-    pub fn stored_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
-        self.read_state(keys::SNAPSHOT_TAG, "snapshot")
+    /// The shard this group replicates, if it was created on this node.
+    pub fn descriptor(&self) -> Result<Option<ShardDescriptor>, StoreError> {
+        self.read_state(keys::DESCRIPTOR_TAG, "shard descriptor")
     }
 
     /// The highest index with an entry, or the compaction point if none is left.
@@ -229,8 +231,19 @@ impl Storage for GroupStorage {
         Ok(self.stored_last_index()?)
     }
 
+    /// The state machine as of its committed applied index. The Raft core sees only the
+    /// metadata: the shard's data is a range of the data keyspace that the driver scans when
+    /// it sends the snapshot, before anything else is committed, so data and index agree.
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.stored_snapshot()?
-            .ok_or(StorageError::SnapshotTemporarilyUnavailable)
+        let applied = self.applied_state()?;
+        let term = self.term(applied.applied)?;
+        Ok(Snapshot {
+            metadata: SnapshotMetadata {
+                index: applied.applied,
+                term,
+                conf_state: applied.conf_state,
+            },
+            data: Vec::new(),
+        })
     }
 }

@@ -2,7 +2,8 @@
 //! and one group's keys are contiguous.
 //!
 //! - `raft_log`: group id (8) ++ index (8) -> entry
-//! - `raft_state`: group id (8) ++ tag (1) -> hard state | applied state | snapshot
+//! - `raft_state`: group id (8) ++ tag (1) -> hard state | applied state | compaction point |
+//!   shard descriptor
 
 use rshard_raft::Index;
 
@@ -11,7 +12,8 @@ pub type GroupId = u64;
 
 pub const HARD_STATE_TAG: u8 = b'h';
 pub const APPLIED_STATE_TAG: u8 = b'a';
-pub const SNAPSHOT_TAG: u8 = b's';
+/// The shard descriptor the group replicates.
+pub const DESCRIPTOR_TAG: u8 = b'd';
 /// The last entry compacted away (or replaced by a snapshot): the log's "dummy" position.
 pub const COMPACTED_TAG: u8 = b'c';
 

@@ -37,9 +37,7 @@ fn commit_ready(store: &NodeStore, entries: &[Entry], hard_state: Option<HardSta
 fn bootstrapped(dir: &tempfile::TempDir) -> NodeStore {
     let store = NodeStore::open(dir.path()).expect("opens");
     let mut batch = store.batch();
-    batch
-        .bootstrap(GROUP, voters(), b"initial".to_vec())
-        .expect("encodes");
+    batch.bootstrap(GROUP, voters()).expect("encodes");
     store.commit(batch).expect("commits");
     store
 }
@@ -56,7 +54,12 @@ fn a_bootstrapped_group_starts_after_its_snapshot() {
     let initial = group.initial_state().expect("readable");
     assert_eq!(initial.conf_state, voters());
     assert_eq!(initial.hard_state.commit, start);
-    assert_eq!(group.snapshot().expect("stored").data, b"initial");
+    let snapshot = group.snapshot().expect("at the applied index");
+    assert_eq!(
+        (snapshot.metadata.index, snapshot.metadata.term),
+        (start, start)
+    );
+    assert_eq!(snapshot.metadata.conf_state, voters());
 }
 
 #[test]
@@ -102,20 +105,19 @@ fn everything_committed_survives_reopening() {
 }
 
 #[test]
-fn compaction_never_passes_the_stored_snapshot() {
+fn compaction_never_passes_the_applied_index() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = bootstrapped(&dir);
     commit_ready(&store, &entries(1, 2..=10), None);
     let group = store.group(GROUP);
     let mut batch = store.batch();
-    batch
-        .save_snapshot(&group, 6, voters(), b"at 6".to_vec())
-        .expect("applied index in log");
+    batch.set_applied(GROUP, 6, voters()).expect("encodes");
     store.commit(batch).expect("commits");
     let mut batch = store.batch();
     batch.compact(&group, 9).expect("compacts");
     store.commit(batch).expect("commits");
-    assert_eq!(group.first_index(), Ok(7), "only up to the snapshot at 6");
+    assert_eq!(group.first_index(), Ok(7), "only up to the applied index 6");
+    assert_eq!(group.snapshot().map(|s| s.metadata.index), Ok(6));
     assert_eq!(group.term(6), Ok(1));
     assert_eq!(group.entries(6, 8, u64::MAX), Err(StorageError::Compacted));
     assert_eq!(group.entries(7, 11, u64::MAX), Ok(entries(1, 7..=10)));
@@ -210,9 +212,7 @@ fn a_failed_sync_poisons_the_store_and_is_never_retried() {
         NodeStore::open_with_durability(dir.path(), Box::new(FailingDisk(attempts.clone())))
             .expect("opens");
     let mut batch = store.batch();
-    batch
-        .bootstrap(GROUP, voters(), Vec::new())
-        .expect("encodes");
+    batch.bootstrap(GROUP, voters()).expect("encodes");
     let error = store.commit(batch).expect_err("the sync fails");
     assert_eq!(error, StoreError::Poisoned("sync failed: EIO".to_string()));
     assert_eq!(store.poisoned().as_deref(), Some("sync failed: EIO"));
@@ -256,15 +256,8 @@ fn the_node_store_answers_like_mem_storage() {
                     model
                         .create_snapshot(index, conf.clone(), vec![])
                         .expect("model");
-                    if index
-                        > group
-                            .stored_snapshot()
-                            .expect("readable")
-                            .map_or(0, |s| s.metadata.index)
-                    {
-                        batch
-                            .save_snapshot(&group, index, conf, vec![])
-                            .expect("in log");
+                    if index > group.applied_state().expect("readable").applied {
+                        batch.set_applied(GROUP, index, conf).expect("encodes");
                     }
                     model.compact(index).expect("model");
                     store.commit(batch).expect("commits");
@@ -356,9 +349,7 @@ fn a_raft_replica_runs_on_the_store_and_restarts_from_it() {
     let (last, hard_state) = {
         let store = NodeStore::open(dir.path()).expect("opens");
         let mut batch = store.batch();
-        batch
-            .bootstrap(GROUP, single.clone(), Vec::new())
-            .expect("encodes");
+        batch.bootstrap(GROUP, single.clone()).expect("encodes");
         store.commit(batch).expect("commits");
         let mut raft = Raft::new(Config::new(1), store.group(GROUP)).expect("valid");
         raft.campaign().expect("voter");
