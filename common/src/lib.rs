@@ -4,4 +4,5 @@
 //! end-to-end tests use to judge client histories.
 
 pub mod linearizability;
+pub mod rng;
 pub mod shard;

@@ -4,4 +4,5 @@
 //! ([`kv`]); the multi-raft driver, transport and API come next.
 
 pub mod kv;
+pub mod multiraft;
 pub mod storage;

@@ -145,11 +145,13 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Stops ticking this group if [`Raft::can_quiesce`]; the followers are told to stop too.
+    /// Does nothing (and returns false) if already quiesced: telling the followers again
+    /// would start a heartbeat exchange that never ends.
     /// The driver's node-level liveness then stands in for this group's heartbeats. Any
     /// message, proposal, read or transfer wakes the group. Safety never depends on ticks;
     /// only the lease does, and a quiesced leader holds none.
     pub fn quiesce(&mut self) -> bool {
-        if !self.can_quiesce() {
+        if self.quiesced || !self.can_quiesce() {
             return false;
         }
         self.quiesced = true;

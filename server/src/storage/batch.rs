@@ -1,7 +1,7 @@
 //! Writes of many groups gathered into one atomic batch (group commit).
 
 use rshard_raft::{ConfState, Entry, HardState, Index, LogPosition, Snapshot, Storage};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -17,6 +17,8 @@ use super::StoreError;
 /// A later write of the same key replaces an earlier one of the same batch.
 pub struct NodeBatch {
     writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    /// Groups whose Raft log or state this batch changes (their cached reads go stale).
+    touched: BTreeSet<GroupId>,
 }
 
 impl std::fmt::Debug for NodeBatch {
@@ -41,14 +43,17 @@ impl NodeBatch {
     pub(crate) fn new() -> Self {
         NodeBatch {
             writes: BTreeMap::new(),
+            touched: BTreeSet::new(),
         }
     }
 
-    pub(crate) fn into_writes(self) -> Vec<Write> {
-        self.writes
+    pub(crate) fn into_writes(self) -> (Vec<Write>, BTreeSet<GroupId>) {
+        let writes = self
+            .writes
             .into_iter()
             .map(|((space, key), value)| Write { space, key, value })
-            .collect()
+            .collect();
+        (writes, self.touched)
     }
 
     /// True if nothing was written (so committing would only cost a sync).
@@ -73,6 +78,7 @@ impl NodeBatch {
         value: &T,
     ) -> Result<(), StoreError> {
         let bytes = encode(group, what, value)?;
+        self.touched.insert(group);
         self.put(
             Space::State,
             keys::state_key(group, tag).to_vec(),
@@ -82,6 +88,7 @@ impl NodeBatch {
     }
 
     fn remove_entries(&mut self, group: GroupId, indexes: impl IntoIterator<Item = Index>) {
+        self.touched.insert(group);
         for index in indexes {
             self.put(Space::Log, keys::log_key(group, index).to_vec(), None);
         }
@@ -124,6 +131,7 @@ impl NodeBatch {
                 stale = ((last.index + 1)..=old_last).collect();
             }
             stale.retain(|&index| index < first.index || index > last.index);
+            self.touched.insert(id);
             for entry in &entries {
                 let bytes = encode(id, "log entry", *entry)?;
                 self.put(

@@ -67,16 +67,28 @@ impl GroupStorage {
     }
 
     pub fn applied_state(&self) -> Result<AppliedState, StoreError> {
-        Ok(self
-            .read_state(keys::APPLIED_STATE_TAG, "applied state")?
-            .unwrap_or_default())
+        self.store.cached(
+            self.group,
+            |cache| &mut cache.applied,
+            || {
+                Ok(self
+                    .read_state(keys::APPLIED_STATE_TAG, "applied state")?
+                    .unwrap_or_default())
+            },
+        )
     }
 
     /// The last position compacted away; (0, 0) for a log that never was.
     pub fn compacted(&self) -> Result<LogPosition, StoreError> {
-        Ok(self
-            .read_state(keys::COMPACTED_TAG, "compaction point")?
-            .unwrap_or_default())
+        self.store.cached(
+            self.group,
+            |cache| &mut cache.compacted,
+            || {
+                Ok(self
+                    .read_state(keys::COMPACTED_TAG, "compaction point")?
+                    .unwrap_or_default())
+            },
+        )
     }
 
     /// The shard this group replicates, if it was created on this node.
@@ -86,6 +98,14 @@ impl GroupStorage {
 
     /// The highest index with an entry, or the compaction point if none is left.
     pub(crate) fn stored_last_index(&self) -> Result<Index, StoreError> {
+        self.store.cached(
+            self.group,
+            |cache| &mut cache.last_index,
+            || self.read_last_index(),
+        )
+    }
+
+    fn read_last_index(&self) -> Result<Index, StoreError> {
         let (start, end) = (
             keys::log_key(self.group, 0),
             keys::group_prefix(self.group + 1),

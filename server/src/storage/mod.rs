@@ -26,6 +26,7 @@ pub mod engine;
 mod group;
 pub mod keys;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -62,8 +63,18 @@ impl From<StoreError> for rshard_raft::StorageError {
     }
 }
 
+/// What a group's Raft storage reads most, cached between the commits that change it.
+/// Filled on a read miss; dropped for every group a committed batch touched.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GroupCache {
+    pub compacted: Option<rshard_raft::LogPosition>,
+    pub last_index: Option<rshard_raft::Index>,
+    pub applied: Option<AppliedState>,
+}
+
 struct Inner {
     engine: Arc<dyn Engine>,
+    cache: Mutex<HashMap<GroupId, GroupCache>>,
     /// Set once, by the first failed write or sync; never cleared.
     poison: Mutex<Option<String>>,
 }
@@ -101,6 +112,7 @@ impl NodeStore {
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
         let inner = Inner {
             engine,
+            cache: Mutex::new(HashMap::new()),
             poison: Mutex::new(None),
         };
         NodeStore {
@@ -121,13 +133,41 @@ impl NodeStore {
     /// is poisoned and the error says so; nothing is retried.
     pub fn commit(&self, batch: NodeBatch) -> Result<(), StoreError> {
         self.check_poison()?;
-        if let Err(error) = self.inner.engine.write(batch.into_writes()) {
+        let (writes, touched) = batch.into_writes();
+        let written = self.inner.engine.write(writes);
+        {
+            let mut cache = self.cache();
+            for group in touched {
+                cache.remove(&group);
+            }
+        }
+        if let Err(error) = written {
             return Err(self.poison(format!("write failed: {error}")));
         }
         if let Err(error) = self.inner.engine.sync() {
             return Err(self.poison(format!("sync failed: {error}")));
         }
         Ok(())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, GroupCache>> {
+        self.inner.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A cached value of `group`, or `read` it and cache it with `store`.
+    pub(crate) fn cached<T: Clone>(
+        &self,
+        group: GroupId,
+        field: fn(&mut GroupCache) -> &mut Option<T>,
+        read: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.check_poison()?;
+        if let Some(value) = self.cache().get_mut(&group).and_then(|c| field(c).clone()) {
+            return Ok(value);
+        }
+        let value = read()?;
+        *field(self.cache().entry(group).or_default()) = Some(value.clone());
+        Ok(value)
     }
 
     /// Why the store is poisoned, if it is.

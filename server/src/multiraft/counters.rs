@@ -1,0 +1,65 @@
+//! What the driver loop did, for tests now and metrics later. Monotonic counts, except the
+//! two gauges of ticking and quiet groups.
+
+use std::collections::BTreeMap;
+
+use rshard_raft::NodeId;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub frames_sent: u64,
+    /// Frames that carried at least one heartbeat or heartbeat answer.
+    pub heartbeat_frames_sent: u64,
+    /// Coalesced heartbeats and answers, counted per group.
+    pub heartbeats_sent: u64,
+    pub messages_sent: u64,
+    /// Frames the transport refused because the peer's queue was full.
+    pub frames_dropped: u64,
+    pub frames_received: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub iterations: u64,
+    /// Readies handled: groups that had work, summed over iterations.
+    pub readies: u64,
+    /// Groups looked at because they took input, summed over iterations.
+    pub dirty_groups: u64,
+    /// Storage syncs; at most one per iteration.
+    pub syncs: u64,
+    /// Log entries made durable (so entries per sync = this / `syncs`).
+    pub entries_persisted: u64,
+    pub entries_applied: u64,
+    /// Ticks of the node, and the sum over ticks of groups ticked.
+    pub ticks: u64,
+    pub group_ticks: u64,
+    /// Gauges, as of the end of the last iteration.
+    pub ticking_groups: u64,
+    pub quiet_groups: u64,
+    /// Inputs refused because the inbox was full.
+    pub inbox_drops: u64,
+    /// Messages for groups this node does not hold, and messages the core refused.
+    pub messages_for_unknown_groups: u64,
+    pub malformed_messages: u64,
+    /// Peers declared dead, and groups woken because a dead peer led them.
+    pub peers_declared_dead: u64,
+    pub groups_woken_by_dead_peer: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub compactions: u64,
+    pub per_peer: BTreeMap<NodeId, PeerCounters>,
+}
+
+impl Counters {
+    pub fn peer(&mut self, peer: NodeId) -> &mut PeerCounters {
+        self.per_peer.entry(peer).or_default()
+    }
+
+    /// Mean log entries made durable per sync.
+    pub fn entries_per_sync(&self) -> f64 {
+        if self.syncs == 0 {
+            return 0.0;
+        }
+        self.entries_persisted as f64 / self.syncs as f64
+    }
+}

@@ -1,0 +1,574 @@
+//! The driver loop itself; see the module documentation for the order of an iteration.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rshard_common::shard::{ShardDescriptor, ShardId};
+use rshard_raft::{ConfState, Config, Message, MessageKind, NodeId, Raft, Ready, Role};
+
+use super::counters::Counters;
+use super::frame::Frame;
+use super::replica::{PendingRead, Replica, ShardSnapshot};
+use super::transport::Transport;
+use super::{Answer, DriverConfig, InboxFull, Input, Request, RequestError, RequestId, Response};
+use crate::kv::{self, Applier};
+use crate::storage::{keys, GroupId, KeyRange, NodeStore, ScanOrder, Space, StoreError};
+
+/// What the driver knows of a peer node.
+#[derive(Clone, Copy, Debug, Default)]
+struct Peer {
+    ticks_since_heard: u32,
+    dead: bool,
+}
+
+/// Drives every replica on one node. See the module documentation.
+#[derive(Debug)]
+pub struct MultiRaft<T: Transport> {
+    config: DriverConfig,
+    store: NodeStore,
+    transport: T,
+    inbox: VecDeque<Input>,
+    replicas: BTreeMap<GroupId, Replica>,
+    /// Groups that are not quiesced.
+    ticking: BTreeSet<GroupId>,
+    /// Groups that took input or still have work: the only ones asked for a Ready.
+    dirty: BTreeSet<GroupId>,
+    peers: BTreeMap<NodeId, Peer>,
+    /// Messages that needed the last sync, sent with the next iteration's frames.
+    held: BTreeMap<NodeId, Frame>,
+    answers: Vec<Answer>,
+    counters: Counters,
+    /// Set when storage failed: the driver answers everything with it and does nothing else.
+    stopped: Option<String>,
+}
+
+fn stop_error(reason: &str) -> RequestError {
+    RequestError::Stopped(reason.to_string())
+}
+
+impl<T: Transport> MultiRaft<T> {
+    /// Starts the driver over `store`, restarting every replica the store holds.
+    pub fn open(config: DriverConfig, store: NodeStore, transport: T) -> Result<Self, StoreError> {
+        let mut driver = MultiRaft {
+            config,
+            store,
+            transport,
+            inbox: VecDeque::new(),
+            replicas: BTreeMap::new(),
+            ticking: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            held: BTreeMap::new(),
+            answers: Vec::new(),
+            counters: Counters::default(),
+            stopped: None,
+        };
+        for group in driver.stored_groups()? {
+            driver.load_replica(group)?;
+        }
+        Ok(driver)
+    }
+
+    fn stored_groups(&self) -> Result<Vec<GroupId>, StoreError> {
+        let mut groups = Vec::new();
+        let range = KeyRange {
+            start: &[],
+            end: None,
+        };
+        self.store
+            .scan(Space::State, range, ScanOrder::Ascending, &mut |key, _| {
+                if let (Some(&keys::DESCRIPTOR_TAG), Some(id)) = (key.get(8), key.get(..8)) {
+                    let mut bytes = [0; 8];
+                    bytes.copy_from_slice(id);
+                    groups.push(GroupId::from_be_bytes(bytes));
+                }
+                std::ops::ControlFlow::Continue(())
+            })?;
+        Ok(groups)
+    }
+
+    fn load_replica(&mut self, group: GroupId) -> Result<(), StoreError> {
+        let storage = self.store.group(group);
+        let descriptor = storage.descriptor()?.ok_or(StoreError::Corrupt {
+            group,
+            what: "shard descriptor",
+            detail: "missing".to_string(),
+        })?;
+        let applied = storage.applied_state()?;
+        let mut raft_config = Config::new(self.config.node);
+        raft_config.election_timeout_ticks = self.config.election_timeout_ticks;
+        raft_config.heartbeat_interval_ticks = self.config.heartbeat_interval_ticks;
+        raft_config.applied = applied.applied;
+        raft_config.seed = mix(self.config.seed, self.config.node, group);
+        let raft = Raft::new(raft_config, storage).map_err(|error| StoreError::Corrupt {
+            group,
+            what: "raft state",
+            detail: error.to_string(),
+        })?;
+        for member in applied.conf_state.members() {
+            if member != self.config.node {
+                self.peers.entry(member).or_default();
+            }
+        }
+        self.replicas.insert(group, Replica::new(raft, descriptor));
+        self.ticking.insert(group);
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    /// Queues an input for the next iteration.
+    pub fn offer(&mut self, input: Input) -> Result<(), InboxFull> {
+        if self.inbox.len() >= self.config.max_inbox_inputs {
+            self.counters.inbox_drops += 1;
+            return Err(InboxFull);
+        }
+        self.inbox.push_back(input);
+        Ok(())
+    }
+
+    /// True if an iteration now would do something (so the loop should not wait).
+    pub fn has_work(&self) -> bool {
+        self.stopped.is_none()
+            && (!self.inbox.is_empty() || !self.dirty.is_empty() || !self.held.is_empty())
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn store(&self) -> &NodeStore {
+        &self.store
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Why the driver stopped, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.replicas.keys().copied()
+    }
+
+    /// The leader this node's replica of `shard` knows, if any.
+    pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        self.replicas.get(&shard).and_then(|r| r.raft.leader())
+    }
+
+    pub fn is_leader(&self, shard: ShardId) -> bool {
+        self.replicas
+            .get(&shard)
+            .is_some_and(|r| r.raft.role() == Role::Leader)
+    }
+
+    pub fn is_quiet(&self, shard: ShardId) -> bool {
+        self.replicas.contains_key(&shard) && !self.ticking.contains(&shard)
+    }
+
+    /// The index this node's replica of `shard` has applied.
+    pub fn applied_index(&self, shard: ShardId) -> Option<rshard_raft::Index> {
+        self.replicas.get(&shard).map(|r| r.raft.applied_index())
+    }
+
+    pub fn descriptor(&self, shard: ShardId) -> Option<&ShardDescriptor> {
+        self.replicas.get(&shard).map(|r| &r.descriptor)
+    }
+
+    /// One iteration; returns the requests answered in it.
+    pub fn iterate(&mut self) -> Vec<Answer> {
+        if let Some(reason) = self.stopped.clone() {
+            self.refuse_inbox(&reason);
+            return std::mem::take(&mut self.answers);
+        }
+        self.counters.iterations += 1;
+        if let Err(error) = self.run_iteration() {
+            self.stop(error);
+        }
+        self.counters.ticking_groups = self.ticking.len() as u64;
+        self.counters.quiet_groups = (self.replicas.len() - self.ticking.len()) as u64;
+        std::mem::take(&mut self.answers)
+    }
+
+    fn run_iteration(&mut self) -> Result<(), StoreError> {
+        let inputs = self.inbox.len().min(self.config.max_inputs_per_iteration);
+        for _ in 0..inputs {
+            if let Some(input) = self.inbox.pop_front() {
+                self.handle_input(input)?;
+            }
+        }
+        let mut readies = Vec::new();
+        let mut outbox: BTreeMap<NodeId, Frame> = std::mem::take(&mut self.held);
+        self.counters.dirty_groups += self.dirty.len() as u64;
+        for group in std::mem::take(&mut self.dirty) {
+            let Some(replica) = self.replicas.get_mut(&group) else {
+                continue;
+            };
+            if self.config.quiesce
+                && replica.raft.role() == Role::Leader
+                && !replica.raft.is_quiesced()
+            {
+                replica.raft.quiesce();
+            }
+            if !replica.raft.has_ready() {
+                self.note_quiescence(group);
+                continue;
+            }
+            let mut ready = replica.raft.ready().map_err(raft_failure(group))?;
+            if ready
+                .soft_state
+                .is_some_and(|soft| soft.role != Role::Leader)
+            {
+                replica.lost_leadership(&mut self.answers);
+            }
+            for message in std::mem::take(&mut ready.messages) {
+                self.route(group, message, &mut outbox)?;
+            }
+            self.counters.readies += 1;
+            readies.push((group, ready));
+        }
+        self.send_frames(outbox);
+        let mut batch = self.store.batch();
+        let mut applier = Applier::new(&self.store);
+        let mut answers = Vec::new();
+        let mut entries = 0;
+        for (group, ready) in &readies {
+            if let Some(replica) = self.replicas.get_mut(group) {
+                entries += replica.stage(ready, &mut applier, &mut batch, &mut answers)?;
+                if ready.snapshot.is_some() {
+                    self.counters.snapshots_installed += 1;
+                } else if !ready.committed_entries.is_empty() {
+                    self.counters.compactions += u64::from(compact_if_long(
+                        replica,
+                        self.config.max_log_entries,
+                        &mut batch,
+                    )?);
+                }
+                self.counters.entries_applied += ready.committed_entries.len() as u64;
+            }
+        }
+        applier.finish(&mut batch);
+        if !batch.is_empty() {
+            self.store.commit(batch)?;
+            self.counters.syncs += 1;
+            self.counters.entries_persisted += entries as u64;
+        }
+        // Durable: answers and the messages that waited for the sync may go.
+        self.answers.append(&mut answers);
+        for (group, mut ready) in readies {
+            self.finish_ready(group, &mut ready)?;
+            if let Some(replica) = self.replicas.get_mut(&group) {
+                replica.raft.advance(ready).map_err(raft_failure(group))?;
+                if replica.raft.has_ready() {
+                    self.dirty.insert(group);
+                }
+            }
+            self.serve_reads(group)?;
+            self.note_quiescence(group);
+        }
+        Ok(())
+    }
+
+    fn finish_ready(&mut self, group: GroupId, ready: &mut Ready) -> Result<(), StoreError> {
+        for message in std::mem::take(&mut ready.persisted_messages) {
+            let to = message.to;
+            self.held
+                .entry(to)
+                .or_insert_with(|| Frame::new(self.config.node, to))
+                .push(group, message);
+        }
+        if let Some(replica) = self.replicas.get_mut(&group) {
+            for read in std::mem::take(&mut ready.read_states) {
+                let bytes: [u8; 8] = read.context.as_slice().try_into().unwrap_or_default();
+                let request = RequestId::from_be_bytes(bytes);
+                if let Some(pending) = replica.unconfirmed_reads.remove(&request) {
+                    replica.confirmed_reads.push((read.index, pending));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, group: GroupId) -> Result<(), StoreError> {
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            return Ok(());
+        };
+        let applied = replica.raft.applied_index();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut replica.confirmed_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        replica.confirmed_reads = waiting;
+        for (_, PendingRead { request, key }) in ready {
+            let value = kv::read_committed(&self.store, &key)?;
+            self.answers.push((request, Ok(Response::Value(value))));
+        }
+        Ok(())
+    }
+
+    /// Keeps the ticking set in step with the group's quiescence.
+    fn note_quiescence(&mut self, group: GroupId) {
+        match self.replicas.get(&group) {
+            Some(replica) if replica.raft.is_quiesced() => self.ticking.remove(&group),
+            Some(_) => self.ticking.insert(group),
+            None => false,
+        };
+    }
+
+    fn handle_input(&mut self, input: Input) -> Result<(), StoreError> {
+        match input {
+            Input::Tick => self.tick(),
+            Input::Frame(frame) => self.receive(frame),
+            Input::Request { id, request } => self.take_request(id, request),
+            Input::CreateShard(descriptor) => self.create_shard(descriptor),
+            Input::TransferLeader { shard, to } => {
+                if let Some(replica) = self.replicas.get_mut(&shard) {
+                    // A refused transfer changes nothing; the caller sees the leader stay.
+                    let _refused = replica.raft.transfer_leader(to);
+                    self.dirty.insert(shard);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn create_shard(&mut self, descriptor: ShardDescriptor) -> Result<(), StoreError> {
+        let group = descriptor.id;
+        if self.replicas.contains_key(&group) || !descriptor.replicas.contains(&self.config.node) {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        batch.bootstrap(
+            group,
+            ConfState::with_voters(descriptor.replicas.iter().copied()),
+        )?;
+        batch.set_descriptor(group, &descriptor)?;
+        self.store.commit(batch)?;
+        self.counters.syncs += 1;
+        self.load_replica(group)
+    }
+
+    fn take_request(&mut self, id: RequestId, request: Request) -> Result<(), StoreError> {
+        let shard = match &request {
+            Request::Write(command) => command.shard,
+            Request::Read { shard, .. } => *shard,
+        };
+        let pending: usize = self.replicas.values().map(Replica::pending_requests).sum();
+        let Some(replica) = self.replicas.get_mut(&shard) else {
+            self.answers
+                .push((id, Err(RequestError::UnknownShard(shard))));
+            return Ok(());
+        };
+        if pending >= self.config.max_pending_requests {
+            self.answers
+                .push((id, Err(RequestError::Busy("too many pending requests"))));
+            return Ok(());
+        }
+        if let Err(error) = replica.take_request(id, request)? {
+            self.answers.push((id, Err(error)));
+        }
+        self.dirty.insert(shard);
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), StoreError> {
+        self.counters.ticks += 1;
+        self.counters.group_ticks += self.ticking.len() as u64;
+        for &group in &self.ticking {
+            if let Some(replica) = self.replicas.get_mut(&group) {
+                replica.raft.tick().map_err(raft_failure(group))?;
+                self.dirty.insert(group);
+            }
+        }
+        let mut newly_dead = Vec::new();
+        for (&node, peer) in &mut self.peers {
+            peer.ticks_since_heard = peer.ticks_since_heard.saturating_add(1);
+            if !peer.dead && peer.ticks_since_heard > self.config.peer_dead_after_ticks {
+                peer.dead = true;
+                newly_dead.push(node);
+            }
+        }
+        for node in newly_dead {
+            self.counters.peers_declared_dead += 1;
+            self.wake_groups_led_by(node);
+        }
+        let interval = u64::from(self.config.liveness_interval_ticks.max(1));
+        if self.counters.ticks.is_multiple_of(interval) {
+            for &node in self.peers.keys() {
+                self.held
+                    .entry(node)
+                    .or_insert_with(|| Frame::new(self.config.node, node));
+            }
+        }
+        Ok(())
+    }
+
+    /// A dead peer's quiet groups can no longer be trusted to be led: wake them so their
+    /// election timers run. Groups led elsewhere stay quiet.
+    fn wake_groups_led_by(&mut self, node: NodeId) {
+        for (&group, replica) in &mut self.replicas {
+            if replica.raft.is_quiesced() && replica.raft.leader() == Some(node) {
+                replica.raft.wake();
+                self.ticking.insert(group);
+                self.dirty.insert(group);
+                self.counters.groups_woken_by_dead_peer += 1;
+            }
+        }
+    }
+
+    fn receive(&mut self, frame: Frame) -> Result<(), StoreError> {
+        if frame.to != self.config.node || frame.check().is_err() {
+            self.counters.malformed_messages += 1;
+            return Ok(());
+        }
+        let peer = self.peers.entry(frame.from).or_default();
+        peer.ticks_since_heard = 0;
+        peer.dead = false;
+        self.counters.peer(frame.from).frames_received += 1;
+        for (group, message) in frame.into_messages() {
+            let Some(replica) = self.replicas.get_mut(&group) else {
+                self.counters.messages_for_unknown_groups += 1;
+                continue;
+            };
+            if let MessageKind::InstallSnapshot { snapshot } = &message.kind {
+                let fits = ShardSnapshot::decode(&snapshot.data)
+                    .is_ok_and(|shard| shard.descriptor.id == group);
+                if !fits {
+                    self.counters.malformed_messages += 1;
+                    continue;
+                }
+            }
+            match replica.raft.step(message) {
+                Ok(()) => {}
+                Err(rshard_raft::Error::Storage(error)) => {
+                    return Err(StoreError::Engine(error.to_string()))
+                }
+                Err(_) => self.counters.malformed_messages += 1,
+            }
+            self.dirty.insert(group);
+        }
+        Ok(())
+    }
+
+    /// Adds a message to its peer's frame; a snapshot gets the shard's data attached.
+    fn route(
+        &mut self,
+        group: GroupId,
+        mut message: Message,
+        outbox: &mut BTreeMap<NodeId, Frame>,
+    ) -> Result<(), StoreError> {
+        if let MessageKind::InstallSnapshot { snapshot } = &mut message.kind {
+            let Some(replica) = self.replicas.get_mut(&group) else {
+                return Ok(());
+            };
+            match kv::scan_shard(
+                &self.store,
+                &replica.descriptor,
+                self.config.max_snapshot_bytes,
+            )? {
+                Some(items) => {
+                    let shard = ShardSnapshot {
+                        descriptor: replica.descriptor.clone(),
+                        items,
+                    };
+                    snapshot.data = shard.encode();
+                    self.counters.snapshots_sent += 1;
+                }
+                None => {
+                    replica.raft.report_snapshot_failed(message.to);
+                    return Ok(());
+                }
+            }
+        }
+        let to = message.to;
+        outbox
+            .entry(to)
+            .or_insert_with(|| Frame::new(self.config.node, to))
+            .push(group, message);
+        Ok(())
+    }
+
+    fn send_frames(&mut self, outbox: BTreeMap<NodeId, Frame>) {
+        for (node, frame) in outbox {
+            let counters = self.counters.peer(node);
+            let heartbeats = (frame.heartbeats.len() + frame.heartbeat_responses.len()) as u64;
+            let messages = frame.messages.len() as u64;
+            let groups: BTreeSet<GroupId> = frame.messages.iter().map(|m| m.group).collect();
+            let has_heartbeats = frame.has_heartbeats();
+            match self.transport.send(frame) {
+                Ok(()) => {
+                    counters.frames_sent += 1;
+                    counters.heartbeats_sent += heartbeats;
+                    counters.messages_sent += messages;
+                    counters.heartbeat_frames_sent += u64::from(has_heartbeats);
+                }
+                Err(_) => {
+                    counters.frames_dropped += 1;
+                    for group in groups {
+                        if let Some(replica) = self.replicas.get_mut(&group) {
+                            replica.raft.report_unreachable(node);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse_inbox(&mut self, reason: &str) {
+        for input in std::mem::take(&mut self.inbox) {
+            if let Input::Request { id, .. } = input {
+                self.answers.push((id, Err(stop_error(reason))));
+            }
+        }
+    }
+
+    /// Storage failed: answer everything waiting, and never touch storage again.
+    fn stop(&mut self, error: StoreError) {
+        let reason = error.to_string();
+        let failure = stop_error(&reason);
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(&failure, &mut self.answers);
+        }
+        self.refuse_inbox(&reason);
+        self.held.clear();
+        self.dirty.clear();
+        self.stopped = Some(reason);
+    }
+}
+
+fn store_error(error: rshard_raft::StorageError) -> StoreError {
+    StoreError::Engine(error.to_string())
+}
+
+/// Drops the log prefix of a group whose log holds `max_log_entries` or more, up to the
+/// applied index already durable (the batch cannot be read, so not this batch's applies).
+fn compact_if_long(
+    replica: &Replica,
+    max_log_entries: u64,
+    batch: &mut crate::storage::NodeBatch,
+) -> Result<bool, StoreError> {
+    let storage = replica.raft.storage();
+    let first = rshard_raft::Storage::first_index(storage).map_err(store_error)?;
+    let applied = replica.raft.applied_index();
+    if applied.saturating_sub(first) + 1 < max_log_entries {
+        return Ok(false);
+    }
+    batch.compact(storage, applied)?;
+    Ok(true)
+}
+
+fn raft_failure(group: GroupId) -> impl Fn(rshard_raft::Error) -> StoreError {
+    move |error| StoreError::Corrupt {
+        group,
+        what: "raft step",
+        detail: error.to_string(),
+    }
+}
+
+/// One seed per replica, from the node's seed (SplitMix64 finalizer).
+fn mix(seed: u64, node: NodeId, group: GroupId) -> u64 {
+    let mut z = seed ^ node.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ group.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

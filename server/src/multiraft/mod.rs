@@ -1,0 +1,164 @@
+//! The multi-raft driver: one loop runs every replica (shard) a node holds.
+//!
+//! An iteration ([`MultiRaft::iterate`]) does, in order:
+//! 1. drain at most `max_inputs_per_iteration` inputs from the bounded inbox: ticks,
+//!    frames from peers, client requests, admin commands; step or tick the groups they name;
+//! 2. collect a Ready from each group with work (only those: an idle group costs nothing);
+//! 3. send one frame per peer with every message that may go before the sync, plus the
+//!    messages held back from the previous iteration's sync; heartbeats are coalesced;
+//! 4. build ONE storage batch with every group's entries, hard state, snapshot install and
+//!    applied commands, and commit it with ONE sync (group commit across groups);
+//! 5. advance the groups, hold the messages that needed the sync for the next iteration's
+//!    frames, and answer the requests whose commands applied or whose reads are now served.
+//!
+//! Durability: nothing is answered, and no message that depends on a write is sent, before the
+//! sync that makes the write durable. A failed sync poisons the store and stops the driver: it
+//! answers every later request with [`RequestError::Stopped`] and never syncs again.
+//!
+//! Quiescence: a leader whose followers all acknowledged its last index and commit, with no
+//! pending proposals or reads, stops ticking and tells its followers to stop too. Node-level
+//! liveness (any frame from a peer) stands in for the heartbeats of quiet groups: when a peer
+//! is silent for `peer_dead_after_ticks`, the quiet groups it led here wake and may elect a new
+//! leader; the other quiet groups stay quiet.
+//!
+//! Deterministic: the driver reads no clock and draws no unseeded randomness, so the
+//! simulation replays a seed exactly. The production loop around it (tokio, QUIC) feeds it
+//! ticks and frames and carries its answers.
+
+mod counters;
+mod driver;
+mod frame;
+mod replica;
+mod transport;
+
+use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use rshard_raft::NodeId;
+use thiserror::Error;
+
+use crate::kv::{KvCommand, KvError, KvOutcome};
+
+pub use counters::{Counters, PeerCounters};
+pub use driver::MultiRaft;
+pub use frame::{
+    CoalescedHeartbeat, CoalescedHeartbeatResponse, Frame, FrameError, GroupMessage,
+    MAX_FRAME_BYTES,
+};
+pub use replica::ShardSnapshot;
+pub use transport::{QueueTransport, SendError, Transport};
+
+/// Settings of a node's driver. Every limit carries its unit.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    pub node: NodeId,
+    pub election_timeout_ticks: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// A peer not heard from for this many ticks is declared dead.
+    pub peer_dead_after_ticks: u32,
+    /// Every this many ticks, each peer gets a frame even if there is nothing to say.
+    pub liveness_interval_ticks: u32,
+    /// Whether idle groups stop ticking.
+    pub quiesce: bool,
+    /// Inputs waiting in the inbox; more are refused.
+    pub max_inbox_inputs: usize,
+    /// Inputs taken from the inbox per iteration, so one iteration stays short.
+    pub max_inputs_per_iteration: usize,
+    /// Proposals and reads waiting for an answer, over all groups.
+    pub max_pending_requests: usize,
+    /// A group's log is compacted to its applied index once it holds this many entries.
+    pub max_log_entries: u64,
+    /// A shard larger than this is not sent as a snapshot (the send is reported failed).
+    pub max_snapshot_bytes: usize,
+    /// Seeds every replica's election-timeout randomness.
+    pub seed: u64,
+}
+
+impl DriverConfig {
+    pub fn new(node: NodeId) -> Self {
+        DriverConfig {
+            node,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            peer_dead_after_ticks: 10,
+            liveness_interval_ticks: 2,
+            quiesce: true,
+            max_inbox_inputs: 65_536,
+            max_inputs_per_iteration: 4096,
+            max_pending_requests: 65_536,
+            max_log_entries: 10_000,
+            max_snapshot_bytes: 256 << 20,
+            seed: 0,
+        }
+    }
+}
+
+/// A client's request id, unique among its pending requests on this node.
+pub type RequestId = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A replicated command on one shard (put, delete, compare-and-swap, atomic batch).
+    Write(KvCommand),
+    /// A linearizable read of one key (ReadIndex).
+    Read {
+        shard: ShardId,
+        epoch: Epoch,
+        key: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Written(KvOutcome),
+    Value(Option<Vec<u8>>),
+}
+
+/// Why a request got no result. Only [`RequestError::OutcomeUnknown`] leaves a write's fate
+/// open; every other error means it was not and will not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum RequestError {
+    #[error("this node does not lead shard {shard} (leader: {leader:?}); retry there")]
+    NotLeader {
+        shard: ShardId,
+        leader: Option<NodeId>,
+    },
+    #[error("shard {0} has no replica on this node; refresh the route")]
+    UnknownShard(ShardId),
+    #[error(transparent)]
+    Refused(#[from] KvError),
+    #[error("node busy: {0}; retry later")]
+    Busy(&'static str),
+    /// Leadership changed before the write's entry applied; it may or may not apply later.
+    #[error("leadership changed; the write may or may not have been applied")]
+    OutcomeUnknown,
+    #[error("the node stopped: {0}")]
+    Stopped(String),
+}
+
+pub type Answer = (RequestId, Result<Response, RequestError>);
+
+/// What the driver takes from its inbox.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// One unit of logical time.
+    Tick,
+    Frame(Frame),
+    Request {
+        id: RequestId,
+        request: Request,
+    },
+    /// Creates this node's replica of a new shard (every initial replica gets the same
+    /// descriptor); ignored if the replica exists.
+    CreateShard(ShardDescriptor),
+    TransferLeader {
+        shard: ShardId,
+        to: NodeId,
+    },
+}
+
+/// The inbox refused an input: it is full. The request was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("the driver inbox is full")]
+pub struct InboxFull;
+
+#[cfg(test)]
+mod tests;

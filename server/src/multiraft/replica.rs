@@ -1,0 +1,236 @@
+//! One replica of one shard inside the driver: its Raft core, its shard descriptor, and the
+//! requests waiting on it. Applying committed entries lives here; control flow stays in the
+//! driver.
+
+use std::collections::BTreeMap;
+
+use rshard_common::shard::ShardDescriptor;
+use rshard_raft::{Entry, Index, Payload, Raft, Ready, Role, Term};
+use serde::{Deserialize, Serialize};
+
+use super::{Answer, Request, RequestError, RequestId, Response};
+use crate::kv::{Applier, KvCommand};
+use crate::storage::{GroupStorage, NodeBatch, StoreError};
+
+/// The data a Raft snapshot of a shard carries: the descriptor and every key of its range,
+/// scanned at the applied index the snapshot's metadata names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSnapshot {
+    pub descriptor: ShardDescriptor,
+    pub items: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ShardSnapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data into a Vec: MessagePack encoding cannot fail.
+        rmp_serde::to_vec(self).expect("a snapshot always encodes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// A read waiting for ReadIndex to confirm it, then for the applied index to reach it.
+#[derive(Clone, Debug)]
+pub(super) struct PendingRead {
+    pub request: RequestId,
+    pub key: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub(super) struct Replica {
+    pub raft: Raft<GroupStorage>,
+    pub descriptor: ShardDescriptor,
+    /// Proposals waiting to apply: log index -> (term, request).
+    pub proposals: BTreeMap<Index, (Term, RequestId)>,
+    /// Reads handed to ReadIndex, by request id (the read's context).
+    pub unconfirmed_reads: BTreeMap<RequestId, PendingRead>,
+    /// Confirmed reads: serve each once the applied index reaches its index.
+    pub confirmed_reads: Vec<(Index, PendingRead)>,
+}
+
+impl Replica {
+    pub fn new(raft: Raft<GroupStorage>, descriptor: ShardDescriptor) -> Self {
+        Replica {
+            raft,
+            descriptor,
+            proposals: BTreeMap::new(),
+            unconfirmed_reads: BTreeMap::new(),
+            confirmed_reads: Vec::new(),
+        }
+    }
+
+    pub fn pending_requests(&self) -> usize {
+        self.proposals.len() + self.unconfirmed_reads.len() + self.confirmed_reads.len()
+    }
+
+    fn not_leader(&self) -> RequestError {
+        RequestError::NotLeader {
+            shard: self.descriptor.id,
+            leader: self.raft.leader(),
+        }
+    }
+
+    /// Answers what can no longer complete here because this replica stopped leading:
+    /// unconfirmed reads (the core dropped them) fail; proposals may still commit under
+    /// the next leader, so their outcome is unknown.
+    pub fn lost_leadership(&mut self, answers: &mut Vec<Answer>) {
+        let error = self.not_leader();
+        for (request, _) in std::mem::take(&mut self.unconfirmed_reads) {
+            answers.push((request, Err(error.clone())));
+        }
+        for (_, (_, request)) in std::mem::take(&mut self.proposals) {
+            answers.push((request, Err(RequestError::OutcomeUnknown)));
+        }
+    }
+
+    /// Every request waiting here, answered with `error` (the node stops).
+    pub fn fail_all(&mut self, error: &RequestError, answers: &mut Vec<Answer>) {
+        let requests = std::mem::take(&mut self.proposals)
+            .into_values()
+            .map(|(_, request)| request)
+            .chain(std::mem::take(&mut self.unconfirmed_reads).into_keys())
+            .chain(
+                std::mem::take(&mut self.confirmed_reads)
+                    .into_iter()
+                    .map(|(_, read)| read.request),
+            );
+        answers.extend(requests.map(|request| (request, Err(error.clone()))));
+    }
+
+    /// Takes a request for this shard: proposes a write or registers a read. Errors are
+    /// answers (nothing was proposed); a storage failure is returned as `Err`.
+    pub fn take_request(
+        &mut self,
+        id: RequestId,
+        request: Request,
+    ) -> Result<Result<(), RequestError>, StoreError> {
+        if self.raft.role() != Role::Leader {
+            return Ok(Err(self.not_leader()));
+        }
+        let outcome = match request {
+            Request::Write(command) => {
+                if let Err(refusal) = command.check(&self.descriptor) {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.propose(command.encode()).map(|position| {
+                    self.proposals.insert(position.index, (position.term, id));
+                })
+            }
+            Request::Read { shard, epoch, key } => {
+                let probe = KvCommand {
+                    shard,
+                    epoch,
+                    ops: vec![crate::kv::KvOp::Delete { key: key.clone() }],
+                };
+                if let Err(refusal) = probe.check(&self.descriptor) {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.read_index(id.to_be_bytes().to_vec()).map(|()| {
+                    self.unconfirmed_reads
+                        .insert(id, PendingRead { request: id, key });
+                })
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(Ok(())),
+            Err(rshard_raft::Error::Storage(error)) => Err(StoreError::Engine(error.to_string())),
+            Err(rshard_raft::Error::NotLeader { .. })
+            | Err(rshard_raft::Error::TransferInProgress { .. }) => Ok(Err(self.not_leader())),
+            Err(rshard_raft::Error::TooManyUncommittedBytes) => {
+                Ok(Err(RequestError::Busy("too many uncommitted bytes")))
+            }
+            Err(rshard_raft::Error::TooManyPendingReads) => {
+                Ok(Err(RequestError::Busy("too many pending reads")))
+            }
+            Err(other) => Ok(Err(RequestError::Busy(match other {
+                rshard_raft::Error::ConfChangePending => "membership change pending",
+                _ => "the shard refused the request",
+            }))),
+        }
+    }
+
+    /// Stages what `ready` asks to persist and apply into `batch` (with `applier` holding
+    /// the data writes), and queues the answers of applied proposals into `answers`, to be
+    /// released only after the batch is durable. Returns how many entries it persists.
+    pub fn stage(
+        &mut self,
+        ready: &Ready,
+        applier: &mut Applier<'_>,
+        batch: &mut NodeBatch,
+        answers: &mut Vec<Answer>,
+    ) -> Result<usize, StoreError> {
+        let group = self.descriptor.id;
+        if let Some(snapshot) = &ready.snapshot {
+            let shard =
+                ShardSnapshot::decode(&snapshot.data).map_err(|detail| StoreError::Corrupt {
+                    group,
+                    what: "snapshot data",
+                    detail,
+                })?;
+            applier.install_snapshot(&self.descriptor, Vec::new())?;
+            applier.install_snapshot(&shard.descriptor, shard.items)?;
+            batch.set_descriptor(group, &shard.descriptor)?;
+            self.descriptor = shard.descriptor;
+            let covered = snapshot.metadata.index;
+            let skipped: Vec<Index> = self.proposals.range(..=covered).map(|(i, _)| *i).collect();
+            for index in skipped {
+                if let Some((_, request)) = self.proposals.remove(&index) {
+                    answers.push((request, Err(RequestError::OutcomeUnknown)));
+                }
+            }
+        }
+        let storage = self.raft.storage().clone();
+        batch.persist_ready(
+            &storage,
+            ready.snapshot.as_ref(),
+            &ready.entries,
+            ready.hard_state,
+        )?;
+        if let Some(last) = ready.committed_entries.last() {
+            for entry in &ready.committed_entries {
+                self.apply(entry, applier, answers)?;
+            }
+            batch.set_applied(group, last.index, self.raft.conf_state().clone())?;
+        }
+        Ok(ready.entries.len())
+    }
+
+    fn apply(
+        &mut self,
+        entry: &Entry,
+        applier: &mut Applier<'_>,
+        answers: &mut Vec<Answer>,
+    ) -> Result<(), StoreError> {
+        let result = match &entry.payload {
+            Payload::Empty => None,
+            Payload::ConfChange(change) => {
+                // A refused change applies as a no-op on every replica alike.
+                let _refused = self.raft.apply_conf_change(entry.index, change);
+                None
+            }
+            Payload::Normal(bytes) => Some(match KvCommand::decode(bytes) {
+                Ok(command) => applier.apply(&self.descriptor, &command)?,
+                Err(refusal) => Err(refusal),
+            }),
+        };
+        // Proposals below this index were overwritten by other entries: never applied.
+        while let Some((&index, &(_, request))) = self.proposals.first_key_value() {
+            if index >= entry.index {
+                break;
+            }
+            self.proposals.remove(&index);
+            answers.push((request, Err(self.not_leader())));
+        }
+        if let Some((term, request)) = self.proposals.remove(&entry.index) {
+            let answer = match (term == entry.term, result) {
+                (true, Some(Ok(outcome))) => Ok(Response::Written(outcome)),
+                (true, Some(Err(refusal))) => Err(RequestError::Refused(refusal)),
+                _ => Err(self.not_leader()),
+            };
+            answers.push((request, answer));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Unit tests of the driver on the in-memory engine and transport.

@@ -1,0 +1,536 @@
+//! A deterministic world of multi-raft nodes: each node is a real [`MultiRaft`] driver over
+//! the in-memory engine, frames travel through a seeded network that drops, delays and
+//! partitions, and nodes crash (losing every unsynced write) and restart from their engine.
+//! Clients issue puts, compare-and-swaps and reads and record a history for the
+//! linearizability checker. One seed decides everything, so a failure replays exactly.
+
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+use rshard_common::linearizability::{Event, Operation, Outcome};
+use rshard_common::rng::SeededRng;
+use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use rshard_server::kv::{KvCommand, KvOp, KvOutcome};
+use rshard_server::multiraft::{
+    DriverConfig, Frame, Input, MultiRaft, QueueTransport, Request, RequestError, RequestId,
+    Response,
+};
+use rshard_server::storage::{MemEngine, NodeStore};
+
+pub type NodeId = u64;
+
+/// Simulation steps per driver tick: frames can arrive between ticks.
+pub const STEPS_PER_TICK: u64 = 4;
+/// Iterations a node may run in one step before the world moves on.
+const MAX_ITERATIONS_PER_STEP: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub drop_per_mille: u64,
+    pub max_delay_steps: u64,
+    /// Per step, chance of a crash / of a partition starting, in millionths.
+    pub crash_per_million: u64,
+    pub partition_per_million: u64,
+    /// Of crashes, the share (per mille) that fail a sync first, so the node dies with
+    /// frames sent ahead of a write that never became durable.
+    pub failed_sync_per_mille: u64,
+}
+
+impl Faults {
+    pub fn none() -> Self {
+        Faults {
+            drop_per_mille: 0,
+            max_delay_steps: 1,
+            crash_per_million: 0,
+            partition_per_million: 0,
+            failed_sync_per_mille: 0,
+        }
+    }
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub engine: Arc<MemEngine>,
+    pub driver: Option<MultiRaft<QueueTransport>>,
+    restart_at: u64,
+}
+
+struct Pending {
+    client: usize,
+    event: usize,
+    shard: ShardId,
+}
+
+pub struct Client {
+    busy_until_answer: Option<(NodeId, RequestId, u64)>,
+    leader_guess: BTreeMap<ShardId, NodeId>,
+}
+
+pub struct World {
+    pub seed: u64,
+    pub rng: SeededRng,
+    pub step: u64,
+    pub nodes: Vec<SimNode>,
+    pub shards: Vec<ShardDescriptor>,
+    pub faults: Faults,
+    pub config: DriverConfig,
+    network: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    in_flight: BTreeMap<u64, Frame>,
+    next_frame: u64,
+    /// Nodes cut off from all others until the given step.
+    isolated: BTreeMap<NodeId, u64>,
+    pub clients: Vec<Client>,
+    pub history: Vec<Event>,
+    pending: BTreeMap<(NodeId, RequestId), Pending>,
+    next_request: RequestId,
+    /// Requests a client waits for before giving up (outcome unknown), in steps.
+    pub client_timeout_steps: u64,
+    /// Client operations go to these shards (hot set); empty means all.
+    pub hot_shards: Vec<ShardId>,
+    pub crashes: u64,
+}
+
+pub fn key(shard: ShardId, index: u64) -> Vec<u8> {
+    format!("s{shard:05}/k{index}").into_bytes()
+}
+
+pub fn descriptors(count: u64, replicas: &[NodeId]) -> Vec<ShardDescriptor> {
+    (1..=count)
+        .map(|id| ShardDescriptor {
+            id,
+            start_key: format!("s{id:05}/").into_bytes(),
+            end_key: format!("s{:05}/", id + 1).into_bytes(),
+            epoch: Epoch::default(),
+            replicas: replicas.to_vec(),
+        })
+        .collect()
+}
+
+impl World {
+    pub fn new(seed: u64, nodes: u64, shards: u64, clients: usize, faults: Faults) -> Self {
+        let ids: Vec<NodeId> = (1..=nodes).collect();
+        let mut config = DriverConfig::new(0);
+        config.seed = seed;
+        let mut world = World {
+            seed,
+            rng: SeededRng::new(seed),
+            step: 0,
+            nodes: Vec::new(),
+            shards: descriptors(shards, &ids),
+            faults,
+            config,
+            network: BinaryHeap::new(),
+            in_flight: BTreeMap::new(),
+            next_frame: 0,
+            isolated: BTreeMap::new(),
+            clients: (0..clients)
+                .map(|_| Client {
+                    busy_until_answer: None,
+                    leader_guess: BTreeMap::new(),
+                })
+                .collect(),
+            history: Vec::new(),
+            pending: BTreeMap::new(),
+            next_request: 1,
+            client_timeout_steps: 400,
+            hot_shards: Vec::new(),
+            crashes: 0,
+        };
+        for id in ids {
+            let engine = Arc::new(MemEngine::new());
+            let mut node = SimNode {
+                id,
+                engine,
+                driver: None,
+                restart_at: 0,
+            };
+            node.driver = Some(world.open_driver(&node));
+            world.nodes.push(node);
+        }
+        for node in 0..world.nodes.len() {
+            for shard in world.shards.clone() {
+                world.offer(node, Input::CreateShard(shard));
+            }
+        }
+        world
+    }
+
+    fn open_driver(&self, node: &SimNode) -> MultiRaft<QueueTransport> {
+        let mut config = self.config.clone();
+        config.node = node.id;
+        let store = NodeStore::with_engine(node.engine.clone());
+        MultiRaft::open(config, store, QueueTransport::new(64)).expect("the engine reopens")
+    }
+
+    pub fn driver(&self, node: NodeId) -> Option<&MultiRaft<QueueTransport>> {
+        self.nodes[(node - 1) as usize].driver.as_ref()
+    }
+
+    fn offer(&mut self, node: usize, input: Input) -> bool {
+        match self.nodes[node].driver.as_mut() {
+            Some(driver) => driver.offer(input).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Runs `steps` steps.
+    pub fn run(&mut self, steps: u64) {
+        for _ in 0..steps {
+            self.run_step();
+        }
+    }
+
+    pub fn run_step(&mut self) {
+        self.step += 1;
+        self.deliver_due_frames();
+        if self.step.is_multiple_of(STEPS_PER_TICK) {
+            for node in 0..self.nodes.len() {
+                self.offer(node, Input::Tick);
+            }
+        }
+        self.inject_faults();
+        self.restart_due_nodes();
+        self.time_out_clients();
+        for node in 0..self.nodes.len() {
+            self.run_node(node);
+        }
+    }
+
+    fn run_node(&mut self, node: usize) {
+        let Some(driver) = self.nodes[node].driver.as_mut() else {
+            return;
+        };
+        let mut answers = Vec::new();
+        for _ in 0..MAX_ITERATIONS_PER_STEP {
+            if !driver.has_work() {
+                break;
+            }
+            answers.extend(driver.iterate());
+        }
+        let frames = driver.transport_mut().drain();
+        let id = self.nodes[node].id;
+        for (request, answer) in answers {
+            self.complete(id, request, answer);
+        }
+        for frame in frames {
+            self.schedule(frame);
+        }
+    }
+
+    fn schedule(&mut self, frame: Frame) {
+        if self.cut(frame.from, frame.to) || self.rng.below(1000) < self.faults.drop_per_mille {
+            return;
+        }
+        let delay = 1 + self.rng.below(self.faults.max_delay_steps.max(1));
+        let id = self.next_frame;
+        self.next_frame += 1;
+        let to = (frame.to - 1) as usize;
+        self.in_flight.insert(id, frame);
+        self.network.push(Reverse((self.step + delay, id, to)));
+    }
+
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        let isolated = |n: NodeId| {
+            self.isolated
+                .get(&n)
+                .is_some_and(|&until| until > self.step)
+        };
+        isolated(a) || isolated(b)
+    }
+
+    fn deliver_due_frames(&mut self) {
+        while let Some(Reverse((at, id, to))) = self.network.peek().copied() {
+            if at > self.step {
+                break;
+            }
+            self.network.pop();
+            if let Some(frame) = self.in_flight.remove(&id) {
+                if !self.cut(frame.from, frame.to) {
+                    self.offer(to, Input::Frame(frame));
+                }
+            }
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        if self.rng.below(1_000_000) < self.faults.partition_per_million {
+            let node = 1 + self.rng.below(self.nodes.len() as u64);
+            let until = self.step + 50 + self.rng.below(400);
+            self.isolated.insert(node, until);
+        }
+        if self.rng.below(1_000_000) < self.faults.crash_per_million {
+            let node = self.rng.below(self.nodes.len() as u64) as usize;
+            let failed_sync = self.rng.below(1000) < self.faults.failed_sync_per_mille;
+            let down_steps = 20 + self.rng.below(300);
+            self.crash(node, failed_sync, down_steps);
+        }
+    }
+
+    /// Crashes node index `node`: with `failed_sync`, its next sync fails first (it sends
+    /// that iteration's early frames, then dies with the write not durable).
+    pub fn crash(&mut self, node: usize, failed_sync: bool, down_steps: u64) {
+        if self.nodes[node].driver.is_none() {
+            return;
+        }
+        if failed_sync {
+            self.nodes[node].engine.fail_syncs();
+            self.run_node(node);
+        }
+        self.nodes[node].driver = None;
+        self.nodes[node].engine.crash();
+        self.nodes[node].restart_at = self.step + down_steps;
+        self.crashes += 1;
+        let id = self.nodes[node].id;
+        let lost: Vec<(NodeId, RequestId)> = self
+            .pending
+            .keys()
+            .filter(|(n, _)| *n == id)
+            .copied()
+            .collect();
+        for request in lost {
+            self.complete(request.0, request.1, Err(RequestError::OutcomeUnknown));
+        }
+    }
+
+    fn restart_due_nodes(&mut self) {
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].driver.is_none() && self.nodes[node].restart_at <= self.step {
+                let driver = self.open_driver(&self.nodes[node]);
+                self.nodes[node].driver = Some(driver);
+            }
+        }
+    }
+
+    /// Stops all faults and brings every node back.
+    pub fn heal(&mut self) {
+        self.faults.drop_per_mille = 0;
+        self.faults.crash_per_million = 0;
+        self.faults.partition_per_million = 0;
+        self.isolated.clear();
+        for node in &mut self.nodes {
+            node.restart_at = node.restart_at.min(self.step);
+        }
+    }
+
+    fn time_out_clients(&mut self) {
+        let step = self.step;
+        let timeout = self.client_timeout_steps;
+        let expired: Vec<(NodeId, RequestId)> = self
+            .clients
+            .iter()
+            .filter_map(|c| c.busy_until_answer)
+            .filter(|&(_, _, since)| since + timeout < step)
+            .map(|(node, request, _)| (node, request))
+            .collect();
+        for (node, request) in expired {
+            self.complete(node, request, Err(RequestError::OutcomeUnknown));
+        }
+    }
+
+    fn complete(
+        &mut self,
+        node: NodeId,
+        request: RequestId,
+        answer: Result<Response, RequestError>,
+    ) {
+        let Some(pending) = self.pending.remove(&(node, request)) else {
+            return; // answered after the client gave up
+        };
+        self.clients[pending.client].busy_until_answer = None;
+        let event = &mut self.history[pending.event];
+        let outcome = match (&event.operation, answer) {
+            (Operation::Get, Ok(Response::Value(value))) => Outcome::Read(value),
+            (Operation::Put(_) | Operation::Delete, Ok(Response::Written(KvOutcome::Applied))) => {
+                Outcome::Done
+            }
+            (Operation::CompareAndSwap { .. }, Ok(Response::Written(KvOutcome::Applied))) => {
+                Outcome::Swapped(true)
+            }
+            (
+                Operation::CompareAndSwap { .. },
+                Ok(Response::Written(KvOutcome::ConditionFailed { .. })),
+            ) => Outcome::Swapped(false),
+            (_, Err(RequestError::OutcomeUnknown | RequestError::Stopped(_))) => Outcome::Unknown,
+            (_, Err(RequestError::NotLeader { leader, .. })) => {
+                let client = &mut self.clients[pending.client];
+                match leader {
+                    Some(leader) => client.leader_guess.insert(pending.shard, leader),
+                    None => client.leader_guess.remove(&pending.shard),
+                };
+                self.forget(pending.event);
+                return;
+            }
+            (_, Err(RequestError::Busy(_))) => {
+                self.forget(pending.event);
+                return;
+            }
+            (operation, answer) => panic!(
+                "seed {}: {operation:?} got an answer no correct node gives: {answer:?}",
+                self.seed
+            ),
+        };
+        event.outcome = outcome;
+        event.completed_at = self.step;
+    }
+
+    /// A definite failure: the operation never took effect, so it leaves the history.
+    fn forget(&mut self, event: usize) {
+        self.history[event].outcome = Outcome::Done;
+        self.history[event].operation = Operation::Get;
+        self.history[event].key.clear();
+    }
+
+    /// The history without forgotten events.
+    pub fn checked_history(&self) -> Vec<Event> {
+        self.history
+            .iter()
+            .filter(|e| !e.key.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// Lets every idle client start an operation with probability `chance_per_mille`.
+    pub fn drive_clients(&mut self, chance_per_mille: u64) {
+        for client in 0..self.clients.len() {
+            if self.clients[client].busy_until_answer.is_none()
+                && self.rng.below(1000) < chance_per_mille
+            {
+                self.start_operation(client);
+            }
+        }
+    }
+
+    fn start_operation(&mut self, client: usize) {
+        let shard = if self.hot_shards.is_empty() {
+            1 + self.rng.below(self.shards.len() as u64)
+        } else {
+            self.hot_shards[self.rng.below(self.hot_shards.len() as u64) as usize]
+        };
+        let key = key(shard, self.rng.below(2));
+        let value = format!("c{client}r{}", self.next_request).into_bytes();
+        let operation = match self.rng.below(10) {
+            0..=3 => Operation::Put(value),
+            4..=6 => Operation::Get,
+            7 => Operation::Delete,
+            _ => {
+                let expected = self
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|e| e.key == key)
+                    .and_then(|e| match &e.operation {
+                        Operation::Put(v) => Some(v.clone()),
+                        _ => None,
+                    });
+                Operation::CompareAndSwap {
+                    expected,
+                    new: Some(value),
+                }
+            }
+        };
+        let epoch = self.shards[(shard - 1) as usize].epoch;
+        let request = match &operation {
+            Operation::Get => Request::Read {
+                shard,
+                epoch,
+                key: key.clone(),
+            },
+            Operation::Put(value) => write(
+                shard,
+                epoch,
+                KvOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            ),
+            Operation::Delete => write(shard, epoch, KvOp::Delete { key: key.clone() }),
+            Operation::CompareAndSwap { expected, new } => write(
+                shard,
+                epoch,
+                KvOp::CompareAndSwap {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    new: new.clone(),
+                },
+            ),
+        };
+        let up: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.driver.is_some())
+            .map(|n| n.id)
+            .collect();
+        let guess = self.clients[client].leader_guess.get(&shard).copied();
+        let node = match guess.filter(|g| up.contains(g)) {
+            Some(node) => node,
+            None => match up.get(self.rng.below(up.len() as u64) as usize) {
+                Some(&node) => node,
+                None => return,
+            },
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        if !self.offer((node - 1) as usize, Input::Request { id, request }) {
+            return;
+        }
+        self.history.push(Event {
+            client: client as u64,
+            key,
+            operation,
+            outcome: Outcome::Unknown,
+            invoked_at: self.step,
+            completed_at: self.step,
+        });
+        self.pending.insert(
+            (node, id),
+            Pending {
+                client,
+                event: self.history.len() - 1,
+                shard,
+            },
+        );
+        self.clients[client].busy_until_answer = Some((node, id, self.step));
+    }
+
+    /// Every shard's leader, as its own replica sees it (`None` if none leads).
+    pub fn leaders(&self) -> BTreeMap<ShardId, NodeId> {
+        let mut leaders = BTreeMap::new();
+        for node in &self.nodes {
+            if let Some(driver) = &node.driver {
+                for shard in driver.shards() {
+                    if driver.is_leader(shard) {
+                        leaders.insert(shard, node.id);
+                    }
+                }
+            }
+        }
+        leaders
+    }
+
+    pub fn up_nodes(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.driver.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Replays a seed: the command printed with a failure.
+    pub fn replay_hint(&self, test: &str) -> String {
+        format!(
+            "RSHARD_MULTIRAFT_SEED={} cargo test -p rshard-server --test {test} -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+fn write(shard: ShardId, epoch: Epoch, op: KvOp) -> Request {
+    Request::Write(KvCommand {
+        shard,
+        epoch,
+        ops: vec![op],
+    })
+}
