@@ -111,9 +111,22 @@ pub fn descriptors(count: u64, replicas: &[NodeId]) -> Vec<ShardDescriptor> {
 
 impl World {
     pub fn new(seed: u64, nodes: u64, shards: u64, clients: usize, faults: Faults) -> Self {
+        Self::with_config(seed, nodes, shards, clients, faults, |_| {})
+    }
+
+    /// A world whose drivers use the default config changed by `configure`.
+    pub fn with_config(
+        seed: u64,
+        nodes: u64,
+        shards: u64,
+        clients: usize,
+        faults: Faults,
+        configure: impl Fn(&mut DriverConfig),
+    ) -> Self {
         let ids: Vec<NodeId> = (1..=nodes).collect();
         let mut config = DriverConfig::new(0);
         config.seed = seed;
+        configure(&mut config);
         let mut world = World {
             seed,
             rng: SeededRng::new(seed),
@@ -493,6 +506,52 @@ impl World {
             },
         );
         self.clients[client].busy_until_answer = Some((node, id, self.step));
+    }
+
+    /// Sends one put straight to the shard's leader, outside any client history; false if
+    /// the shard has no leader or the leader's inbox is full.
+    pub fn put_to_leader(&mut self, shard: ShardId, value: &[u8]) -> bool {
+        let Some(&leader) = self.leaders().get(&shard) else {
+            return false;
+        };
+        let epoch = self.shards[(shard - 1) as usize].epoch;
+        let request = write(
+            shard,
+            epoch,
+            KvOp::Put {
+                key: key(shard, 0),
+                value: value.to_vec(),
+            },
+        );
+        let id = self.next_request;
+        self.next_request += 1;
+        self.offer((leader - 1) as usize, Input::Request { id, request })
+    }
+
+    /// The sum of `counter` over the nodes that are up.
+    pub fn total(&self, counter: impl Fn(&rshard_server::multiraft::Counters) -> u64) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.driver.as_ref())
+            .map(|d| counter(d.counters()))
+            .sum()
+    }
+
+    /// Runs until every up node has nothing to do and every group is quiet, or `max_steps`.
+    /// Returns the steps it took, or `None` if the cluster never went quiet.
+    pub fn run_until_quiet(&mut self, max_steps: u64) -> Option<u64> {
+        for step in 0..max_steps {
+            self.run_step();
+            let quiet = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.driver.as_ref())
+                .all(|d| d.counters().ticking_groups == 0 && self.network.is_empty());
+            if quiet {
+                return Some(step);
+            }
+        }
+        None
     }
 
     /// Every shard's leader, as its own replica sees it (`None` if none leads).
