@@ -38,6 +38,26 @@ impl ShardDescriptor {
     }
 }
 
+/// The prefix of every key of shard `id` in [`numbered_shards`].
+pub fn numbered_shard_prefix(id: ShardId) -> Vec<u8> {
+    format!("s{id:05}/").into_bytes()
+}
+
+/// Shards `1..=count`, shard `id` owning the keys that start with
+/// [`numbered_shard_prefix`]`(id)`, each replicated on `replicas`: the layout tests,
+/// simulations and benchmarks use.
+pub fn numbered_shards(count: u64, replicas: &[u64]) -> Vec<ShardDescriptor> {
+    (1..=count)
+        .map(|id| ShardDescriptor {
+            id,
+            start_key: numbered_shard_prefix(id),
+            end_key: numbered_shard_prefix(id + 1),
+            epoch: Epoch::default(),
+            replicas: replicas.to_vec(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

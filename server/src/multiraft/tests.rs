@@ -1,1 +1,212 @@
 //! Unit tests of the driver on the in-memory engine and transport.
+
+use std::sync::Arc;
+
+use rshard_common::shard::{Epoch, ShardDescriptor};
+use rshard_raft::{Message, MessageKind};
+
+use super::*;
+use crate::kv::{KvCommand, KvOp, KvOutcome};
+use crate::storage::{MemEngine, NodeStore};
+
+fn single_node() -> (Arc<MemEngine>, MultiRaft<QueueTransport>) {
+    let engine = Arc::new(MemEngine::new());
+    let store = NodeStore::with_engine(engine.clone());
+    let mut config = DriverConfig::new(1);
+    config.max_inbox_inputs = 8;
+    let driver = MultiRaft::open(config, store, QueueTransport::new(4)).expect("opens");
+    (engine, driver)
+}
+
+fn shard(id: u64) -> ShardDescriptor {
+    ShardDescriptor {
+        id,
+        start_key: b"a".to_vec(),
+        end_key: b"m".to_vec(),
+        epoch: Epoch::default(),
+        replicas: vec![1],
+    }
+}
+
+fn elect(driver: &mut MultiRaft<QueueTransport>, id: u64) {
+    driver.offer(Input::CreateShard(shard(id))).expect("room");
+    for _ in 0..100 {
+        if driver.is_leader(id) {
+            return;
+        }
+        driver.offer(Input::Tick).expect("room");
+        while driver.has_work() {
+            driver.iterate();
+        }
+    }
+    panic!("shard {id} never elected its only replica");
+}
+
+fn put(key: &[u8], value: &[u8]) -> Request {
+    Request::Write(KvCommand {
+        shard: 1,
+        epoch: Epoch::default(),
+        ops: vec![KvOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }],
+    })
+}
+
+/// Iterates until the request is answered.
+fn answer(driver: &mut MultiRaft<QueueTransport>, id: RequestId) -> Result<Response, RequestError> {
+    for _ in 0..100 {
+        if let Some((_, answer)) = driver.iterate().into_iter().find(|(r, _)| *r == id) {
+            return answer;
+        }
+    }
+    panic!("request {id} never answered");
+}
+
+#[test]
+fn a_put_is_answered_after_it_applies_and_a_read_sees_it() {
+    let (_, mut driver) = single_node();
+    elect(&mut driver, 1);
+    driver
+        .offer(Input::Request {
+            id: 7,
+            request: put(b"b", b"1"),
+        })
+        .expect("room");
+    assert_eq!(
+        answer(&mut driver, 7),
+        Ok(Response::Written(KvOutcome::Applied))
+    );
+    let read = Request::Read {
+        shard: 1,
+        epoch: Epoch::default(),
+        key: b"b".to_vec(),
+    };
+    driver
+        .offer(Input::Request {
+            id: 8,
+            request: read,
+        })
+        .expect("room");
+    assert_eq!(
+        answer(&mut driver, 8),
+        Ok(Response::Value(Some(b"1".to_vec())))
+    );
+}
+
+#[test]
+fn bad_requests_get_typed_errors_and_change_nothing() {
+    let (_, mut driver) = single_node();
+    elect(&mut driver, 1);
+    let unknown = Request::Read {
+        shard: 9,
+        epoch: Epoch::default(),
+        key: b"b".to_vec(),
+    };
+    driver
+        .offer(Input::Request {
+            id: 1,
+            request: unknown,
+        })
+        .expect("room");
+    assert_eq!(answer(&mut driver, 1), Err(RequestError::UnknownShard(9)));
+    driver
+        .offer(Input::Request {
+            id: 2,
+            request: put(b"z", b"outside"),
+        })
+        .expect("room");
+    assert!(matches!(
+        answer(&mut driver, 2),
+        Err(RequestError::Refused(
+            crate::kv::KvError::KeyNotInShard { .. }
+        ))
+    ));
+    assert_eq!(crate::kv::read_committed(driver.store(), b"z"), Ok(None));
+}
+
+#[test]
+fn a_full_inbox_refuses_and_counts() {
+    let (_, mut driver) = single_node();
+    for _ in 0..8 {
+        driver.offer(Input::Tick).expect("room");
+    }
+    assert_eq!(driver.offer(Input::Tick), Err(InboxFull));
+    assert_eq!(driver.counters().inbox_drops, 1);
+}
+
+#[test]
+fn a_failed_sync_stops_the_driver_and_answers_stopped() {
+    let (engine, mut driver) = single_node();
+    elect(&mut driver, 1);
+    engine.fail_syncs();
+    driver
+        .offer(Input::Request {
+            id: 3,
+            request: put(b"b", b"1"),
+        })
+        .expect("room");
+    assert!(matches!(
+        answer(&mut driver, 3),
+        Err(RequestError::Stopped(_))
+    ));
+    assert!(driver.stopped().is_some_and(|r| r.contains("sync failed")));
+    driver
+        .offer(Input::Request {
+            id: 4,
+            request: put(b"c", b"1"),
+        })
+        .expect("room");
+    assert!(matches!(
+        answer(&mut driver, 4),
+        Err(RequestError::Stopped(_))
+    ));
+}
+
+#[test]
+fn frames_round_trip_and_refuse_garbage_and_foreign_messages() {
+    let mut frame = Frame::new(1, 2);
+    let heartbeat = |from, to| Message {
+        from,
+        to,
+        term: 3,
+        kind: MessageKind::Heartbeat {
+            commit: 5,
+            round: 1,
+            quiesce: false,
+        },
+    };
+    frame.push(4, heartbeat(1, 2));
+    frame.push(
+        5,
+        Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            kind: MessageKind::TimeoutNow,
+        },
+    );
+    assert_eq!(frame.heartbeats.len(), 1, "heartbeats are coalesced");
+    let decoded = Frame::decode(&frame.encode()).expect("round trips");
+    assert_eq!(decoded, frame);
+    let expanded: Vec<_> = decoded.into_messages().collect();
+    assert!(expanded.contains(&(4, heartbeat(1, 2))));
+    assert!(matches!(
+        Frame::decode(b"\xc1garbage"),
+        Err(FrameError::Malformed(_))
+    ));
+    let mut foreign = Frame::new(1, 2);
+    foreign.messages.push(GroupMessage {
+        group: 4,
+        message: Message {
+            from: 3,
+            to: 2,
+            term: 3,
+            kind: MessageKind::TimeoutNow,
+        },
+    });
+    assert!(matches!(
+        Frame::decode(&foreign.encode()),
+        Err(FrameError::ForeignMessage { .. })
+    ));
+}

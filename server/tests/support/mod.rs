@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use rshard_common::linearizability::{Event, Operation, Outcome};
 use rshard_common::rng::SeededRng;
-use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use rshard_common::shard::{
+    numbered_shard_prefix, numbered_shards, Epoch, ShardDescriptor, ShardId,
+};
 use rshard_server::kv::{KvCommand, KvOp, KvOutcome};
 use rshard_server::multiraft::{
     DriverConfig, Frame, Input, MultiRaft, QueueTransport, Request, RequestError, RequestId,
@@ -94,19 +96,9 @@ pub struct World {
 }
 
 pub fn key(shard: ShardId, index: u64) -> Vec<u8> {
-    format!("s{shard:05}/k{index}").into_bytes()
-}
-
-pub fn descriptors(count: u64, replicas: &[NodeId]) -> Vec<ShardDescriptor> {
-    (1..=count)
-        .map(|id| ShardDescriptor {
-            id,
-            start_key: format!("s{id:05}/").into_bytes(),
-            end_key: format!("s{:05}/", id + 1).into_bytes(),
-            epoch: Epoch::default(),
-            replicas: replicas.to_vec(),
-        })
-        .collect()
+    let mut key = numbered_shard_prefix(shard);
+    key.extend_from_slice(format!("k{index}").as_bytes());
+    key
 }
 
 impl World {
@@ -132,7 +124,7 @@ impl World {
             rng: SeededRng::new(seed),
             step: 0,
             nodes: Vec::new(),
-            shards: descriptors(shards, &ids),
+            shards: numbered_shards(shards, &ids),
             faults,
             config,
             network: BinaryHeap::new(),
