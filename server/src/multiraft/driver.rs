@@ -36,6 +36,9 @@ pub struct MultiRaft<T: Transport> {
     /// Messages that needed the last sync, sent with the next iteration's frames.
     held: BTreeMap<NodeId, Frame>,
     answers: Vec<Answer>,
+    /// Requests waiting for an answer, counted at the start of the iteration plus those
+    /// taken since (an overestimate within one iteration, never an underestimate).
+    pending_requests: usize,
     counters: Counters,
     /// Set when storage failed: the driver answers everything with it and does nothing else.
     stopped: Option<String>,
@@ -59,6 +62,7 @@ impl<T: Transport> MultiRaft<T> {
             peers: BTreeMap::new(),
             held: BTreeMap::new(),
             answers: Vec::new(),
+            pending_requests: 0,
             counters: Counters::default(),
             stopped: None,
         };
@@ -193,6 +197,9 @@ impl<T: Transport> MultiRaft<T> {
 
     fn run_iteration(&mut self) -> Result<(), StoreError> {
         let inputs = self.inbox.len().min(self.config.max_inputs_per_iteration);
+        if inputs > 0 {
+            self.pending_requests = self.replicas.values().map(Replica::pending_requests).sum();
+        }
         for _ in 0..inputs {
             if let Some(input) = self.inbox.pop_front() {
                 self.handle_input(input)?;
@@ -353,19 +360,19 @@ impl<T: Transport> MultiRaft<T> {
             Request::Write(command) => command.shard,
             Request::Read { shard, .. } => *shard,
         };
-        let pending: usize = self.replicas.values().map(Replica::pending_requests).sum();
         let Some(replica) = self.replicas.get_mut(&shard) else {
             self.answers
                 .push((id, Err(RequestError::UnknownShard(shard))));
             return Ok(());
         };
-        if pending >= self.config.max_pending_requests {
+        if self.pending_requests >= self.config.max_pending_requests {
             self.answers
                 .push((id, Err(RequestError::Busy("too many pending requests"))));
             return Ok(());
         }
-        if let Err(error) = replica.take_request(id, request)? {
-            self.answers.push((id, Err(error)));
+        match replica.take_request(id, request)? {
+            Ok(()) => self.pending_requests += 1,
+            Err(error) => self.answers.push((id, Err(error))),
         }
         self.dirty.insert(shard);
         Ok(())

@@ -10,10 +10,17 @@ use crate::kv::{KvCommand, KvOp, KvOutcome};
 use crate::storage::{MemEngine, NodeStore};
 
 fn single_node() -> (Arc<MemEngine>, MultiRaft<QueueTransport>) {
+    single_node_with(|_| {})
+}
+
+fn single_node_with(
+    configure: impl Fn(&mut DriverConfig),
+) -> (Arc<MemEngine>, MultiRaft<QueueTransport>) {
     let engine = Arc::new(MemEngine::new());
     let store = NodeStore::with_engine(engine.clone());
     let mut config = DriverConfig::new(1);
     config.max_inbox_inputs = 8;
+    configure(&mut config);
     let driver = MultiRaft::open(config, store, QueueTransport::new(4)).expect("opens");
     (engine, driver)
 }
@@ -209,4 +216,27 @@ fn frames_round_trip_and_refuse_garbage_and_foreign_messages() {
         Frame::decode(&foreign.encode()),
         Err(FrameError::ForeignMessage { .. })
     ));
+}
+
+#[test]
+fn requests_past_the_pending_limit_are_refused_busy() {
+    let (_, mut driver) = single_node_with(|config| config.max_pending_requests = 1);
+    elect(&mut driver, 1);
+    for (id, key) in [(1, b"b"), (2, b"c")] {
+        driver
+            .offer(Input::Request {
+                id,
+                request: put(key, b"1"),
+            })
+            .expect("room");
+    }
+    assert_eq!(
+        answer(&mut driver, 2),
+        Err(RequestError::Busy("too many pending requests"))
+    );
+    assert_eq!(
+        answer(&mut driver, 1),
+        Ok(Response::Written(KvOutcome::Applied))
+    );
+    assert_eq!(crate::kv::read_committed(driver.store(), b"c"), Ok(None));
 }
