@@ -22,7 +22,8 @@ pub enum Payload {
     /// The no-op a new leader appends to commit entries of earlier terms (§5.4.2, §8).
     Empty,
     /// Opaque application data.
-    Normal(Vec<u8>),
+    // Bytes, not a sequence of integers: MessagePack `bin` is one copy to encode and decode.
+    Normal(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A membership change (thesis §4.3); takes effect when the caller applies it.
     ConfChange(ConfChange),
 }
@@ -133,6 +134,7 @@ pub struct SnapshotMetadata {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub metadata: SnapshotMetadata,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
