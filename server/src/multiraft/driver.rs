@@ -36,6 +36,9 @@ pub struct MultiRaft<T: Transport> {
     /// Messages that needed the last sync, sent with the next iteration's frames.
     held: BTreeMap<NodeId, Frame>,
     answers: Vec<Answer>,
+    /// Answers of commands applied into the batch being built: released only once it is
+    /// durable, or turned into `Stopped` if it never is.
+    unsynced_answers: Vec<Answer>,
     /// Requests waiting for an answer, counted at the start of the iteration plus those
     /// taken since (an overestimate within one iteration, never an underestimate).
     pending_requests: usize,
@@ -62,6 +65,7 @@ impl<T: Transport> MultiRaft<T> {
             peers: BTreeMap::new(),
             held: BTreeMap::new(),
             answers: Vec::new(),
+            unsynced_answers: Vec::new(),
             pending_requests: 0,
             counters: Counters::default(),
             stopped: None,
@@ -238,11 +242,11 @@ impl<T: Transport> MultiRaft<T> {
         self.send_frames(outbox);
         let mut batch = self.store.batch();
         let mut applier = Applier::new(&self.store);
-        let mut answers = Vec::new();
         let mut entries = 0;
         for (group, ready) in &readies {
             if let Some(replica) = self.replicas.get_mut(group) {
-                entries += replica.stage(ready, &mut applier, &mut batch, &mut answers)?;
+                entries +=
+                    replica.stage(ready, &mut applier, &mut batch, &mut self.unsynced_answers)?;
                 if ready.snapshot.is_some() {
                     self.counters.snapshots_installed += 1;
                 } else if !ready.committed_entries.is_empty() {
@@ -262,7 +266,7 @@ impl<T: Transport> MultiRaft<T> {
             self.counters.entries_persisted += entries as u64;
         }
         // Durable: answers and the messages that waited for the sync may go.
-        self.answers.append(&mut answers);
+        self.answers.append(&mut self.unsynced_answers);
         for (group, mut ready) in readies {
             self.finish_ready(group, &mut ready)?;
             if let Some(replica) = self.replicas.get_mut(&group) {
@@ -533,6 +537,9 @@ impl<T: Transport> MultiRaft<T> {
     fn stop(&mut self, error: StoreError) {
         let reason = error.to_string();
         let failure = stop_error(&reason);
+        for (request, _) in std::mem::take(&mut self.unsynced_answers) {
+            self.answers.push((request, Err(failure.clone())));
+        }
         for replica in self.replicas.values_mut() {
             replica.fail_all(&failure, &mut self.answers);
         }

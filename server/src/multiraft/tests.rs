@@ -240,3 +240,23 @@ fn requests_past_the_pending_limit_are_refused_busy() {
     );
     assert_eq!(crate::kv::read_committed(driver.store(), b"c"), Ok(None));
 }
+
+#[test]
+fn a_write_whose_apply_batch_fails_to_sync_is_answered_stopped() {
+    let (engine, mut driver) = single_node();
+    elect(&mut driver, 1);
+    driver
+        .offer(Input::Request {
+            id: 5,
+            request: put(b"b", b"1"),
+        })
+        .expect("room");
+    // The first iteration persists the entry; the next one applies it.
+    assert!(driver.iterate().is_empty());
+    assert!(driver.has_work(), "the committed entry waits to apply");
+    engine.fail_syncs();
+    assert!(matches!(
+        answer(&mut driver, 5),
+        Err(RequestError::Stopped(_))
+    ));
+}
