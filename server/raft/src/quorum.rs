@@ -100,13 +100,8 @@ mod tests {
 
     #[test]
     fn committed_index_matches_brute_force_on_many_configurations() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut rng = crate::rng::SeededRng::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |bound: u64| rng.below(bound);
         for _ in 0..5_000 {
             let incoming: Vec<NodeId> = (1..=7).filter(|_| next(2) == 0).collect();
             let incoming = if incoming.is_empty() {

@@ -119,12 +119,7 @@ impl KvCommand {
     /// The checks that need no data: shard, epoch, range, sizes. Also used before proposing,
     /// to refuse bad commands without a trip through Raft.
     pub fn check(&self, descriptor: &ShardDescriptor) -> Result<(), KvError> {
-        if self.shard != descriptor.id {
-            return Err(KvError::WrongShard {
-                command: self.shard,
-                shard: descriptor.id,
-            });
-        }
+        check_shard(descriptor, self.shard)?;
         if self.ops.is_empty() {
             return Err(KvError::Empty);
         }
@@ -133,28 +128,67 @@ impl KvCommand {
                 count: self.ops.len(),
             });
         }
-        if self.epoch.version != descriptor.epoch.version {
-            return Err(KvError::StaleEpoch {
-                descriptor: Box::new(descriptor.clone()),
-            });
-        }
+        check_epoch(descriptor, self.epoch)?;
         for op in &self.ops {
             let key = op.key();
-            if key.len() > MAX_KEY_BYTES {
-                return Err(KvError::KeyTooLarge { bytes: key.len() });
-            }
+            check_key_size(key)?;
             if let Some(value) = op.written_value().filter(|v| v.len() > MAX_VALUE_BYTES) {
                 return Err(KvError::ValueTooLarge { bytes: value.len() });
             }
-            if !descriptor.contains(key) {
-                return Err(KvError::KeyNotInShard {
-                    key: key.to_vec(),
-                    descriptor: Box::new(descriptor.clone()),
-                });
-            }
+            check_in_shard(descriptor, key)?;
         }
         Ok(())
     }
+}
+
+/// The checks of a read of `key` routed to shard `shard` at `epoch`: the same shard, epoch,
+/// key-size and range checks a command gets.
+pub fn check_read(
+    descriptor: &ShardDescriptor,
+    shard: ShardId,
+    epoch: Epoch,
+    key: &[u8],
+) -> Result<(), KvError> {
+    check_shard(descriptor, shard)?;
+    check_epoch(descriptor, epoch)?;
+    check_key_size(key)?;
+    check_in_shard(descriptor, key)
+}
+
+fn check_shard(descriptor: &ShardDescriptor, shard: ShardId) -> Result<(), KvError> {
+    if shard != descriptor.id {
+        return Err(KvError::WrongShard {
+            command: shard,
+            shard: descriptor.id,
+        });
+    }
+    Ok(())
+}
+
+fn check_epoch(descriptor: &ShardDescriptor, epoch: Epoch) -> Result<(), KvError> {
+    if epoch.version != descriptor.epoch.version {
+        return Err(KvError::StaleEpoch {
+            descriptor: Box::new(descriptor.clone()),
+        });
+    }
+    Ok(())
+}
+
+fn check_key_size(key: &[u8]) -> Result<(), KvError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::KeyTooLarge { bytes: key.len() });
+    }
+    Ok(())
+}
+
+fn check_in_shard(descriptor: &ShardDescriptor, key: &[u8]) -> Result<(), KvError> {
+    if !descriptor.contains(key) {
+        return Err(KvError::KeyNotInShard {
+            key: key.to_vec(),
+            descriptor: Box::new(descriptor.clone()),
+        });
+    }
+    Ok(())
 }
 
 /// Applies commands into one node batch. Later commands in the same batch see the writes of

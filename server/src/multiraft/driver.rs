@@ -39,9 +39,10 @@ pub struct MultiRaft<T: Transport> {
     /// Answers of commands applied into the batch being built: released only once it is
     /// durable, or turned into `Stopped` if it never is.
     unsynced_answers: Vec<Answer>,
-    /// Requests waiting for an answer, counted at the start of the iteration plus those
-    /// taken since (an overestimate within one iteration, never an underestimate).
-    pending_requests: usize,
+    /// Requests waiting for an answer: counted over all groups at the iteration's first
+    /// request, plus those taken since (an overestimate within one iteration, never an
+    /// underestimate). `None` until a request needs it, so ticks and frames never pay for it.
+    pending_requests: Option<usize>,
     counters: Counters,
     /// Set when storage failed: the driver answers everything with it and does nothing else.
     stopped: Option<String>,
@@ -66,7 +67,7 @@ impl<T: Transport> MultiRaft<T> {
             held: BTreeMap::new(),
             answers: Vec::new(),
             unsynced_answers: Vec::new(),
-            pending_requests: 0,
+            pending_requests: None,
             counters: Counters::default(),
             stopped: None,
         };
@@ -201,9 +202,7 @@ impl<T: Transport> MultiRaft<T> {
 
     fn run_iteration(&mut self) -> Result<(), StoreError> {
         let inputs = self.inbox.len().min(self.config.max_inputs_per_iteration);
-        if inputs > 0 {
-            self.pending_requests = self.replicas.values().map(Replica::pending_requests).sum();
-        }
+        self.pending_requests = None;
         for _ in 0..inputs {
             if let Some(input) = self.inbox.pop_front() {
                 self.handle_input(input)?;
@@ -364,18 +363,22 @@ impl<T: Transport> MultiRaft<T> {
             Request::Write(command) => command.shard,
             Request::Read { shard, .. } => *shard,
         };
+        let replicas = &self.replicas;
+        let pending = *self
+            .pending_requests
+            .get_or_insert_with(|| replicas.values().map(Replica::pending_requests).sum());
         let Some(replica) = self.replicas.get_mut(&shard) else {
             self.answers
                 .push((id, Err(RequestError::UnknownShard(shard))));
             return Ok(());
         };
-        if self.pending_requests >= self.config.max_pending_requests {
+        if pending >= self.config.max_pending_requests {
             self.answers
                 .push((id, Err(RequestError::Busy("too many pending requests"))));
             return Ok(());
         }
         match replica.take_request(id, request)? {
-            Ok(()) => self.pending_requests += 1,
+            Ok(()) => self.pending_requests = Some(pending + 1),
             Err(error) => self.answers.push((id, Err(error))),
         }
         self.dirty.insert(shard);

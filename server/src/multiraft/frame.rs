@@ -75,12 +75,6 @@ impl Frame {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-            && self.heartbeats.is_empty()
-            && self.heartbeat_responses.is_empty()
-    }
-
     /// True if the frame carries heartbeats or their answers.
     pub fn has_heartbeats(&self) -> bool {
         !self.heartbeats.is_empty() || !self.heartbeat_responses.is_empty()

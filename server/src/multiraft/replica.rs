@@ -119,12 +119,7 @@ impl Replica {
                 })
             }
             Request::Read { shard, epoch, key } => {
-                let probe = KvCommand {
-                    shard,
-                    epoch,
-                    ops: vec![crate::kv::KvOp::Delete { key: key.clone() }],
-                };
-                if let Err(refusal) = probe.check(&self.descriptor) {
+                if let Err(refusal) = crate::kv::check_read(&self.descriptor, shard, epoch, &key) {
                     return Ok(Err(refusal.into()));
                 }
                 self.raft.read_index(id.to_be_bytes().to_vec()).map(|()| {

@@ -81,6 +81,26 @@ pub trait Engine: Send + Sync {
     fn sync(&self) -> Result<(), String>;
 }
 
+/// Feeds `items` to `visit` front to back (or back to front) until it breaks or an item
+/// fails.
+fn visit_in_order<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    mut items: impl DoubleEndedIterator<Item = Result<(K, V), String>>,
+    order: ScanOrder,
+    visit: &mut Visit<'_>,
+) -> Result<(), String> {
+    loop {
+        let item = match order {
+            ScanOrder::Ascending => items.next(),
+            ScanOrder::Descending => items.next_back(),
+        };
+        let Some(item) = item else { return Ok(()) };
+        let (key, value) = item?;
+        if visit(key.as_ref(), value.as_ref()).is_break() {
+            return Ok(());
+        }
+    }
+}
+
 /// How fjall's journal is made durable. The real one fsyncs; tests inject failures.
 pub trait Durability: Send + Sync {
     fn sync(&self, database: &Database) -> Result<(), String>;
@@ -151,18 +171,11 @@ impl Engine for FjallEngine {
         order: ScanOrder,
         visit: &mut Visit<'_>,
     ) -> Result<(), String> {
-        let mut iter = self.keyspace(space).range::<&[u8], _>(range.bounds());
-        loop {
-            let guard = match order {
-                ScanOrder::Ascending => iter.next(),
-                ScanOrder::Descending => iter.next_back(),
-            };
-            let Some(guard) = guard else { return Ok(()) };
-            let (key, value) = guard.into_inner().map_err(|e| e.to_string())?;
-            if visit(&key, &value).is_break() {
-                return Ok(());
-            }
-        }
+        let items = self
+            .keyspace(space)
+            .range::<&[u8], _>(range.bounds())
+            .map(|guard| guard.into_inner().map_err(|e| e.to_string()));
+        visit_in_order(items, order, visit)
     }
 
     fn write(&self, writes: Vec<Write>) -> Result<(), String> {
@@ -203,7 +216,6 @@ struct MemState {
     /// Written since the last sync, oldest first.
     unsynced: Vec<Vec<Write>>,
     fail_syncs: bool,
-    syncs: u64,
 }
 
 /// An in-memory engine whose durability is explicit: [`MemEngine::crash`] drops every batch
@@ -240,11 +252,6 @@ impl MemEngine {
     pub fn fail_syncs(&self) {
         self.state().fail_syncs = true;
     }
-
-    /// Successful syncs so far.
-    pub fn syncs(&self) -> u64 {
-        self.state().syncs
-    }
 }
 
 impl Engine for MemEngine {
@@ -261,19 +268,8 @@ impl Engine for MemEngine {
     ) -> Result<(), String> {
         let state = self.state();
         let table = &state.visible[space.slot()];
-        let mut iter = table.range::<[u8], _>(range.bounds());
-        loop {
-            let item = match order {
-                ScanOrder::Ascending => iter.next(),
-                ScanOrder::Descending => iter.next_back(),
-            };
-            let Some((key, value)) = item else {
-                return Ok(());
-            };
-            if visit(key, value).is_break() {
-                return Ok(());
-            }
-        }
+        let items = table.range::<[u8], _>(range.bounds()).map(Ok);
+        visit_in_order(items, order, visit)
     }
 
     fn write(&self, writes: Vec<Write>) -> Result<(), String> {
@@ -292,7 +288,6 @@ impl Engine for MemEngine {
         for writes in &unsynced {
             apply(&mut state.durable, writes);
         }
-        state.syncs += 1;
         Ok(())
     }
 }

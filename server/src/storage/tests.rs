@@ -230,13 +230,8 @@ fn a_failed_sync_poisons_the_store_and_is_never_retried() {
 /// to `MemStorage` and to the node store gives the same answers to every `Storage` question.
 #[test]
 fn the_node_store_answers_like_mem_storage() {
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut rng = rshard_common::rng::SeededRng::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = move |bound: u64| rng.below(bound);
     for round in 0..20 {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = bootstrapped(&dir);
