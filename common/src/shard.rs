@@ -36,6 +36,13 @@ impl ShardDescriptor {
         key >= self.start_key.as_slice()
             && (self.end_key.is_empty() || key < self.end_key.as_slice())
     }
+
+    /// True if the two shards' ranges share a key.
+    pub fn overlaps(&self, other: &ShardDescriptor) -> bool {
+        let starts_before_end = |start: &[u8], end: &[u8]| end.is_empty() || start < end;
+        starts_before_end(&self.start_key, &other.end_key)
+            && starts_before_end(&other.start_key, &self.end_key)
+    }
 }
 
 /// The prefix of every key of shard `id` in [`numbered_shards`].
@@ -82,5 +89,21 @@ mod tests {
         assert!(last.contains(b"d") && last.contains(b"\xff\xff") && !last.contains(b"c"));
         let whole = ShardDescriptor::default();
         assert!(whole.contains(b"") && whole.contains(b"anything"));
+    }
+
+    #[test]
+    fn ranges_overlap_only_when_they_share_a_key() {
+        let range = |start: &[u8], end: &[u8]| ShardDescriptor {
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            ..Default::default()
+        };
+        let middle = range(b"b", b"d");
+        assert!(!middle.overlaps(&range(b"a", b"b")) && !range(b"a", b"b").overlaps(&middle));
+        assert!(!middle.overlaps(&range(b"d", b"")) && !range(b"d", b"").overlaps(&middle));
+        assert!(middle.overlaps(&range(b"c", b"")) && range(b"c", b"").overlaps(&middle));
+        assert!(middle.overlaps(&range(b"a", b"b\0")));
+        assert!(middle.overlaps(&range(b"", b"")) && range(b"", b"").overlaps(&middle));
+        assert!(middle.overlaps(&middle));
     }
 }

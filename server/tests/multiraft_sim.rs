@@ -3,14 +3,17 @@
 //! sync), and clients whose histories must be linearizable. After healing, every shard must
 //! elect a leader, take a write, and converge to identical data on every replica.
 //!
+//! A third of the seeds compact logs after a few entries and stream snapshots in tiny chunks,
+//! installed a few keys per iteration, so transfers and installs span many iterations and
+//! crashes land in the middle of both.
+//!
 //! `RSHARD_MULTIRAFT_SEEDS=N` runs N seeds (default 300); `RSHARD_MULTIRAFT_SEED=S` runs one.
 
 mod support;
 
 use rshard_common::linearizability::{check, Verdict};
 use rshard_common::rng::SeededRng;
-use rshard_server::kv;
-use support::{key, Faults, World};
+use support::{Faults, World};
 
 const FAULTY_STEPS: u64 = 1_200;
 const SETTLE_STEPS: u64 = 1_600;
@@ -32,13 +35,36 @@ fn scenario(seed: u64) -> World {
         failed_sync_per_mille: 500,
     };
     let clients = 2 + rng.below(6) as usize;
-    let mut world = World::new(seed, nodes, shards, clients, faults);
+    let snapshots = rng.below(3) == 0;
+    let compact_after = 4 + rng.below(30);
+    let chunk_bytes = 16 + rng.below(200) as usize;
+    let apply_bytes = 1 + rng.below(400) as usize;
+    let window = 1 + rng.below(4) as u32;
+    let mut world = World::with_config(seed, nodes, shards, clients, faults, |config| {
+        if snapshots {
+            config.max_log_entries = compact_after;
+            config.snapshot_chunk_bytes = chunk_bytes;
+            config.snapshot_apply_bytes_per_iteration = apply_bytes;
+            config.snapshot_chunks_in_flight = window;
+        }
+    });
     let hot = 1 + rng.below(shards.min(4));
     world.hot_shards = (0..hot).map(|_| 1 + rng.below(shards)).collect();
+    if snapshots {
+        world.keys_per_shard = 2 + rng.below(30);
+    }
     world
 }
 
-fn run_seed(seed: u64) -> Result<(), String> {
+/// What one seed exercised, summed over the run.
+#[derive(Default)]
+struct Exercised {
+    snapshots_installed: u64,
+    installs_resumed: u64,
+    snapshot_chunks: u64,
+}
+
+fn run_seed(seed: u64) -> Result<Exercised, String> {
     let mut world = scenario(seed);
     for _ in 0..FAULTY_STEPS {
         world.drive_clients(200);
@@ -53,12 +79,14 @@ fn run_seed(seed: u64) -> Result<(), String> {
         .count();
     if std::env::var("RSHARD_MULTIRAFT_SEED").is_ok() {
         eprintln!(
-            "seed {seed}: {} nodes, {} shards, {} operations ({known} answered), {} crashes, leaders {:?}",
+            "seed {seed}: {} nodes, {} shards, {} operations ({known} answered), {} crashes, leaders {:?}, snapshots installed {}, chunks {}",
             world.nodes.len(),
             world.shards.len(),
             history.len(),
             world.crashes,
-            world.leaders().len()
+            world.leaders().len(),
+            world.total_ever(|c| c.snapshots_installed),
+            world.total_ever(|c| c.snapshot_chunks_received),
         );
         for node in world.up_nodes() {
             if let Some(driver) = world.driver(node) {
@@ -67,16 +95,34 @@ fn run_seed(seed: u64) -> Result<(), String> {
                     "  node {node}: readies {} dirty {} iterations {} syncs {} ticks {} group ticks {} ticking {} quiet {} entries/sync {:.1}",
                     c.readies, c.dirty_groups, c.iterations, c.syncs, c.ticks, c.group_ticks, c.ticking_groups, c.quiet_groups, c.entries_per_sync()
                 );
+                eprintln!(
+                    "    snapshots: started {} sent {} failed {} chunks sent {} received {} refused {} timed out {} installed {} discarded {} dropped while installing {} transfers {:?}",
+                    c.snapshot_sends_started, c.snapshots_sent, c.snapshot_sends_failed, c.snapshot_chunks_sent, c.snapshot_chunks_received, c.snapshot_chunks_refused, c.snapshot_receives_timed_out, c.snapshots_installed, c.stagings_discarded, c.messages_while_installing, driver.snapshot_transfers()
+                );
+            }
+        }
+    }
+    if std::env::var("RSHARD_MULTIRAFT_SEED").is_ok() {
+        for &shard in &world.hot_shards {
+            for node in world.up_nodes() {
+                if let Some(status) = world.driver(node).and_then(|d| d.replica_status(shard)) {
+                    eprintln!("  shard {shard} on node {node}: {status}");
+                }
             }
         }
     }
     check_liveness(&mut world)?;
     check_agreement(&world)?;
+    let exercised = Exercised {
+        snapshots_installed: world.total_ever(|c| c.snapshots_installed),
+        installs_resumed: world.total_ever(|c| c.installs_resumed),
+        snapshot_chunks: world.total_ever(|c| c.snapshot_chunks_received),
+    };
     match check(&world.checked_history(), 200_000) {
-        Verdict::Linearizable => Ok(()),
+        Verdict::Linearizable => Ok(exercised),
         Verdict::Inconclusive { key, .. } => {
             eprintln!("seed {seed}: search budget exhausted on {key:?}; not a failure");
-            Ok(())
+            Ok(exercised)
         }
         verdict => {
             let history = world.checked_history();
@@ -113,19 +159,28 @@ fn check_liveness(world: &mut World) -> Result<(), String> {
     Ok(())
 }
 
-/// Every replica of a hot shard applied the same index and holds the same values.
+/// Every replica of a hot shard applied the same index and holds the same keys and values
+/// in the shard's range; no install is left half done and no staging is left behind.
 fn check_agreement(world: &World) -> Result<(), String> {
+    for node in world.up_nodes() {
+        let Some(driver) = world.driver(node) else {
+            continue;
+        };
+        if let Some(shard) = driver.shards().find(|&s| driver.is_installing(s)) {
+            return Err(format!("node {node} is still installing shard {shard}"));
+        }
+        let stagings = driver.store().stagings().map_err(|e| e.to_string())?;
+        if !stagings.is_empty() {
+            return Err(format!("node {node} kept staging {stagings:?}"));
+        }
+    }
     for &shard in &world.hot_shards {
         let mut seen = None;
         for node in world.up_nodes() {
             let Some(driver) = world.driver(node) else {
                 continue;
             };
-            let values: Vec<_> = (0..2)
-                .map(|i| kv::read_committed(driver.store(), &key(shard, i)))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?;
-            let state = (driver.applied_index(shard), values);
+            let state = (driver.applied_index(shard), world.shard_data(node, shard));
             match &seen {
                 None => seen = Some((node, state)),
                 Some((first, expected)) if *expected != state => {
@@ -155,11 +210,17 @@ fn multiraft_histories_are_linearizable_under_faults() {
     let seeds = env_u64("RSHARD_MULTIRAFT_SEEDS").unwrap_or(300);
     let base = env_u64("RSHARD_MULTIRAFT_BASE_SEED").unwrap_or(0);
     let mut failures = Vec::new();
+    let mut total = Exercised::default();
     for seed in base..base + seeds {
         let started = std::time::Instant::now();
         let result = run_seed(seed);
         if std::env::var("RSHARD_MULTIRAFT_TIMING").is_ok() {
             eprintln!("seed {seed}: {:?}", started.elapsed());
+        }
+        if let Ok(exercised) = &result {
+            total.snapshots_installed += exercised.snapshots_installed;
+            total.installs_resumed += exercised.installs_resumed;
+            total.snapshot_chunks += exercised.snapshot_chunks;
         }
         if let Err(failure) = result {
             let hint = scenario(seed).replay_hint("multiraft_sim");
@@ -171,4 +232,15 @@ fn multiraft_histories_are_linearizable_under_faults() {
         }
     }
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    eprintln!(
+        "{seeds} seeds: {} snapshots installed from {} chunks, {} installs resumed after a crash",
+        total.snapshots_installed, total.snapshot_chunks, total.installs_resumed
+    );
+    if seeds >= 100 {
+        // The snapshot seeds must keep exercising transfers, installs and crashes in them.
+        assert!(
+            total.snapshots_installed > 0 && total.installs_resumed > 0,
+            "the simulation stopped exercising snapshots"
+        );
+    }
 }

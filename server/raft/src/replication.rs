@@ -380,8 +380,22 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// The driver failed to deliver the snapshot it was handed for `to`: try again later.
+    /// The driver failed to deliver the snapshot it was handed for `to`: try again later
+    /// (probing from what `to` is known to hold, so a new snapshot follows if needed).
     pub fn report_snapshot_failed(&mut self, to: NodeId) {
+        if let Some(progress) = self.progress.get_mut(&to) {
+            if progress.state == ProgressState::Snapshot {
+                progress.pending_snapshot = 0;
+                progress.become_probe();
+            }
+        }
+    }
+
+    /// The driver delivered the whole snapshot it was handed for `to` (a chunked transfer
+    /// ended). Its answer may still be lost, so stop waiting for it: probe right after the
+    /// snapshot. If `to` installed it the probe succeeds; if not, it is refused and a new
+    /// snapshot follows, with no wait for `snapshot_timeout_ticks`.
+    pub fn report_snapshot_delivered(&mut self, to: NodeId) {
         if let Some(progress) = self.progress.get_mut(&to) {
             if progress.state == ProgressState::Snapshot {
                 progress.become_probe();

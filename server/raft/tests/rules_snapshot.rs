@@ -165,6 +165,47 @@ fn a_lost_snapshot_is_retried_after_the_snapshot_timeout() {
     assert_catches_up_with_one_new_snapshot(&mut cluster);
 }
 
+/// §7 with loss: a snapshot the driver reports delivered (a chunked transfer ended) whose
+/// answer was lost: the leader stops waiting at once, probes right after the snapshot, and
+/// the follower catches up with appends alone, no second snapshot.
+#[test]
+fn a_snapshot_reported_delivered_resumes_after_it_without_another_snapshot() {
+    let (mut cluster, snapshot_index) = follower_behind_a_compacted_log();
+    let mut sent = false;
+    for _ in 0..5 {
+        cluster.tick(1, 1);
+        cluster.stabilize_losing(|m| {
+            m.from == 3
+                && matches!(m.kind, MessageKind::AppendResponse {
+                    result: AppendResult::Accepted { match_index },
+                    ..
+                } if match_index >= snapshot_index)
+        });
+        if cluster.node(1).progress(3).map(|p| p.state) == Some(ProgressState::Snapshot) {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "the leader never sent a snapshot");
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        snapshot_index,
+        "3 installed it"
+    );
+
+    cluster.node_mut(1).report_snapshot_delivered(3);
+    let progress = cluster.node(1).progress(3).cloned();
+    assert_eq!(
+        progress.as_ref().map(|p| p.state),
+        Some(ProgressState::Probe)
+    );
+    assert_eq!(progress.map(|p| p.next), Some(snapshot_index + 1));
+    let last = cluster.node(1).last_index();
+    let caught_up = cluster.tick_all_until(5, |cluster| cluster.node(3).last_index() == last);
+    assert!(caught_up.is_some(), "3 catches up");
+    assert_eq!(cluster.delivered_matching(|m| is_snapshot_to(m, 3)), 1);
+}
+
 /// §7 with loss: when the driver reports that it could not deliver a snapshot, the leader
 /// stops waiting for it at once and retries.
 #[test]

@@ -19,7 +19,7 @@ use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::storage::{KeyRange, NodeBatch, NodeStore, ScanOrder, Space, StoreError};
+use crate::storage::{KeyRange, NodeBatch, NodeStore, Space, StoreError};
 
 pub const MAX_KEY_BYTES: usize = 4 << 10;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
@@ -241,27 +241,6 @@ impl<'store> Applier<'store> {
         Ok(Ok(KvOutcome::Applied))
     }
 
-    /// Replaces everything in the shard's range with `items` (a snapshot being installed):
-    /// every committed key of the range is deleted unless `items` writes it.
-    pub fn install_snapshot(
-        &mut self,
-        descriptor: &ShardDescriptor,
-        items: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StoreError> {
-        self.pending.retain(|key, _| !descriptor.contains(key));
-        let range = shard_range(descriptor);
-        let pending = &mut self.pending;
-        self.store
-            .scan(Space::Data, range, ScanOrder::Ascending, &mut |key, _| {
-                pending.insert(key.to_vec(), None);
-                std::ops::ControlFlow::Continue(())
-            })?;
-        for (key, value) in items {
-            self.pending.insert(key, Some(value));
-        }
-        Ok(())
-    }
-
     /// Moves the writes into `batch`, to be committed with the applied index.
     pub fn finish(self, batch: &mut NodeBatch) {
         for (key, value) in self.pending {
@@ -270,42 +249,12 @@ impl<'store> Applier<'store> {
     }
 }
 
-/// One key and its value.
-pub type KeyValue = (Vec<u8>, Vec<u8>);
-
 /// The shard's range of the data keyspace.
 pub fn shard_range(descriptor: &ShardDescriptor) -> KeyRange<'_> {
     KeyRange {
         start: &descriptor.start_key,
         end: (!descriptor.end_key.is_empty()).then_some(&descriptor.end_key[..]),
     }
-}
-
-/// The committed keys and values of the shard, at most `max_bytes` of them (keys plus
-/// values); `None` if the shard holds more.
-pub fn scan_shard(
-    store: &NodeStore,
-    descriptor: &ShardDescriptor,
-    max_bytes: usize,
-) -> Result<Option<Vec<KeyValue>>, StoreError> {
-    let mut items = Vec::new();
-    let mut bytes = 0;
-    let mut complete = true;
-    store.scan(
-        Space::Data,
-        shard_range(descriptor),
-        ScanOrder::Ascending,
-        &mut |key, value| {
-            bytes += key.len() + value.len();
-            if bytes > max_bytes {
-                complete = false;
-                return std::ops::ControlFlow::Break(());
-            }
-            items.push((key.to_vec(), value.to_vec()));
-            std::ops::ControlFlow::Continue(())
-        },
-    )?;
-    Ok(complete.then_some(items))
 }
 
 /// The committed value of `key` (for reads served after ReadIndex).

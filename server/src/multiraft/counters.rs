@@ -44,8 +44,24 @@ pub struct Counters {
     /// Peers declared dead, and groups woken because a dead peer led them.
     pub peers_declared_dead: u64,
     pub groups_woken_by_dead_peer: u64,
+    /// Snapshot transfers started, completed (every chunk acknowledged) and failed.
+    pub snapshot_sends_started: u64,
     pub snapshots_sent: u64,
+    pub snapshot_sends_failed: u64,
+    pub snapshot_chunks_sent: u64,
+    /// Keys and values sent in snapshot chunks.
+    pub snapshot_bytes_sent: u64,
+    pub snapshot_chunks_received: u64,
+    pub snapshot_chunks_refused: u64,
+    pub snapshot_receives_timed_out: u64,
+    /// Installs completed (the data is in place and the group runs again).
     pub snapshots_installed: u64,
+    /// Installs found half done when the driver opened (a crash interrupted them).
+    pub installs_resumed: u64,
+    /// Staging of transfers that ended without an install, deleted.
+    pub stagings_discarded: u64,
+    /// Messages dropped because their group was installing a snapshot.
+    pub messages_while_installing: u64,
     pub compactions: u64,
     pub per_peer: BTreeMap<NodeId, PeerCounters>,
 }

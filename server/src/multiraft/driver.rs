@@ -7,11 +7,12 @@ use rshard_raft::{ConfState, Config, Message, MessageKind, NodeId, Raft, Ready, 
 
 use super::counters::Counters;
 use super::frame::Frame;
-use super::replica::{PendingRead, Replica, ShardSnapshot};
+use super::replica::{PendingRead, Replica};
+use super::snapshot::{SnapshotMessage, Snapshots};
 use super::transport::Transport;
 use super::{Answer, DriverConfig, InboxFull, Input, Request, RequestError, RequestId, Response};
 use crate::kv::{self, Applier};
-use crate::storage::{keys, GroupId, KeyRange, NodeStore, ScanOrder, Space, StoreError};
+use crate::storage::{keys, GroupId, KeyRange, NodeBatch, NodeStore, ScanOrder, Space, StoreError};
 
 /// What the driver knows of a peer node.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,6 +45,9 @@ pub struct MultiRaft<T: Transport> {
     /// underestimate). `None` until a request needs it, so ticks and frames never pay for it.
     pending_requests: Option<usize>,
     counters: Counters,
+    snapshots: Snapshots,
+    /// Bytes of snapshot chunks waiting in the inbox.
+    snapshot_inbox_bytes: usize,
     /// Set when storage failed: the driver answers everything with it and does nothing else.
     stopped: Option<String>,
 }
@@ -55,6 +59,16 @@ fn stop_error(reason: &str) -> RequestError {
 impl<T: Transport> MultiRaft<T> {
     /// Starts the driver over `store`, restarting every replica the store holds.
     pub fn open(config: DriverConfig, store: NodeStore, transport: T) -> Result<Self, StoreError> {
+        let incarnation = store.next_incarnation()?;
+        let groups = stored_groups(&store)?;
+        let snapshots = Snapshots::open(config.node, incarnation, &store, &groups)?;
+        let counters = Counters {
+            installs_resumed: groups
+                .iter()
+                .filter(|&&group| snapshots.is_installing(group))
+                .count() as u64,
+            ..Counters::default()
+        };
         let mut driver = MultiRaft {
             config,
             store,
@@ -68,31 +82,15 @@ impl<T: Transport> MultiRaft<T> {
             answers: Vec::new(),
             unsynced_answers: Vec::new(),
             pending_requests: None,
-            counters: Counters::default(),
+            counters,
+            snapshots,
+            snapshot_inbox_bytes: 0,
             stopped: None,
         };
-        for group in driver.stored_groups()? {
+        for group in groups {
             driver.load_replica(group)?;
         }
         Ok(driver)
-    }
-
-    fn stored_groups(&self) -> Result<Vec<GroupId>, StoreError> {
-        let mut groups = Vec::new();
-        let range = KeyRange {
-            start: &[],
-            end: None,
-        };
-        self.store
-            .scan(Space::State, range, ScanOrder::Ascending, &mut |key, _| {
-                if let (Some(&keys::DESCRIPTOR_TAG), Some(id)) = (key.get(8), key.get(..8)) {
-                    let mut bytes = [0; 8];
-                    bytes.copy_from_slice(id);
-                    groups.push(GroupId::from_be_bytes(bytes));
-                }
-                std::ops::ControlFlow::Continue(())
-            })?;
-        Ok(groups)
     }
 
     fn load_replica(&mut self, group: GroupId) -> Result<(), StoreError> {
@@ -119,17 +117,27 @@ impl<T: Transport> MultiRaft<T> {
             }
         }
         self.replicas.insert(group, Replica::new(raft, descriptor));
-        self.ticking.insert(group);
-        self.dirty.insert(group);
+        // A group in the middle of an install runs again once the install completes.
+        if !self.snapshots.is_installing(group) {
+            self.ticking.insert(group);
+            self.dirty.insert(group);
+        }
         Ok(())
     }
 
     /// Queues an input for the next iteration.
     pub fn offer(&mut self, input: Input) -> Result<(), InboxFull> {
-        if self.inbox.len() >= self.config.max_inbox_inputs {
+        let snapshot_bytes = match &input {
+            Input::Snapshot(message) => message.payload_bytes(),
+            _ => 0,
+        };
+        if self.inbox.len() >= self.config.max_inbox_inputs
+            || self.snapshot_inbox_bytes + snapshot_bytes > self.config.max_snapshot_inbox_bytes
+        {
             self.counters.inbox_drops += 1;
             return Err(InboxFull);
         }
+        self.snapshot_inbox_bytes += snapshot_bytes;
         self.inbox.push_back(input);
         Ok(())
     }
@@ -137,7 +145,20 @@ impl<T: Transport> MultiRaft<T> {
     /// True if an iteration now would do something (so the loop should not wait).
     pub fn has_work(&self) -> bool {
         self.stopped.is_none()
-            && (!self.inbox.is_empty() || !self.dirty.is_empty() || !self.held.is_empty())
+            && (!self.inbox.is_empty()
+                || !self.dirty.is_empty()
+                || !self.held.is_empty()
+                || self.snapshots.has_work(&self.config))
+    }
+
+    /// True while `shard`'s replica is installing a snapshot (it runs nothing meanwhile).
+    pub fn is_installing(&self, shard: ShardId) -> bool {
+        self.snapshots.is_installing(shard)
+    }
+
+    /// Snapshot transfers under way: (sending, receiving).
+    pub fn snapshot_transfers(&self) -> (usize, usize) {
+        self.snapshots.transfers()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -181,6 +202,36 @@ impl<T: Transport> MultiRaft<T> {
         self.replicas.get(&shard).map(|r| r.raft.applied_index())
     }
 
+    /// A one-line account of this node's replica of `shard`, for operators and failing
+    /// tests: role, term, indexes, and as leader each follower's progress.
+    pub fn replica_status(&self, shard: ShardId) -> Option<String> {
+        let replica = self.replicas.get(&shard)?;
+        let raft = &replica.raft;
+        let mut status = format!(
+            "{:?} term {} leader {:?} commit {} applied {} last {} installing {} quiet {}",
+            raft.role(),
+            raft.term(),
+            raft.leader(),
+            raft.commit_index(),
+            raft.applied_index(),
+            raft.last_index(),
+            self.snapshots.is_installing(shard),
+            raft.is_quiesced(),
+        );
+        if raft.role() == Role::Leader {
+            for member in raft.conf_state().members() {
+                if let Some(progress) = raft.progress(member).filter(|_| member != self.config.node)
+                {
+                    status.push_str(&format!(
+                        "; {member}: {:?} match {} next {}",
+                        progress.state, progress.matched, progress.next
+                    ));
+                }
+            }
+        }
+        Some(status)
+    }
+
     pub fn descriptor(&self, shard: ShardId) -> Option<&ShardDescriptor> {
         self.replicas.get(&shard).map(|r| &r.descriptor)
     }
@@ -201,11 +252,18 @@ impl<T: Transport> MultiRaft<T> {
     }
 
     fn run_iteration(&mut self) -> Result<(), StoreError> {
+        let mut batch = self.store.batch();
+        let installed = self.snapshots.step_installs(
+            &self.store,
+            &mut batch,
+            &self.config,
+            &mut self.counters,
+        )?;
         let inputs = self.inbox.len().min(self.config.max_inputs_per_iteration);
         self.pending_requests = None;
         for _ in 0..inputs {
             if let Some(input) = self.inbox.pop_front() {
-                self.handle_input(input)?;
+                self.handle_input(input, &mut batch)?;
             }
         }
         let mut readies = Vec::new();
@@ -215,6 +273,9 @@ impl<T: Transport> MultiRaft<T> {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
             };
+            if self.snapshots.is_installing(group) {
+                continue;
+            }
             if self.config.quiesce
                 && replica.raft.role() == Role::Leader
                 && !replica.raft.is_quiesced()
@@ -238,16 +299,24 @@ impl<T: Transport> MultiRaft<T> {
             self.counters.readies += 1;
             readies.push((group, ready));
         }
+        self.snapshots.pump(
+            &mut self.replicas,
+            &mut self.transport,
+            &self.config,
+            &mut self.counters,
+        )?;
         self.send_frames(outbox);
-        let mut batch = self.store.batch();
         let mut applier = Applier::new(&self.store);
         let mut entries = 0;
+        let mut installs = Vec::new();
         for (group, ready) in &readies {
             if let Some(replica) = self.replicas.get_mut(group) {
-                entries +=
+                entries += ready.entries.len();
+                let install =
                     replica.stage(ready, &mut applier, &mut batch, &mut self.unsynced_answers)?;
-                if ready.snapshot.is_some() {
-                    self.counters.snapshots_installed += 1;
+                if let Some(marker) = install {
+                    self.snapshots.take_completed(*group, marker.staging)?;
+                    installs.push((*group, marker));
                 } else if !ready.committed_entries.is_empty() {
                     self.counters.compactions += u64::from(compact_if_long(
                         replica,
@@ -266,6 +335,13 @@ impl<T: Transport> MultiRaft<T> {
         }
         // Durable: answers and the messages that waited for the sync may go.
         self.answers.append(&mut self.unsynced_answers);
+        self.snapshots.finish_installs(&installed);
+        self.counters.snapshots_installed += installed.len() as u64;
+        for group in installed {
+            self.ticking.insert(group);
+            self.dirty.insert(group);
+        }
+        self.snapshots.after_commit(installs, &mut self.transport);
         for (group, mut ready) in readies {
             self.finish_ready(group, &mut ready)?;
             if let Some(replica) = self.replicas.get_mut(&group) {
@@ -316,22 +392,33 @@ impl<T: Transport> MultiRaft<T> {
         Ok(())
     }
 
-    /// Keeps the ticking set in step with the group's quiescence.
+    /// Keeps the ticking set in step with the group's quiescence (an installing group does
+    /// not tick either).
     fn note_quiescence(&mut self, group: GroupId) {
         match self.replicas.get(&group) {
+            Some(_) if self.snapshots.is_installing(group) => self.ticking.remove(&group),
             Some(replica) if replica.raft.is_quiesced() => self.ticking.remove(&group),
             Some(_) => self.ticking.insert(group),
             None => false,
         };
     }
 
-    fn handle_input(&mut self, input: Input) -> Result<(), StoreError> {
+    fn handle_input(&mut self, input: Input, batch: &mut NodeBatch) -> Result<(), StoreError> {
         match input {
             Input::Tick => self.tick(),
             Input::Frame(frame) => self.receive(frame),
+            Input::Snapshot(message) => {
+                self.snapshot_inbox_bytes = self
+                    .snapshot_inbox_bytes
+                    .saturating_sub(message.payload_bytes());
+                self.receive_snapshot_message(message, batch)
+            }
             Input::Request { id, request } => self.take_request(id, request),
             Input::CreateShard(descriptor) => self.create_shard(descriptor),
             Input::TransferLeader { shard, to } => {
+                if self.snapshots.is_installing(shard) {
+                    return Ok(());
+                }
                 if let Some(replica) = self.replicas.get_mut(&shard) {
                     // A refused transfer changes nothing; the caller sees the leader stay.
                     let _refused = replica.raft.transfer_leader(to);
@@ -386,6 +473,8 @@ impl<T: Transport> MultiRaft<T> {
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {
+        self.snapshots
+            .tick(&mut self.replicas, &self.config, &mut self.counters);
         self.counters.ticks += 1;
         self.counters.group_ticks += self.ticking.len() as u64;
         for &group in &self.ticking {
@@ -435,64 +524,95 @@ impl<T: Transport> MultiRaft<T> {
             self.counters.malformed_messages += 1;
             return Ok(());
         }
-        let peer = self.peers.entry(frame.from).or_default();
-        peer.ticks_since_heard = 0;
-        peer.dead = false;
+        self.heard_from(frame.from);
         self.counters.peer(frame.from).frames_received += 1;
         for (group, message) in frame.into_messages() {
-            let Some(replica) = self.replicas.get_mut(&group) else {
-                self.counters.messages_for_unknown_groups += 1;
+            if matches!(message.kind, MessageKind::InstallSnapshot { .. }) {
+                // Snapshots arrive only as chunks, whose last one hands this to Raft.
+                self.counters.malformed_messages += 1;
                 continue;
-            };
-            if let MessageKind::InstallSnapshot { snapshot } = &message.kind {
-                let fits = ShardSnapshot::decode(&snapshot.data)
-                    .is_ok_and(|shard| shard.descriptor.id == group);
-                if !fits {
-                    self.counters.malformed_messages += 1;
-                    continue;
-                }
             }
-            match replica.raft.step(message) {
-                Ok(()) => {}
-                Err(rshard_raft::Error::Storage(error)) => {
-                    return Err(StoreError::Engine(error.to_string()))
-                }
-                Err(_) => self.counters.malformed_messages += 1,
-            }
-            self.dirty.insert(group);
+            self.step(group, message)?;
         }
         Ok(())
     }
 
-    /// Adds a message to its peer's frame; a snapshot gets the shard's data attached.
+    fn heard_from(&mut self, node: NodeId) {
+        let peer = self.peers.entry(node).or_default();
+        peer.ticks_since_heard = 0;
+        peer.dead = false;
+    }
+
+    /// Hands one message to its group's Raft core (not while the group installs).
+    fn step(&mut self, group: GroupId, message: Message) -> Result<(), StoreError> {
+        if self.snapshots.is_installing(group) {
+            self.counters.messages_while_installing += 1;
+            return Ok(());
+        }
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            self.counters.messages_for_unknown_groups += 1;
+            return Ok(());
+        };
+        match replica.raft.step(message) {
+            Ok(()) => {}
+            Err(rshard_raft::Error::Storage(error)) => {
+                return Err(StoreError::Engine(error.to_string()))
+            }
+            Err(_) => self.counters.malformed_messages += 1,
+        }
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    fn receive_snapshot_message(
+        &mut self,
+        message: SnapshotMessage,
+        batch: &mut NodeBatch,
+    ) -> Result<(), StoreError> {
+        if message.to() != self.config.node {
+            self.counters.malformed_messages += 1;
+            return Ok(());
+        }
+        self.heard_from(message.from());
+        match message {
+            SnapshotMessage::Chunk(chunk) => {
+                let completed = self.snapshots.on_chunk(
+                    chunk,
+                    &self.replicas,
+                    batch,
+                    &self.config,
+                    &mut self.counters,
+                );
+                if let Some((group, install)) = completed {
+                    self.step(group, install)?;
+                }
+            }
+            SnapshotMessage::Ack(ack) => {
+                self.snapshots
+                    .on_ack(ack, &mut self.replicas, &mut self.counters)
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a message to its peer's frame; a snapshot starts a chunked transfer instead.
     fn route(
         &mut self,
         group: GroupId,
-        mut message: Message,
+        message: Message,
         outbox: &mut BTreeMap<NodeId, Frame>,
     ) -> Result<(), StoreError> {
-        if let MessageKind::InstallSnapshot { snapshot } = &mut message.kind {
-            let Some(replica) = self.replicas.get_mut(&group) else {
-                return Ok(());
-            };
-            match kv::scan_shard(
-                &self.store,
-                &replica.descriptor,
-                self.config.max_snapshot_bytes,
-            )? {
-                Some(items) => {
-                    let shard = ShardSnapshot {
-                        descriptor: replica.descriptor.clone(),
-                        items,
-                    };
-                    snapshot.data = shard.encode();
-                    self.counters.snapshots_sent += 1;
-                }
-                None => {
-                    replica.raft.report_snapshot_failed(message.to);
-                    return Ok(());
-                }
+        if matches!(message.kind, MessageKind::InstallSnapshot { .. }) {
+            if let Some(replica) = self.replicas.get_mut(&group) {
+                self.snapshots.start_send(
+                    &self.store,
+                    replica,
+                    message,
+                    &self.config,
+                    &mut self.counters,
+                )?;
             }
+            return Ok(());
         }
         let to = message.to;
         outbox
@@ -551,6 +671,24 @@ impl<T: Transport> MultiRaft<T> {
         self.dirty.clear();
         self.stopped = Some(reason);
     }
+}
+
+/// Every group with a replica in the store (those with a stored descriptor).
+fn stored_groups(store: &NodeStore) -> Result<Vec<GroupId>, StoreError> {
+    let mut groups = Vec::new();
+    let range = KeyRange {
+        start: &[],
+        end: None,
+    };
+    store.scan(Space::State, range, ScanOrder::Ascending, &mut |key, _| {
+        if let (9, Some(&keys::DESCRIPTOR_TAG), Some(id)) = (key.len(), key.get(8), key.get(..8)) {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(id);
+            groups.push(GroupId::from_be_bytes(bytes));
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(groups)
 }
 
 fn store_error(error: rshard_raft::StorageError) -> StoreError {

@@ -29,6 +29,7 @@ mod counters;
 mod driver;
 mod frame;
 mod replica;
+mod snapshot;
 mod transport;
 
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
@@ -43,7 +44,10 @@ pub use frame::{
     CoalescedHeartbeat, CoalescedHeartbeatResponse, Frame, FrameError, GroupMessage,
     MAX_FRAME_BYTES,
 };
-pub use replica::ShardSnapshot;
+pub use snapshot::{
+    SessionId, SnapshotAck, SnapshotChunk, SnapshotItem, SnapshotManifest, SnapshotMessage,
+    SnapshotMessageError, SnapshotRefusal, MAX_SNAPSHOT_CHUNK_BYTES, MAX_SNAPSHOT_MESSAGE_BYTES,
+};
 pub use transport::{QueueTransport, SendError, Transport};
 
 /// Settings of a node's driver. Every limit carries its unit.
@@ -66,8 +70,22 @@ pub struct DriverConfig {
     pub max_pending_requests: usize,
     /// A group's log is compacted to its applied index once it holds this many entries.
     pub max_log_entries: u64,
-    /// A shard larger than this is not sent as a snapshot (the send is reported failed).
-    pub max_snapshot_bytes: usize,
+    /// Keys and values per snapshot chunk (a chunk holds at least one item; capped at
+    /// [`MAX_SNAPSHOT_CHUNK_BYTES`]).
+    pub snapshot_chunk_bytes: usize,
+    /// Chunks of one transfer sent and not yet acknowledged.
+    pub snapshot_chunks_in_flight: u32,
+    /// Snapshots this node sends at once; Raft retries the others later.
+    pub max_snapshot_sends: usize,
+    /// Snapshots this node receives at once; more are refused.
+    pub max_snapshot_receives: usize,
+    /// A transfer without progress for this many ticks ends (and Raft retries it).
+    pub snapshot_timeout_ticks: u32,
+    /// Bytes of snapshot install and staging cleanup written per iteration, so a large
+    /// install never stalls the loop.
+    pub snapshot_apply_bytes_per_iteration: usize,
+    /// Bytes of snapshot chunks waiting in the inbox; more are refused.
+    pub max_snapshot_inbox_bytes: usize,
     /// Seeds every replica's election-timeout randomness.
     pub seed: u64,
 }
@@ -85,7 +103,13 @@ impl DriverConfig {
             max_inputs_per_iteration: 4096,
             max_pending_requests: 65_536,
             max_log_entries: 10_000,
-            max_snapshot_bytes: 256 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_in_flight: 4,
+            max_snapshot_sends: 4,
+            max_snapshot_receives: 4,
+            snapshot_timeout_ticks: 50,
+            snapshot_apply_bytes_per_iteration: 8 << 20,
+            max_snapshot_inbox_bytes: 64 << 20,
             seed: 0,
         }
     }
@@ -142,6 +166,8 @@ pub enum Input {
     /// One unit of logical time.
     Tick,
     Frame(Frame),
+    /// A snapshot chunk or its acknowledgement.
+    Snapshot(SnapshotMessage),
     Request {
         id: RequestId,
         request: Request,

@@ -6,30 +6,11 @@ use std::collections::BTreeMap;
 
 use rshard_common::shard::ShardDescriptor;
 use rshard_raft::{Entry, Index, Payload, Raft, Ready, Role, Term};
-use serde::{Deserialize, Serialize};
 
+use super::snapshot::SnapshotManifest;
 use super::{Answer, Request, RequestError, RequestId, Response};
 use crate::kv::{Applier, KvCommand};
-use crate::storage::{GroupStorage, NodeBatch, StoreError};
-
-/// The data a Raft snapshot of a shard carries: the descriptor and every key of its range,
-/// scanned at the applied index the snapshot's metadata names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardSnapshot {
-    pub descriptor: ShardDescriptor,
-    pub items: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl ShardSnapshot {
-    pub fn encode(&self) -> Vec<u8> {
-        // Plain data into a Vec: MessagePack encoding cannot fail.
-        rmp_serde::to_vec(self).expect("a snapshot always encodes")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
-    }
-}
+use crate::storage::{GroupStorage, InstallMarker, NodeBatch, StoreError};
 
 /// A read waiting for ReadIndex to confirm it, then for the applied index to reach it.
 #[derive(Clone, Debug)]
@@ -148,26 +129,39 @@ impl Replica {
 
     /// Stages what `ready` asks to persist and apply into `batch` (with `applier` holding
     /// the data writes), and queues the answers of applied proposals into `answers`, to be
-    /// released only after the batch is durable. Returns how many entries it persists.
+    /// released only after the batch is durable. A snapshot starts an install: its marker
+    /// goes into the batch and is returned (the data is installed in later steps).
     pub fn stage(
         &mut self,
         ready: &Ready,
         applier: &mut Applier<'_>,
         batch: &mut NodeBatch,
         answers: &mut Vec<Answer>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Option<InstallMarker>, StoreError> {
         let group = self.descriptor.id;
+        let mut install = None;
         if let Some(snapshot) = &ready.snapshot {
-            let shard =
-                ShardSnapshot::decode(&snapshot.data).map_err(|detail| StoreError::Corrupt {
+            let manifest =
+                SnapshotManifest::decode(&snapshot.data).map_err(|detail| StoreError::Corrupt {
                     group,
-                    what: "snapshot data",
+                    what: "snapshot manifest",
                     detail,
                 })?;
-            applier.install_snapshot(&self.descriptor, Vec::new())?;
-            applier.install_snapshot(&shard.descriptor, shard.items)?;
-            batch.set_descriptor(group, &shard.descriptor)?;
-            self.descriptor = shard.descriptor;
+            let marker =
+                InstallMarker::new(manifest.staging, &self.descriptor, &manifest.descriptor);
+            batch.set_install_marker(group, &marker)?;
+            batch.set_descriptor(group, &manifest.descriptor)?;
+            install = Some(marker);
+            self.descriptor = manifest.descriptor;
+            if !ready.committed_entries.is_empty() {
+                // The core never does this (nothing after a snapshot is durable yet); the
+                // entries would apply to data the install has not written.
+                return Err(StoreError::Corrupt {
+                    group,
+                    what: "ready",
+                    detail: "committed entries with a snapshot".to_string(),
+                });
+            }
             let covered = snapshot.metadata.index;
             let skipped: Vec<Index> = self.proposals.range(..=covered).map(|(i, _)| *i).collect();
             for index in skipped {
@@ -189,7 +183,7 @@ impl Replica {
             }
             batch.set_applied(group, last.index, self.raft.conf_state().clone())?;
         }
-        Ok(ready.entries.len())
+        Ok(install)
     }
 
     fn apply(

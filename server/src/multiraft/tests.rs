@@ -260,3 +260,208 @@ fn a_write_whose_apply_batch_fails_to_sync_is_answered_stopped() {
         Err(RequestError::Stopped(_))
     ));
 }
+
+/// Node 1 following shard 1 (replicas 1 and 2), with a key inside the shard's range and one
+/// outside it already stored.
+fn follower_with_data() -> (Arc<MemEngine>, MultiRaft<QueueTransport>) {
+    let (engine, mut driver) = single_node_with(|config| config.max_inbox_inputs = 64);
+    let mut descriptor = shard(1);
+    descriptor.replicas = vec![1, 2];
+    driver.offer(Input::CreateShard(descriptor)).expect("room");
+    driver.iterate();
+    let store = driver.store().clone();
+    let mut batch = store.batch();
+    batch.write_data(b"c-stale".to_vec(), Some(b"old".to_vec()));
+    batch.write_data(b"z-other-shard".to_vec(), Some(b"kept".to_vec()));
+    store.commit(batch).expect("commits");
+    (engine, driver)
+}
+
+const SESSION: SessionId = SessionId {
+    incarnation: 1,
+    number: 1,
+};
+
+fn install_message(index: u64) -> Message {
+    let mut descriptor = shard(1);
+    descriptor.replicas = vec![1, 2];
+    let manifest = SnapshotManifest {
+        descriptor,
+        staging: 0,
+    };
+    Message {
+        from: 2,
+        to: 1,
+        term: 5,
+        kind: MessageKind::InstallSnapshot {
+            snapshot: rshard_raft::Snapshot {
+                metadata: rshard_raft::SnapshotMetadata {
+                    index,
+                    term: 5,
+                    conf_state: rshard_raft::ConfState::with_voters([1, 2]),
+                },
+                data: manifest.encode(),
+            },
+        },
+    }
+}
+
+fn chunk(seq: u32, keys: &[&[u8]], last: bool) -> SnapshotChunk {
+    SnapshotChunk {
+        from: 2,
+        to: 1,
+        group: 1,
+        session: SESSION,
+        seq,
+        install: (seq == 0).then(|| install_message(50)),
+        items: keys
+            .iter()
+            .map(|key| SnapshotItem {
+                key: key.to_vec(),
+                value: [b"v-", *key].concat(),
+            })
+            .collect(),
+        last,
+    }
+}
+
+/// Delivers `chunk`, runs the driver until idle, and returns the acknowledgement.
+fn deliver(driver: &mut MultiRaft<QueueTransport>, chunk: SnapshotChunk) -> SnapshotAck {
+    driver
+        .offer(Input::Snapshot(SnapshotMessage::Chunk(chunk)))
+        .expect("room");
+    let mut acks = Vec::new();
+    for _ in 0..100 {
+        if !driver.has_work() {
+            break;
+        }
+        driver.iterate();
+        acks.extend(
+            driver
+                .transport_mut()
+                .drain_snapshots()
+                .into_iter()
+                .filter_map(|m| match m {
+                    SnapshotMessage::Ack(ack) => Some(ack),
+                    SnapshotMessage::Chunk(_) => None,
+                }),
+        );
+    }
+    assert_eq!(acks.len(), 1, "one acknowledgement per chunk: {acks:?}");
+    acks.remove(0)
+}
+
+fn data(driver: &MultiRaft<QueueTransport>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut items = Vec::new();
+    let everything = crate::storage::KeyRange {
+        start: b"",
+        end: None,
+    };
+    driver
+        .store()
+        .scan(
+            crate::storage::Space::Data,
+            everything,
+            crate::storage::ScanOrder::Ascending,
+            &mut |key, value| {
+                items.push((key.to_vec(), value.to_vec()));
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .expect("reads");
+    items
+}
+
+#[test]
+fn a_chunked_snapshot_replaces_the_range_and_nothing_else() {
+    let (_, mut driver) = follower_with_data();
+    let before = data(&driver);
+    assert!(deliver(&mut driver, chunk(0, &[b"a1", b"b2"], false))
+        .refused
+        .is_none());
+    assert!(deliver(&mut driver, chunk(1, &[b"d3"], false))
+        .refused
+        .is_none());
+    assert_eq!(data(&driver), before, "staged chunks change no live data");
+    assert_eq!(driver.store().stagings().map(|s| s.len()), Ok(1));
+    assert!(deliver(&mut driver, chunk(2, &[b"k4"], true))
+        .refused
+        .is_none());
+
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = [&b"a1"[..], b"b2", b"d3", b"k4"]
+        .iter()
+        .map(|key| (key.to_vec(), [b"v-", *key].concat()))
+        .chain([(b"z-other-shard".to_vec(), b"kept".to_vec())])
+        .collect();
+    assert_eq!(
+        data(&driver),
+        expected,
+        "c-stale cleared, z-other-shard kept"
+    );
+    assert_eq!(driver.applied_index(1), Some(50));
+    assert!(!driver.is_installing(1));
+    assert_eq!(driver.store().stagings(), Ok(vec![]));
+    assert_eq!(driver.counters().snapshots_installed, 1);
+}
+
+#[test]
+fn bad_chunks_are_refused_with_a_reason_and_change_nothing() {
+    let (_, mut driver) = follower_with_data();
+    let before = data(&driver);
+    let refusal = |driver: &mut MultiRaft<QueueTransport>, chunk| {
+        deliver(driver, chunk)
+            .refused
+            .expect("the chunk is refused")
+    };
+
+    let mut unknown = chunk(0, &[b"b"], true);
+    unknown.group = 9;
+    assert_eq!(refusal(&mut driver, unknown), SnapshotRefusal::UnknownGroup);
+    let mut no_install = chunk(0, &[b"b"], true);
+    no_install.install = None;
+    assert!(matches!(
+        refusal(&mut driver, no_install),
+        SnapshotRefusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(&mut driver, chunk(0, &[b"b", b"zz"], true)),
+        SnapshotRefusal::Malformed(_)
+    ));
+    assert!(matches!(
+        refusal(&mut driver, chunk(0, &[b"c", b"b"], true)),
+        SnapshotRefusal::Malformed(_)
+    ));
+    let mut oversized = chunk(0, &[b"b"], true);
+    oversized.items[0].value = vec![0; MAX_SNAPSHOT_CHUNK_BYTES];
+    assert!(matches!(
+        refusal(&mut driver, oversized),
+        SnapshotRefusal::Malformed(_)
+    ));
+    assert_eq!(
+        refusal(&mut driver, chunk(1, &[b"b"], true)),
+        SnapshotRefusal::OutOfSequence { expected: None }
+    );
+    // A gap in a transfer under way ends it; its staging is discarded.
+    assert!(deliver(&mut driver, chunk(0, &[b"b"], false))
+        .refused
+        .is_none());
+    assert_eq!(
+        refusal(&mut driver, chunk(2, &[b"d"], true)),
+        SnapshotRefusal::OutOfSequence { expected: Some(1) }
+    );
+    assert_eq!(
+        refusal(&mut driver, chunk(1, &[b"d"], true)),
+        SnapshotRefusal::OutOfSequence { expected: None },
+        "the transfer is over"
+    );
+
+    assert_eq!(data(&driver), before);
+    assert_eq!(driver.store().stagings(), Ok(vec![]));
+    assert_eq!(
+        driver.applied_index(1),
+        Some(rshard_raft::MemStorage::BOOTSTRAP_INDEX)
+    );
+    assert!(!driver.is_installing(1));
+    assert_eq!(driver.snapshot_transfers(), (0, 0));
+    assert!(SnapshotMessage::decode(b"\xc1garbage").is_err());
+}

@@ -10,6 +10,7 @@ use rshard_raft::NodeId;
 use thiserror::Error;
 
 use super::frame::Frame;
+use super::snapshot::SnapshotMessage;
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum SendError {
@@ -20,20 +21,43 @@ pub enum SendError {
 pub trait Transport {
     /// Queues `frame` for `frame.to`; never blocks.
     fn send(&mut self, frame: Frame) -> Result<(), SendError>;
+    /// Queues a snapshot chunk or acknowledgement, beside the frames (so a large transfer
+    /// never delays heartbeats). Messages of one transfer must arrive in order or not at
+    /// all. Never blocks.
+    fn send_snapshot(&mut self, message: SnapshotMessage) -> Result<(), SendError>;
 }
 
-/// Frames queued per peer in memory, for a simulation or test to deliver as it likes.
+/// Frames and snapshot messages queued per peer in memory, for a simulation or test to
+/// deliver as it likes.
 #[derive(Debug)]
 pub struct QueueTransport {
     queues: BTreeMap<NodeId, VecDeque<Frame>>,
-    max_queued_frames_per_peer: usize,
+    snapshot_queues: BTreeMap<NodeId, VecDeque<SnapshotMessage>>,
+    max_queued_per_peer: usize,
+}
+
+fn push_bounded<M>(
+    queues: &mut BTreeMap<NodeId, VecDeque<M>>,
+    to: NodeId,
+    message: M,
+    max: usize,
+) -> Result<(), SendError> {
+    let queue = queues.entry(to).or_default();
+    if queue.len() >= max {
+        return Err(SendError::QueueFull(to));
+    }
+    queue.push_back(message);
+    Ok(())
 }
 
 impl QueueTransport {
-    pub fn new(max_queued_frames_per_peer: usize) -> Self {
+    /// Queues of at most `max_queued_per_peer` frames, and as many snapshot messages, per
+    /// peer.
+    pub fn new(max_queued_per_peer: usize) -> Self {
         QueueTransport {
             queues: BTreeMap::new(),
-            max_queued_frames_per_peer,
+            snapshot_queues: BTreeMap::new(),
+            max_queued_per_peer,
         }
     }
 
@@ -44,15 +68,29 @@ impl QueueTransport {
             .flatten()
             .collect()
     }
+
+    /// Takes every queued snapshot message, in the order sent per peer.
+    pub fn drain_snapshots(&mut self) -> Vec<SnapshotMessage> {
+        std::mem::take(&mut self.snapshot_queues)
+            .into_values()
+            .flatten()
+            .collect()
+    }
 }
 
 impl Transport for QueueTransport {
     fn send(&mut self, frame: Frame) -> Result<(), SendError> {
-        let queue = self.queues.entry(frame.to).or_default();
-        if queue.len() >= self.max_queued_frames_per_peer {
-            return Err(SendError::QueueFull(frame.to));
-        }
-        queue.push_back(frame);
-        Ok(())
+        let to = frame.to;
+        push_bounded(&mut self.queues, to, frame, self.max_queued_per_peer)
+    }
+
+    fn send_snapshot(&mut self, message: SnapshotMessage) -> Result<(), SendError> {
+        let to = message.to();
+        push_bounded(
+            &mut self.snapshot_queues,
+            to,
+            message,
+            self.max_queued_per_peer,
+        )
     }
 }

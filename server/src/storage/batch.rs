@@ -18,7 +18,7 @@ use super::StoreError;
 pub struct NodeBatch {
     writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
     /// Groups whose Raft log or state this batch changes (their cached reads go stale).
-    touched: BTreeSet<GroupId>,
+    pub(super) touched: BTreeSet<GroupId>,
 }
 
 impl std::fmt::Debug for NodeBatch {
@@ -66,11 +66,11 @@ impl NodeBatch {
         self.writes.len()
     }
 
-    fn put(&mut self, space: Space, key: Vec<u8>, value: Option<Vec<u8>>) {
+    pub(super) fn put(&mut self, space: Space, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.writes.insert((space, key), value);
     }
 
-    fn put_state<T: Serialize>(
+    pub(super) fn put_state<T: Serialize>(
         &mut self,
         group: GroupId,
         tag: u8,

@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-/// The node's three keyspaces.
+/// The node's four keyspaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Space {
     /// Raft log entries of every group.
@@ -23,11 +23,13 @@ pub enum Space {
     State,
     /// User data of every shard.
     Data,
+    /// Snapshot chunks received and not yet installed, by group and staging id.
+    Staging,
 }
 
 impl Space {
     #[cfg(test)]
-    const ALL: [Space; 3] = [Space::Log, Space::State, Space::Data];
+    const ALL: [Space; 4] = [Space::Log, Space::State, Space::Data, Space::Staging];
 
     fn slot(self) -> usize {
         self as usize
@@ -67,6 +69,9 @@ pub type Visit<'v> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'v;
 
 pub trait Engine: Send + Sync {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    /// A consistent read-only view of every keyspace as of now: later writes are not seen.
+    /// Keeping a view pins old versions, so hold it only as long as needed.
+    fn view(&self) -> Box<dyn EngineView>;
     /// Visits the keys of `range` in `order` until `visit` breaks or the range ends.
     fn scan(
         &self,
@@ -79,6 +84,18 @@ pub trait Engine: Send + Sync {
     fn write(&self, writes: Vec<Write>) -> Result<(), String>;
     /// Makes every write so far durable.
     fn sync(&self) -> Result<(), String>;
+}
+
+/// A point-in-time view of an engine (see [`Engine::view`]).
+pub trait EngineView: Send {
+    /// Visits the keys of `range` in `order` as of the view, until `visit` breaks.
+    fn scan(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        order: ScanOrder,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), String>;
 }
 
 /// Feeds `items` to `visit` front to back (or back to front) until it breaks or an item
@@ -121,7 +138,7 @@ impl Durability for SyncAll {
 /// fjall: one database, one keyspace per [`Space`], one journal write per batch.
 pub struct FjallEngine {
     database: Database,
-    keyspaces: [Keyspace; 3],
+    keyspaces: [Keyspace; 4],
     durability: Box<dyn Durability>,
 }
 
@@ -145,6 +162,7 @@ impl FjallEngine {
             keyspace("raft_log")?,
             keyspace("raft_state")?,
             keyspace("data")?,
+            keyspace("snapshot_staging")?,
         ];
         Ok(FjallEngine {
             database,
@@ -162,6 +180,13 @@ impl Engine for FjallEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         let value = self.keyspace(space).get(key).map_err(|e| e.to_string())?;
         Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn view(&self) -> Box<dyn EngineView> {
+        Box::new(FjallView {
+            snapshot: self.database.snapshot(),
+            keyspaces: self.keyspaces.clone(),
+        })
     }
 
     fn scan(
@@ -195,11 +220,36 @@ impl Engine for FjallEngine {
     }
 }
 
-type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; 3];
+/// A fjall snapshot (a sequence number every keyspace reads at).
+struct FjallView {
+    snapshot: fjall::Snapshot,
+    keyspaces: [Keyspace; 4],
+}
+
+impl EngineView for FjallView {
+    fn scan(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        order: ScanOrder,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), String> {
+        use fjall::Readable;
+        let items = self
+            .snapshot
+            .range::<&[u8], _>(&self.keyspaces[space.slot()], range.bounds())
+            .map(|guard| guard.into_inner().map_err(|e| e.to_string()));
+        visit_in_order(items, order, visit)
+    }
+}
+
+/// Copy-on-write tables: a view shares them until the next write copies the one it changes.
+type Table = Arc<BTreeMap<Vec<u8>, Vec<u8>>>;
+type Tables = [Table; 4];
 
 fn apply(tables: &mut Tables, writes: &[Write]) {
     for write in writes {
-        let table = &mut tables[write.space.slot()];
+        let table = Arc::make_mut(&mut tables[write.space.slot()]);
         match &write.value {
             Some(value) => table.insert(write.key.clone(), value.clone()),
             None => table.remove(&write.key),
@@ -259,6 +309,12 @@ impl Engine for MemEngine {
         Ok(self.state().visible[space.slot()].get(key).cloned())
     }
 
+    fn view(&self) -> Box<dyn EngineView> {
+        Box::new(MemView {
+            tables: self.state().visible.clone(),
+        })
+    }
+
     fn scan(
         &self,
         space: Space,
@@ -266,10 +322,8 @@ impl Engine for MemEngine {
         order: ScanOrder,
         visit: &mut Visit<'_>,
     ) -> Result<(), String> {
-        let state = self.state();
-        let table = &state.visible[space.slot()];
-        let items = table.range::<[u8], _>(range.bounds()).map(Ok);
-        visit_in_order(items, order, visit)
+        let table = self.state().visible[space.slot()].clone();
+        scan_table(&table, range, order, visit)
     }
 
     fn write(&self, writes: Vec<Write>) -> Result<(), String> {
@@ -289,6 +343,33 @@ impl Engine for MemEngine {
             apply(&mut state.durable, writes);
         }
         Ok(())
+    }
+}
+
+fn scan_table(
+    table: &BTreeMap<Vec<u8>, Vec<u8>>,
+    range: KeyRange<'_>,
+    order: ScanOrder,
+    visit: &mut Visit<'_>,
+) -> Result<(), String> {
+    let items = table.range::<[u8], _>(range.bounds()).map(Ok);
+    visit_in_order(items, order, visit)
+}
+
+/// The tables as of the view, shared with the engine until it writes.
+struct MemView {
+    tables: Tables,
+}
+
+impl EngineView for MemView {
+    fn scan(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        order: ScanOrder,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), String> {
+        scan_table(&self.tables[space.slot()], range, order, visit)
     }
 }
 
@@ -318,6 +399,44 @@ mod tests {
         for space in Space::ALL {
             assert_eq!(engine.get(space, b"zz"), Ok(None));
         }
+    }
+
+    fn data_keys(view: &dyn EngineView) -> Vec<Vec<u8>> {
+        let mut seen = Vec::new();
+        let range = KeyRange {
+            start: b"",
+            end: None,
+        };
+        view.scan(Space::Data, range, ScanOrder::Ascending, &mut |key, _| {
+            seen.push(key.to_vec());
+            ControlFlow::Continue(())
+        })
+        .expect("scans");
+        seen
+    }
+
+    fn a_view_ignores_later_writes(engine: &dyn Engine) {
+        engine.write(vec![put(b"a"), put(b"b")]).expect("writes");
+        let view = engine.view();
+        let deleted = Write {
+            space: Space::Data,
+            key: b"a".to_vec(),
+            value: None,
+        };
+        engine.write(vec![deleted, put(b"c")]).expect("writes");
+        assert_eq!(data_keys(view.as_ref()), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            data_keys(engine.view().as_ref()),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+    }
+
+    #[test]
+    fn views_are_points_in_time_in_both_engines() {
+        a_view_ignores_later_writes(&MemEngine::new());
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let fjall = FjallEngine::open(dir.path(), Box::new(SyncAll)).expect("opens");
+        a_view_ignores_later_writes(&fjall);
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl GroupStorage {
         )
     }
 
+    /// The snapshot install this group is in the middle of, if any.
+    pub fn install_marker(&self) -> Result<Option<super::InstallMarker>, StoreError> {
+        self.read_state(keys::INSTALL_TAG, "install marker")
+    }
+
     /// The shard this group replicates, if it was created on this node.
     pub fn descriptor(&self) -> Result<Option<ShardDescriptor>, StoreError> {
         self.read_state(keys::DESCRIPTOR_TAG, "shard descriptor")

@@ -3,7 +3,8 @@
 //!
 //! - `raft_log`: group id (8) ++ index (8) -> entry
 //! - `raft_state`: group id (8) ++ tag (1) -> hard state | applied state | compaction point |
-//!   shard descriptor
+//!   shard descriptor | snapshot install marker
+//! - `snapshot_staging`: group id (8) ++ staging id (8) ++ user key -> value
 
 use rshard_raft::Index;
 
@@ -16,6 +17,37 @@ pub const APPLIED_STATE_TAG: u8 = b'a';
 pub const DESCRIPTOR_TAG: u8 = b'd';
 /// The last entry compacted away (or replaced by a snapshot): the log's "dummy" position.
 pub const COMPACTED_TAG: u8 = b'c';
+/// A snapshot install in progress: the group's data is not consistent until it is gone.
+pub const INSTALL_TAG: u8 = b'i';
+
+/// Node-wide, in `raft_state`: how many times the store was opened (never a group key,
+/// which is 9 bytes).
+pub const INCARNATION_KEY: &[u8] = b"node/incarnation";
+
+/// Identifies one received snapshot's staged chunks on this node.
+pub type StagingId = u64;
+
+/// The prefix of every staged key of one received snapshot.
+pub fn staging_prefix(group: GroupId, staging: StagingId) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8..].copy_from_slice(&staging.to_be_bytes());
+    key
+}
+
+pub fn staging_key(group: GroupId, staging: StagingId, key: &[u8]) -> Vec<u8> {
+    let mut staged = Vec::with_capacity(16 + key.len());
+    staged.extend_from_slice(&staging_prefix(group, staging));
+    staged.extend_from_slice(key);
+    staged
+}
+
+/// The group and staging id a staged key belongs to, if it is one.
+pub fn parse_staging_key(key: &[u8]) -> Option<(GroupId, StagingId, &[u8])> {
+    let group = GroupId::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let staging = StagingId::from_be_bytes(key.get(8..16)?.try_into().ok()?);
+    Some((group, staging, key.get(16..)?))
+}
 
 pub fn log_key(group: GroupId, index: Index) -> [u8; 16] {
     let mut key = [0; 16];
@@ -51,5 +83,18 @@ mod tests {
         assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(index_of_log_key(&log_key(7, 300)), Some(300));
         assert_eq!(index_of_log_key(b"short"), None);
+    }
+
+    #[test]
+    fn staged_keys_sort_by_group_then_staging_then_key_and_parse_back() {
+        let keys = [
+            staging_key(1, 9, b"z"),
+            staging_key(2, 1, b""),
+            staging_key(2, 1, b"a"),
+            staging_key(2, 2, b"a"),
+        ];
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(parse_staging_key(&keys[2]), Some((2, 1, &b"a"[..])));
+        assert_eq!(parse_staging_key(&keys[0][..15]), None);
     }
 }

@@ -25,6 +25,7 @@ mod batch;
 pub mod engine;
 mod group;
 pub mod keys;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,10 +35,15 @@ use thiserror::Error;
 
 pub use batch::NodeBatch;
 pub use engine::{
-    Durability, Engine, FjallEngine, KeyRange, MemEngine, ScanOrder, Space, SyncAll, Write,
+    Durability, Engine, EngineView, FjallEngine, KeyRange, MemEngine, ScanOrder, Space, SyncAll,
+    Write,
 };
 pub use group::{AppliedState, GroupStorage};
-pub use keys::GroupId;
+pub use keys::{GroupId, StagingId};
+pub use snapshot::{
+    InstallMarker, InstallPhase, InstallProgress, KeySpan, StagingDiscard, StepBudget,
+    PER_KEY_COST_BYTES,
+};
 
 /// Why a storage operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -202,6 +208,42 @@ impl NodeStore {
             .map_err(StoreError::Engine)
     }
 
+    /// Counts one more start of the node on this store, durably, and returns the count: it
+    /// tells this run's messages from those of earlier runs.
+    pub fn next_incarnation(&self) -> Result<u64, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            group: 0,
+            what: "incarnation",
+            detail,
+        };
+        let previous = match self.get(Space::State, keys::INCARNATION_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(format!("{} bytes", bytes.len())))?,
+            ),
+            None => 0,
+        };
+        let incarnation = previous + 1;
+        let mut batch = self.batch();
+        batch.put(
+            Space::State,
+            keys::INCARNATION_KEY.to_vec(),
+            Some(incarnation.to_be_bytes().to_vec()),
+        );
+        self.commit(batch)?;
+        Ok(incarnation)
+    }
+
+    /// A point-in-time view of the committed state (see [`Engine::view`]).
+    pub fn view(&self) -> Result<StoreView, StoreError> {
+        self.check_poison()?;
+        Ok(StoreView {
+            view: self.inner.engine.view(),
+        })
+    }
+
     /// Visits the committed keys of `range` in `order` until `visit` breaks.
     pub fn scan(
         &self,
@@ -213,6 +255,32 @@ impl NodeStore {
         self.check_poison()?;
         self.inner
             .engine
+            .scan(space, range, order, visit)
+            .map_err(StoreError::Engine)
+    }
+}
+
+/// The committed state as of [`NodeStore::view`]; later commits are not seen.
+pub struct StoreView {
+    view: Box<dyn EngineView>,
+}
+
+impl std::fmt::Debug for StoreView {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("StoreView").finish_non_exhaustive()
+    }
+}
+
+impl StoreView {
+    /// Visits the keys of `range` in `order` as of the view, until `visit` breaks.
+    pub fn scan(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        order: ScanOrder,
+        visit: &mut engine::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        self.view
             .scan(space, range, order, visit)
             .map_err(StoreError::Engine)
     }

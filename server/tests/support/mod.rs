@@ -15,12 +15,12 @@ use rshard_common::rng::SeededRng;
 use rshard_common::shard::{
     numbered_shard_prefix, numbered_shards, Epoch, ShardDescriptor, ShardId,
 };
-use rshard_server::kv::{KvCommand, KvOp, KvOutcome};
+use rshard_server::kv::{self, KvCommand, KvOp, KvOutcome};
 use rshard_server::multiraft::{
-    DriverConfig, Frame, Input, MultiRaft, QueueTransport, Request, RequestError, RequestId,
-    Response,
+    Counters, DriverConfig, Frame, Input, MultiRaft, QueueTransport, Request, RequestError,
+    RequestId, Response, SnapshotMessage,
 };
-use rshard_server::storage::{MemEngine, NodeStore};
+use rshard_server::storage::{MemEngine, NodeStore, ScanOrder, Space};
 
 pub type NodeId = u64;
 
@@ -53,6 +53,21 @@ impl Faults {
     }
 }
 
+/// What travels between nodes.
+enum Packet {
+    Frame(Frame),
+    Snapshot(SnapshotMessage),
+}
+
+impl Packet {
+    fn endpoints(&self) -> (NodeId, NodeId) {
+        match self {
+            Packet::Frame(frame) => (frame.from, frame.to),
+            Packet::Snapshot(message) => (message.from(), message.to()),
+        }
+    }
+}
+
 pub struct SimNode {
     pub id: NodeId,
     pub engine: Arc<MemEngine>,
@@ -80,7 +95,10 @@ pub struct World {
     pub faults: Faults,
     pub config: DriverConfig,
     network: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    in_flight: BTreeMap<u64, Frame>,
+    in_flight: BTreeMap<u64, Packet>,
+    /// Per (from, to): the step the last snapshot message sent on that link arrives. Snapshot
+    /// messages keep their order, as on a stream; frames may overtake each other.
+    snapshot_link_arrival: BTreeMap<(NodeId, NodeId), u64>,
     next_frame: u64,
     /// Nodes cut off from all others until the given step.
     isolated: BTreeMap<NodeId, u64>,
@@ -92,7 +110,13 @@ pub struct World {
     pub client_timeout_steps: u64,
     /// Client operations go to these shards (hot set); empty means all.
     pub hot_shards: Vec<ShardId>,
+    /// Clients use keys 0..this of a shard.
+    pub keys_per_shard: u64,
     pub crashes: u64,
+    /// Counters of drivers that crashed, so totals survive restarts.
+    retired_counters: Vec<Counters>,
+    /// Bytes of keys and values of every snapshot chunk sent, in order.
+    pub snapshot_chunk_bytes: Vec<usize>,
 }
 
 pub fn key(shard: ShardId, index: u64) -> Vec<u8> {
@@ -129,6 +153,7 @@ impl World {
             config,
             network: BinaryHeap::new(),
             in_flight: BTreeMap::new(),
+            snapshot_link_arrival: BTreeMap::new(),
             next_frame: 0,
             isolated: BTreeMap::new(),
             clients: (0..clients)
@@ -142,7 +167,10 @@ impl World {
             next_request: 1,
             client_timeout_steps: 400,
             hot_shards: Vec::new(),
+            keys_per_shard: 2,
             crashes: 0,
+            retired_counters: Vec::new(),
+            snapshot_chunk_bytes: Vec::new(),
         };
         for id in ids {
             let engine = Arc::new(MemEngine::new());
@@ -209,32 +237,52 @@ impl World {
             return;
         };
         let mut answers = Vec::new();
-        for _ in 0..MAX_ITERATIONS_PER_STEP {
+        // A node installing a snapshot runs one iteration per step (a loaded disk), so an
+        // install spans steps and crashes can land inside it.
+        let installing = driver.shards().any(|shard| driver.is_installing(shard));
+        let iterations = if installing {
+            1
+        } else {
+            MAX_ITERATIONS_PER_STEP
+        };
+        for _ in 0..iterations {
             if !driver.has_work() {
                 break;
             }
             answers.extend(driver.iterate());
         }
         let frames = driver.transport_mut().drain();
+        let snapshot_messages = driver.transport_mut().drain_snapshots();
         let id = self.nodes[node].id;
         for (request, answer) in answers {
             self.complete(id, request, answer);
         }
         for frame in frames {
-            self.schedule(frame);
+            self.schedule(Packet::Frame(frame));
+        }
+        for message in snapshot_messages {
+            if let SnapshotMessage::Chunk(chunk) = &message {
+                self.snapshot_chunk_bytes.push(chunk.item_bytes());
+            }
+            self.schedule(Packet::Snapshot(message));
         }
     }
 
-    fn schedule(&mut self, frame: Frame) {
-        if self.cut(frame.from, frame.to) || self.rng.below(1000) < self.faults.drop_per_mille {
+    fn schedule(&mut self, packet: Packet) {
+        let (from, to) = packet.endpoints();
+        if self.cut(from, to) || self.rng.below(1000) < self.faults.drop_per_mille {
             return;
         }
-        let delay = 1 + self.rng.below(self.faults.max_delay_steps.max(1));
+        let mut arrival = self.step + 1 + self.rng.below(self.faults.max_delay_steps.max(1));
+        if let Packet::Snapshot(_) = packet {
+            let last = self.snapshot_link_arrival.entry((from, to)).or_default();
+            arrival = arrival.max(*last);
+            *last = arrival;
+        }
         let id = self.next_frame;
         self.next_frame += 1;
-        let to = (frame.to - 1) as usize;
-        self.in_flight.insert(id, frame);
-        self.network.push(Reverse((self.step + delay, id, to)));
+        self.in_flight.insert(id, packet);
+        self.network.push(Reverse((arrival, id, (to - 1) as usize)));
     }
 
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
@@ -252,9 +300,14 @@ impl World {
                 break;
             }
             self.network.pop();
-            if let Some(frame) = self.in_flight.remove(&id) {
-                if !self.cut(frame.from, frame.to) {
-                    self.offer(to, Input::Frame(frame));
+            if let Some(packet) = self.in_flight.remove(&id) {
+                let (from, to_node) = packet.endpoints();
+                if !self.cut(from, to_node) {
+                    let input = match packet {
+                        Packet::Frame(frame) => Input::Frame(frame),
+                        Packet::Snapshot(message) => Input::Snapshot(message),
+                    };
+                    self.offer(to, input);
                 }
             }
         }
@@ -272,6 +325,19 @@ impl World {
             let down_steps = 20 + self.rng.below(300);
             self.crash(node, failed_sync, down_steps);
         }
+        // Installs are where a crash hurts most: when crashes are on, aim some at them.
+        if self.faults.crash_per_million > 0 && self.rng.below(100) < 5 {
+            let installing = self.nodes.iter().position(|n| {
+                n.driver
+                    .as_ref()
+                    .is_some_and(|d| d.shards().any(|shard| d.is_installing(shard)))
+            });
+            if let Some(node) = installing {
+                let failed_sync = self.rng.below(1000) < self.faults.failed_sync_per_mille;
+                let down_steps = 20 + self.rng.below(100);
+                self.crash(node, failed_sync, down_steps);
+            }
+        }
     }
 
     /// Crashes node index `node`: with `failed_sync`, its next sync fails first (it sends
@@ -284,7 +350,9 @@ impl World {
             self.nodes[node].engine.fail_syncs();
             self.run_node(node);
         }
-        self.nodes[node].driver = None;
+        if let Some(driver) = self.nodes[node].driver.take() {
+            self.retired_counters.push(driver.counters().clone());
+        }
         self.nodes[node].engine.crash();
         self.nodes[node].restart_at = self.step + down_steps;
         self.crashes += 1;
@@ -414,7 +482,7 @@ impl World {
         } else {
             self.hot_shards[self.rng.below(self.hot_shards.len() as u64) as usize]
         };
-        let key = key(shard, self.rng.below(2));
+        let key = key(shard, self.rng.below(self.keys_per_shard));
         let value = format!("c{client}r{}", self.next_request).into_bytes();
         let operation = match self.rng.below(10) {
             0..=3 => Operation::Put(value),
@@ -500,33 +568,66 @@ impl World {
         self.clients[client].busy_until_answer = Some((node, id, self.step));
     }
 
-    /// Sends one put straight to the shard's leader, outside any client history; false if
-    /// the shard has no leader or the leader's inbox is full.
+    /// Sends one put of key 0 straight to the shard's leader, outside any client history;
+    /// false if the shard has no leader or the leader's inbox is full.
     pub fn put_to_leader(&mut self, shard: ShardId, value: &[u8]) -> bool {
-        let Some(&leader) = self.leaders().get(&shard) else {
-            return false;
-        };
-        let epoch = self.shards[(shard - 1) as usize].epoch;
-        let request = write(
+        self.write_to_leader(
             shard,
-            epoch,
             KvOp::Put {
                 key: key(shard, 0),
                 value: value.to_vec(),
             },
-        );
+        )
+    }
+
+    /// Sends one write straight to the shard's leader, outside any client history; false if
+    /// the shard has no leader or the leader's inbox is full.
+    pub fn write_to_leader(&mut self, shard: ShardId, op: KvOp) -> bool {
+        let Some(&leader) = self.leaders().get(&shard) else {
+            return false;
+        };
+        let epoch = self.shards[(shard - 1) as usize].epoch;
+        let request = write(shard, epoch, op);
         let id = self.next_request;
         self.next_request += 1;
         self.offer((leader - 1) as usize, Input::Request { id, request })
     }
 
     /// The sum of `counter` over the nodes that are up.
-    pub fn total(&self, counter: impl Fn(&rshard_server::multiraft::Counters) -> u64) -> u64 {
+    pub fn total(&self, counter: impl Fn(&Counters) -> u64) -> u64 {
         self.nodes
             .iter()
             .filter_map(|n| n.driver.as_ref())
             .map(|d| counter(d.counters()))
             .sum()
+    }
+
+    /// The sum of `counter` over every driver that ran, crashed ones included.
+    pub fn total_ever(&self, counter: impl Fn(&Counters) -> u64) -> u64 {
+        self.total(&counter) + self.retired_counters.iter().map(&counter).sum::<u64>()
+    }
+
+    /// Cuts `node` off from every other node for `steps` steps.
+    pub fn isolate(&mut self, node: NodeId, steps: u64) {
+        self.isolated.insert(node, self.step + steps);
+    }
+
+    /// Crashes node index `node` and reopens its driver at once, before it iterates.
+    pub fn crash_and_reopen(&mut self, node: usize) {
+        self.crash(node, false, 0);
+        let driver = self.open_driver(&self.nodes[node]);
+        self.nodes[node].driver = Some(driver);
+    }
+
+    /// Runs steps until `done` holds (true) or `max_steps` pass (false).
+    pub fn run_until(&mut self, max_steps: u64, done: impl Fn(&World) -> bool) -> bool {
+        for _ in 0..max_steps {
+            if done(self) {
+                return true;
+            }
+            self.run_step();
+        }
+        done(self)
     }
 
     /// Runs until every up node has nothing to do and every group is quiet, or `max_steps`.
@@ -559,6 +660,28 @@ impl World {
             }
         }
         leaders
+    }
+
+    /// Every key and value node `node` holds in `shard`'s range.
+    pub fn shard_data(&self, node: NodeId, shard: ShardId) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(driver) = self.driver(node) else {
+            return Vec::new();
+        };
+        let descriptor = &self.shards[(shard - 1) as usize];
+        let mut items = Vec::new();
+        driver
+            .store()
+            .scan(
+                Space::Data,
+                kv::shard_range(descriptor),
+                ScanOrder::Ascending,
+                &mut |key, value| {
+                    items.push((key.to_vec(), value.to_vec()));
+                    std::ops::ControlFlow::Continue(())
+                },
+            )
+            .expect("the in-memory engine reads");
+        items
     }
 
     pub fn up_nodes(&self) -> BTreeSet<NodeId> {
