@@ -1,11 +1,14 @@
 //! The multi-raft driver: one loop runs every replica (shard) a node holds.
 //!
 //! An iteration ([`MultiRaft::iterate`]) does, in order:
+//! 0. start the batch with the next bounded steps of snapshot installs and staging cleanup;
 //! 1. drain at most `max_inputs_per_iteration` inputs from the bounded inbox: ticks,
-//!    frames from peers, client requests, admin commands; step or tick the groups they name;
+//!    frames from peers, snapshot chunks, client requests, admin commands; step or tick the
+//!    groups they name, stage the chunks;
 //! 2. collect a Ready from each group with work (only those: an idle group costs nothing);
 //! 3. send one frame per peer with every message that may go before the sync, plus the
 //!    messages held back from the previous iteration's sync; heartbeats are coalesced;
+//!    snapshots stream in bounded chunks beside the frames (see the `snapshot` module);
 //! 4. build ONE storage batch with every group's entries, hard state, snapshot install and
 //!    applied commands, and commit it with ONE sync (group commit across groups);
 //! 5. advance the groups, hold the messages that needed the sync for the next iteration's

@@ -10,7 +10,7 @@ use super::group::{AppliedState, GroupStorage};
 use super::keys::{self, GroupId};
 use super::StoreError;
 
-/// Pending writes; nothing is visible or durable until [`NodeStore::commit`].
+/// Pending writes; nothing is visible or durable until [`super::NodeStore::commit`].
 ///
 /// Each method reads the group's committed state to know what to replace, so write each
 /// group at most once per kind per batch (the driver persists one Ready per group per batch).

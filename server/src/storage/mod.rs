@@ -1,12 +1,14 @@
 //! The node's durable storage: one engine (fjall) for every group on the node.
 //!
 //! Keyspaces: `raft_log` (entries of every group), `raft_state` (per group: hard state,
-//! applied index with its configuration, compaction point, shard descriptor) and `data` (user
-//! keys of every shard; a shard is a key range of it, so a split moves no bytes).
+//! applied index with its configuration, compaction point, shard descriptor, install
+//! marker), `data` (user keys of every shard; a shard is a key range of it, so a split moves
+//! no bytes) and `snapshot_staging` (received snapshot chunks not yet installed).
 //!
 //! A group's snapshot is not stored: it is its state machine as of the committed applied
-//! index, i.e. that metadata plus a scan of the shard's range of `data`. Compaction never
-//! passes the applied index, so such a snapshot always covers the compacted prefix.
+//! index, i.e. that metadata plus the shard's range of `data`, read from a point-in-time
+//! [`StoreView`]. Compaction never passes the applied index, so such a snapshot always covers
+//! the compacted prefix. Receiving and installing one: see `storage/snapshot.rs`.
 //!
 //! Contract:
 //! - Writes of any number of groups go into one [`NodeBatch`], made atomic and durable by
