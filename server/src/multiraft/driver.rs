@@ -161,6 +161,11 @@ impl<T: Transport> MultiRaft<T> {
         self.snapshots.transfers()
     }
 
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
