@@ -128,12 +128,13 @@ impl<T: Transport> MultiRaft<T> {
     /// Queues an input for the next iteration.
     pub fn offer(&mut self, input: Input) -> Result<(), InboxFull> {
         let snapshot_bytes = match &input {
-            Input::Snapshot(message) => message.payload_bytes(),
+            Input::Snapshot(message) => message.cost_bytes(),
             _ => 0,
         };
-        if self.inbox.len() >= self.config.max_inbox_inputs
-            || self.snapshot_inbox_bytes + snapshot_bytes > self.config.max_snapshot_inbox_bytes
-        {
+        // One chunk always fits an inbox holding none, whatever the limit.
+        let snapshots_full = self.snapshot_inbox_bytes > 0
+            && self.snapshot_inbox_bytes + snapshot_bytes > self.config.max_snapshot_inbox_bytes;
+        if self.inbox.len() >= self.config.max_inbox_inputs || snapshots_full {
             self.counters.inbox_drops += 1;
             return Err(InboxFull);
         }
@@ -345,6 +346,7 @@ impl<T: Transport> MultiRaft<T> {
         for group in installed {
             self.ticking.insert(group);
             self.dirty.insert(group);
+            self.serve_reads(group)?;
         }
         self.snapshots.after_commit(installs, &mut self.transport);
         for (group, mut ready) in readies {
@@ -381,7 +383,13 @@ impl<T: Transport> MultiRaft<T> {
         Ok(())
     }
 
+    /// Serves the confirmed reads whose index the group applied. Not while it installs a
+    /// snapshot: its applied index is the snapshot's, its data not yet (a deposed leader's
+    /// confirmed reads would read the old state).
     fn serve_reads(&mut self, group: GroupId) -> Result<(), StoreError> {
+        if self.snapshots.is_installing(group) {
+            return Ok(());
+        }
         let Some(replica) = self.replicas.get_mut(&group) else {
             return Ok(());
         };
@@ -415,7 +423,7 @@ impl<T: Transport> MultiRaft<T> {
             Input::Snapshot(message) => {
                 self.snapshot_inbox_bytes = self
                     .snapshot_inbox_bytes
-                    .saturating_sub(message.payload_bytes());
+                    .saturating_sub(message.cost_bytes());
                 self.receive_snapshot_message(message, batch)
             }
             Input::Request { id, request } => self.take_request(id, request),

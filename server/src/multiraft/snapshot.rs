@@ -36,12 +36,12 @@ use super::replica::Replica;
 use super::transport::Transport;
 use super::DriverConfig;
 use crate::storage::{
-    GroupId, InstallMarker, InstallProgress, KeyRange, KeySpan, NodeBatch, NodeStore, ScanOrder,
-    Space, StagingDiscard, StagingId, StepBudget, StoreError, StoreView,
+    item_cost_bytes, GroupId, InstallMarker, InstallProgress, KeyRange, KeySpan, NodeBatch,
+    NodeStore, ScanOrder, Space, StagingDiscard, StagingId, StepBudget, StoreError, StoreView,
 };
 
-/// Bytes of keys and values a received chunk may hold; larger ones are refused. Senders
-/// cap `snapshot_chunk_bytes` to it (and one KV item is far smaller).
+/// What a received chunk's items may cost ([`SnapshotChunk::cost_bytes`]); larger chunks
+/// are refused. Senders cap `snapshot_chunk_bytes` to it (and one KV item is far smaller).
 pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
 /// Bytes a decoded snapshot message may occupy on the wire.
 pub const MAX_SNAPSHOT_MESSAGE_BYTES: usize = MAX_SNAPSHOT_CHUNK_BYTES + (1 << 20);
@@ -99,8 +99,18 @@ pub struct SnapshotChunk {
 
 impl SnapshotChunk {
     /// Bytes of keys and values.
-    pub fn item_bytes(&self) -> usize {
+    pub fn data_bytes(&self) -> usize {
         self.items.iter().map(|i| i.key.len() + i.value.len()).sum()
+    }
+
+    /// What the items count for against byte limits: their bytes plus a per-item cost
+    /// ([`crate::storage::PER_KEY_COST_BYTES`]) that covers their framing on the wire and their overhead in
+    /// memory, so a chunk of many tiny items is bounded too.
+    pub fn cost_bytes(&self) -> usize {
+        self.items
+            .iter()
+            .map(|i| item_cost_bytes(&i.key, &i.value))
+            .sum()
     }
 }
 
@@ -115,6 +125,8 @@ pub enum SnapshotRefusal {
     Installing,
     #[error("chunk out of sequence (expected {expected:?})")]
     OutOfSequence { expected: Option<u32> },
+    #[error("a newer transfer from the same node is under way")]
+    Superseded,
     #[error("the snapshot's range overlaps shard {0} on this node")]
     Overlaps(GroupId),
     #[error("malformed chunk: {0}")]
@@ -161,10 +173,10 @@ impl SnapshotMessage {
         }
     }
 
-    /// What the message holds in memory, roughly: its keys and values.
-    pub fn payload_bytes(&self) -> usize {
+    /// What the message counts for against the inbox's byte limit.
+    pub fn cost_bytes(&self) -> usize {
         match self {
-            SnapshotMessage::Chunk(chunk) => chunk.item_bytes(),
+            SnapshotMessage::Chunk(chunk) => chunk.cost_bytes(),
             SnapshotMessage::Ack(_) => 0,
         }
     }
@@ -386,7 +398,7 @@ impl Snapshots {
                     items,
                     last: send.cursor.is_none(),
                 };
-                let bytes = chunk.item_bytes() as u64;
+                let bytes = chunk.data_bytes() as u64;
                 if transport
                     .send_snapshot(SnapshotMessage::Chunk(chunk))
                     .is_err()
@@ -505,10 +517,10 @@ impl Snapshots {
         if self.installing.contains_key(&group) || self.completed.contains_key(&group) {
             return Err(SnapshotRefusal::Installing);
         }
-        if chunk.item_bytes() > MAX_SNAPSHOT_CHUNK_BYTES {
+        if chunk.cost_bytes() > MAX_SNAPSHOT_CHUNK_BYTES {
             return Err(SnapshotRefusal::Malformed(format!(
-                "{} bytes of items",
-                chunk.item_bytes()
+                "items costing {} bytes",
+                chunk.cost_bytes()
             )));
         }
         if chunk.seq == 0 {
@@ -594,7 +606,11 @@ impl Snapshots {
         {
             return Err(SnapshotRefusal::Overlaps(other));
         }
-        if self.receiving.contains_key(&group) {
+        if let Some(current) = self.receiving.get(&group) {
+            if current.from == chunk.from && current.session > chunk.session {
+                // A delayed start of an older transfer must not end the current one.
+                return Err(SnapshotRefusal::Superseded);
+            }
             self.abandon_receive(group);
         } else if self.receiving.len() >= config.max_snapshot_receives {
             return Err(SnapshotRefusal::Busy);
@@ -706,7 +722,7 @@ impl Snapshots {
         config: &DriverConfig,
         counters: &mut Counters,
     ) {
-        let timeout = config.snapshot_timeout_ticks;
+        let timeout = config.snapshot_timeout_ticks.max(1);
         let mut expired = Vec::new();
         for (&key, send) in &mut self.sending {
             send.idle_ticks += 1;
@@ -757,7 +773,7 @@ fn read_chunk(
         range,
         ScanOrder::Ascending,
         &mut |key, value| {
-            let size = key.len() + value.len();
+            let size = item_cost_bytes(key, value);
             if !items.is_empty() && bytes + size > chunk_bytes {
                 next = Some(key.to_vec());
                 return std::ops::ControlFlow::Break(());

@@ -455,6 +455,24 @@ fn bad_chunks_are_refused_with_a_reason_and_change_nothing() {
         "the transfer is over"
     );
 
+    // A delayed first chunk of an older transfer from the same node does not end a newer one.
+    let mut newer = chunk(0, &[b"b"], false);
+    newer.session.number = 2;
+    assert!(deliver(&mut driver, newer).refused.is_none());
+    assert_eq!(
+        refusal(&mut driver, chunk(0, &[b"b"], false)),
+        SnapshotRefusal::Superseded
+    );
+    let mut next = chunk(1, &[b"c"], false);
+    next.session.number = 2;
+    assert!(
+        deliver(&mut driver, next).refused.is_none(),
+        "the newer one goes on"
+    );
+    let mut gap = chunk(3, &[b"d"], true);
+    gap.session.number = 2;
+    assert!(deliver(&mut driver, gap).refused.is_some());
+
     assert_eq!(data(&driver), before);
     assert_eq!(driver.store().stagings(), Ok(vec![]));
     assert_eq!(

@@ -43,8 +43,8 @@ pub use engine::{
 pub use group::{AppliedState, GroupStorage};
 pub use keys::{GroupId, StagingId};
 pub use snapshot::{
-    InstallMarker, InstallPhase, InstallProgress, KeySpan, StagingDiscard, StepBudget,
-    PER_KEY_COST_BYTES,
+    item_cost_bytes, InstallMarker, InstallPhase, InstallProgress, KeySpan, StagingDiscard,
+    StepBudget, PER_KEY_COST_BYTES,
 };
 
 /// Why a storage operation failed.

@@ -34,9 +34,15 @@ use super::engine::{KeyRange, ScanOrder, Space};
 use super::keys::{self, GroupId, StagingId};
 use super::{NodeBatch, NodeStore, StoreError};
 
-/// What each key a step visits costs on top of its bytes, so a range of tiny keys is
-/// bounded too.
+/// What each key costs on top of its bytes, wherever keys are counted against a byte
+/// limit (install steps, snapshot chunks, the inbox), so many tiny keys are bounded too: it
+/// covers a key's in-memory overhead and its MessagePack framing. A seek costs one key.
 pub const PER_KEY_COST_BYTES: usize = 64;
+
+/// What one key and its value count for against a byte limit.
+pub fn item_cost_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + PER_KEY_COST_BYTES
+}
 
 /// A key range to clear: `start` inclusive, `end` exclusive, an empty `end` unbounded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,9 +102,10 @@ pub struct StepBudget {
 }
 
 impl StepBudget {
+    /// A budget of `bytes` (at least one key's worth is always spent per step).
     pub fn new(bytes: usize) -> Self {
         StepBudget {
-            remaining_bytes: bytes,
+            remaining_bytes: bytes.max(1),
         }
     }
 
@@ -107,8 +114,9 @@ impl StepBudget {
     }
 
     fn spend(&mut self, key: &[u8], value: &[u8]) {
-        let cost = key.len() + value.len() + PER_KEY_COST_BYTES;
-        self.remaining_bytes = self.remaining_bytes.saturating_sub(cost);
+        self.remaining_bytes = self
+            .remaining_bytes
+            .saturating_sub(item_cost_bytes(key, value));
     }
 }
 
@@ -280,7 +288,8 @@ impl NodeStore {
         Ok(discard.cursor.is_none())
     }
 
-    /// Visits `range` until `budget` runs out (at least one key, so every call progresses).
+    /// Visits `range` until `budget` runs out (at least one key, so every call progresses;
+    /// the seek itself costs one key, so even empty ranges are bounded per round).
     /// Returns the key to resume at, or `None` if the range was finished.
     fn visit_within_budget(
         &self,
@@ -289,6 +298,7 @@ impl NodeStore {
         budget: &mut StepBudget,
         mut visit: impl FnMut(&[u8], &[u8]),
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        budget.spend(&[], &[]);
         let mut resume = None;
         let mut visited_any = false;
         self.scan(space, range, ScanOrder::Ascending, &mut |key, value| {

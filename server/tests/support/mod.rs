@@ -115,7 +115,7 @@ pub struct World {
     pub crashes: u64,
     /// Counters of drivers that crashed, so totals survive restarts.
     retired_counters: Vec<Counters>,
-    /// Bytes of keys and values of every snapshot chunk sent, in order.
+    /// What every snapshot chunk sent counts for against `snapshot_chunk_bytes`, in order.
     pub snapshot_chunk_bytes: Vec<usize>,
 }
 
@@ -262,7 +262,7 @@ impl World {
         }
         for message in snapshot_messages {
             if let SnapshotMessage::Chunk(chunk) = &message {
-                self.snapshot_chunk_bytes.push(chunk.item_bytes());
+                self.snapshot_chunk_bytes.push(chunk.cost_bytes());
             }
             self.schedule(Packet::Snapshot(message));
         }
