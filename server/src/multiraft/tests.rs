@@ -483,3 +483,118 @@ fn bad_chunks_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(driver.snapshot_transfers(), (0, 0));
     assert!(SnapshotMessage::decode(b"\xc1garbage").is_err());
 }
+
+/// Iterates once and returns the answers and every message node 1 sent.
+fn iterate_and_collect(
+    driver: &mut MultiRaft<QueueTransport>,
+    answers: &mut Vec<Answer>,
+) -> Vec<Message> {
+    answers.extend(driver.iterate());
+    driver
+        .transport_mut()
+        .drain()
+        .into_iter()
+        .flat_map(|frame| frame.into_messages().map(|(_, message)| message))
+        .collect()
+}
+
+fn from_node_2(message_term: u64, kind: MessageKind) -> Input {
+    let mut frame = Frame::new(2, 1);
+    frame.push(
+        1,
+        Message {
+            from: 2,
+            to: 1,
+            term: message_term,
+            kind,
+        },
+    );
+    Input::Frame(frame)
+}
+
+/// A leader confirms a read (ReadIndex at its term's first index, not yet applied), then a
+/// newer leader deposes it with a snapshot past that index. The read must be served from the
+/// installed snapshot, not from the data the install is about to replace, even though the
+/// applied index reaches the read's index as soon as the snapshot is accepted.
+#[test]
+fn a_confirmed_read_waits_for_the_snapshot_install_that_deposes_its_leader() {
+    let (_, mut driver) = follower_with_data();
+    let mut answers = Vec::new();
+    let campaign = |driver: &mut MultiRaft<QueueTransport>, answers: &mut Vec<Answer>| {
+        for _ in 0..100 {
+            driver.offer(Input::Tick).expect("room");
+            for message in iterate_and_collect(driver, answers) {
+                let reply = match message.kind {
+                    MessageKind::PreVote { .. } => MessageKind::PreVoteResponse { reject: false },
+                    MessageKind::Vote { .. } => MessageKind::VoteResponse { reject: false },
+                    _ => continue,
+                };
+                driver
+                    .offer(from_node_2(message.term, reply))
+                    .expect("room");
+            }
+            if driver.is_leader(1) {
+                return;
+            }
+        }
+        panic!("node 1 never won node 2's vote");
+    };
+    campaign(&mut driver, &mut answers);
+    let read = Request::Read {
+        shard: 1,
+        epoch: Epoch::default(),
+        key: b"c-stale".to_vec(),
+    };
+    driver
+        .offer(Input::Request {
+            id: 9,
+            request: read,
+        })
+        .expect("room");
+    let mut confirmed = false;
+    for _ in 0..50 {
+        driver.offer(Input::Tick).expect("room");
+        for message in iterate_and_collect(&mut driver, &mut answers) {
+            if let MessageKind::Heartbeat { round, .. } = message.kind {
+                // Node 2 acknowledges the round but never the leader's entry: the read is
+                // confirmed at an index nothing has applied yet.
+                let answer = MessageKind::HeartbeatResponse { round, commit: 1 };
+                driver
+                    .offer(from_node_2(message.term, answer))
+                    .expect("room");
+                confirmed = true;
+            }
+        }
+        if confirmed {
+            iterate_and_collect(&mut driver, &mut answers);
+            break;
+        }
+    }
+    assert!(confirmed, "the leader never sent a heartbeat round");
+    assert!(
+        answers.iter().all(|(id, _)| *id != 9),
+        "answered before applied"
+    );
+
+    driver
+        .offer(Input::Snapshot(SnapshotMessage::Chunk(chunk(
+            0,
+            &[b"b"],
+            true,
+        ))))
+        .expect("room");
+    for _ in 0..20 {
+        iterate_and_collect(&mut driver, &mut answers);
+    }
+    assert!(!driver.is_leader(1) && !driver.is_installing(1));
+    assert_eq!(driver.applied_index(1), Some(50));
+    let read_answer = answers
+        .iter()
+        .find(|(id, _)| *id == 9)
+        .map(|(_, a)| a.clone());
+    assert_eq!(
+        read_answer,
+        Some(Ok(Response::Value(None))),
+        "the read saw the replaced data"
+    );
+}
