@@ -427,5 +427,17 @@ fn ip_to_string(bytes: &[u8]) -> String {
     })
 }
 
+/// A whole cluster's certificates in `dir` (a CA, a node for localhost and 127.0.0.1, and
+/// client `root`), valid 30 days: for tests.
+#[cfg(test)]
+pub(crate) fn test_cluster(dir: &Path) -> CertsDir {
+    let certs = CertsDir::new(dir, None);
+    create_ca(&certs, 30, false).expect("a CA");
+    let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    create_node(&certs, &hosts, 30, false).expect("a node certificate");
+    create_client(&certs, "root", 30, false).expect("a client certificate");
+    certs
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,3 +8,4 @@ pub mod certs;
 pub mod linearizability;
 pub mod rng;
 pub mod shard;
+pub mod tls;

@@ -5,12 +5,7 @@ fn certs_in(dir: &tempfile::TempDir) -> CertsDir {
 }
 
 fn cluster(dir: &tempfile::TempDir) -> CertsDir {
-    let certs = certs_in(dir);
-    create_ca(&certs, 30, false).expect("a CA");
-    let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    create_node(&certs, &hosts, 30, false).expect("a node certificate");
-    create_client(&certs, "root", 30, false).expect("a client certificate");
-    certs
+    test_cluster(dir.path())
 }
 
 #[test]
