@@ -60,13 +60,10 @@ impl<T: Transport> MultiRaft<T> {
     /// Starts the driver over `store`, restarting every replica the store holds.
     pub fn open(config: DriverConfig, store: NodeStore, transport: T) -> Result<Self, StoreError> {
         let incarnation = store.next_incarnation()?;
-        let groups = stored_groups(&store)?;
-        let snapshots = Snapshots::open(config.node, incarnation, &store, &groups)?;
+        let (groups, installing) = stored_groups(&store)?;
+        let snapshots = Snapshots::open(config.node, incarnation, &store, &installing)?;
         let counters = Counters {
-            installs_resumed: groups
-                .iter()
-                .filter(|&&group| snapshots.is_installing(group))
-                .count() as u64,
+            installs_resumed: installing.len() as u64,
             ..Counters::default()
         };
         let mut driver = MultiRaft {
@@ -686,22 +683,27 @@ impl<T: Transport> MultiRaft<T> {
     }
 }
 
-/// Every group with a replica in the store (those with a stored descriptor).
-fn stored_groups(store: &NodeStore) -> Result<Vec<GroupId>, StoreError> {
-    let mut groups = Vec::new();
+/// Every group with a replica in the store (those with a stored descriptor), and those of
+/// them with an install marker: one scan of the state keyspace.
+fn stored_groups(store: &NodeStore) -> Result<(Vec<GroupId>, Vec<GroupId>), StoreError> {
+    let (mut groups, mut installing) = (Vec::new(), Vec::new());
     let range = KeyRange {
         start: &[],
         end: None,
     };
     store.scan(Space::State, range, ScanOrder::Ascending, &mut |key, _| {
-        if let (9, Some(&keys::DESCRIPTOR_TAG), Some(id)) = (key.len(), key.get(8), key.get(..8)) {
+        if let (9, Some(&tag), Some(id)) = (key.len(), key.get(8), key.get(..8)) {
             let mut bytes = [0; 8];
             bytes.copy_from_slice(id);
-            groups.push(GroupId::from_be_bytes(bytes));
+            match tag {
+                keys::DESCRIPTOR_TAG => groups.push(GroupId::from_be_bytes(bytes)),
+                keys::INSTALL_TAG => installing.push(GroupId::from_be_bytes(bytes)),
+                _ => {}
+            }
         }
         std::ops::ControlFlow::Continue(())
     })?;
-    Ok(groups)
+    Ok((groups, installing))
 }
 
 fn store_error(error: rshard_raft::StorageError) -> StoreError {

@@ -252,20 +252,21 @@ pub(super) struct Snapshots {
 }
 
 impl Snapshots {
-    /// Resumes the installs the store was in the middle of and discards staging nobody will
-    /// install.
+    /// Resumes the installs the store was in the middle of (`installing`: the groups with
+    /// an install marker) and discards staging nobody will install.
     pub fn open(
         node: NodeId,
         incarnation: u64,
         store: &NodeStore,
-        groups: &[GroupId],
+        installing: &[GroupId],
     ) -> Result<Self, StoreError> {
-        let mut installing = BTreeMap::new();
-        for &group in groups {
+        let mut resumed = BTreeMap::new();
+        for &group in installing {
             if let Some(marker) = store.group(group).install_marker()? {
-                installing.insert(group, InstallProgress::new(group, marker));
+                resumed.insert(group, InstallProgress::new(group, marker));
             }
         }
+        let installing = resumed;
         let stagings = store.stagings()?;
         let next_staging = stagings.iter().map(|(_, s)| s + 1).max().unwrap_or(1);
         let discarding = stagings

@@ -352,24 +352,7 @@ fn deliver(driver: &mut MultiRaft<QueueTransport>, chunk: SnapshotChunk) -> Snap
 }
 
 fn data(driver: &MultiRaft<QueueTransport>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut items = Vec::new();
-    let everything = crate::storage::KeyRange {
-        start: b"",
-        end: None,
-    };
-    driver
-        .store()
-        .scan(
-            crate::storage::Space::Data,
-            everything,
-            crate::storage::ScanOrder::Ascending,
-            &mut |key, value| {
-                items.push((key.to_vec(), value.to_vec()));
-                std::ops::ControlFlow::Continue(())
-            },
-        )
-        .expect("reads");
-    items
+    driver.store().data_items()
 }
 
 #[test]

@@ -238,6 +238,27 @@ impl NodeStore {
         Ok(incarnation)
     }
 
+    /// Every committed key and value of the data keyspace, in order (for tests).
+    #[cfg(test)]
+    pub(crate) fn data_items(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut items = Vec::new();
+        let everything = KeyRange {
+            start: b"",
+            end: None,
+        };
+        self.scan(
+            Space::Data,
+            everything,
+            ScanOrder::Ascending,
+            &mut |key, value| {
+                items.push((key.to_vec(), value.to_vec()));
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .expect("the data keyspace reads");
+        items
+    }
+
     /// A point-in-time view of the committed state (see [`Engine::view`]).
     pub fn view(&self) -> Result<StoreView, StoreError> {
         self.check_poison()?;

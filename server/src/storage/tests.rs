@@ -374,26 +374,6 @@ fn a_raft_replica_runs_on_the_store_and_restarts_from_it() {
     );
 }
 
-fn all_data(store: &NodeStore) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut items = Vec::new();
-    let everything = KeyRange {
-        start: b"",
-        end: None,
-    };
-    store
-        .scan(
-            Space::Data,
-            everything,
-            ScanOrder::Ascending,
-            &mut |key, value| {
-                items.push((key.to_vec(), value.to_vec()));
-                std::ops::ControlFlow::Continue(())
-            },
-        )
-        .expect("reads");
-    items
-}
-
 /// An install in fjall, reopened from disk after every bounded step (so each step resumes
 /// from the marker alone, without the in-memory cursor): the range ends up holding exactly
 /// the staged keys, keys outside it are untouched, and the staging is gone.
@@ -458,7 +438,7 @@ fn an_install_resumes_from_its_marker_after_every_step() {
     let mut expected = staged;
     expected.insert(0, (b"a-outside".to_vec(), b"kept".to_vec()));
     expected.push((b"m-outside".to_vec(), b"kept".to_vec()));
-    assert_eq!(all_data(&store), expected);
+    assert_eq!(store.data_items(), expected);
     assert_eq!(
         store.stagings(),
         Ok(vec![(GROUP + 1, 1)]),
