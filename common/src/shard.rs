@@ -26,11 +26,20 @@ pub struct ShardDescriptor {
     /// Exclusive; empty means unbounded.
     pub end_key: Vec<u8>,
     pub epoch: Epoch,
-    /// Node ids of the replicas.
+    /// Node ids of the voting replicas (in a joint configuration, both halves).
     pub replicas: Vec<u64>,
+    /// Node ids of the replicas that receive the log but do not vote (a new replica
+    /// catching up before it is promoted).
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 impl ShardDescriptor {
+    /// Every node holding a replica, voter or learner.
+    pub fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.replicas.iter().chain(&self.learners).copied()
+    }
+
     /// True if `key` lies in `[start_key, end_key)`.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start_key.as_slice()
@@ -61,6 +70,7 @@ pub fn numbered_shards(count: u64, replicas: &[u64]) -> Vec<ShardDescriptor> {
             end_key: numbered_shard_prefix(id + 1),
             epoch: Epoch::default(),
             replicas: replicas.to_vec(),
+            learners: Vec::new(),
         })
         .collect()
 }

@@ -257,6 +257,40 @@ pub fn shard_range(descriptor: &ShardDescriptor) -> KeyRange<'_> {
     }
 }
 
+/// A key and its value.
+pub type Item = (Vec<u8>, Vec<u8>);
+
+/// The committed keys in `[start, end)` (`None`: to the end of the key space), in order: at
+/// most `limit` items and about `max_bytes` of keys and values (always at least one item).
+/// `more` is true if the page stopped before the range did.
+pub fn scan_committed(
+    store: &NodeStore,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Item>, bool), StoreError> {
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    let range = KeyRange { start, end };
+    store.scan(
+        Space::Data,
+        range,
+        crate::storage::ScanOrder::Ascending,
+        &mut |key, value| {
+            if items.len() >= limit || (!items.is_empty() && bytes >= max_bytes) {
+                more = true;
+                return std::ops::ControlFlow::Break(());
+            }
+            bytes += key.len() + value.len();
+            items.push((key.to_vec(), value.to_vec()));
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    Ok((items, more))
+}
+
 /// The committed value of `key` (for reads served after ReadIndex).
 pub fn read_committed(store: &NodeStore, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
     store.get(Space::Data, key)

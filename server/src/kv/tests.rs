@@ -14,6 +14,7 @@ fn shard() -> ShardDescriptor {
             conf_version: 1,
         },
         replicas: vec![1, 2, 3],
+        learners: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use rshard_raft::{ConfState, Config, Message, MessageKind, NodeId, Raft, Ready, 
 
 use super::counters::Counters;
 use super::frame::Frame;
-use super::replica::{PendingRead, Replica};
+use super::replica::{PendingRead, ReadKind, Replica};
 use super::snapshot::{SnapshotMessage, Snapshots};
 use super::transport::Transport;
 use super::{Answer, DriverConfig, InboxFull, Input, Request, RequestError, RequestId, Response};
@@ -91,12 +91,26 @@ impl<T: Transport> MultiRaft<T> {
     }
 
     fn load_replica(&mut self, group: GroupId) -> Result<(), StoreError> {
+        let descriptor = self
+            .store
+            .group(group)
+            .descriptor()?
+            .ok_or(StoreError::Corrupt {
+                group,
+                what: "shard descriptor",
+                detail: "missing".to_string(),
+            })?;
+        self.start_replica(group, descriptor)
+    }
+
+    /// Starts the replica of `group` from what the store holds of it (nothing, for a replica
+    /// created by its first snapshot).
+    fn start_replica(
+        &mut self,
+        group: GroupId,
+        descriptor: ShardDescriptor,
+    ) -> Result<(), StoreError> {
         let storage = self.store.group(group);
-        let descriptor = storage.descriptor()?.ok_or(StoreError::Corrupt {
-            group,
-            what: "shard descriptor",
-            detail: "missing".to_string(),
-        })?;
         let applied = storage.applied_state()?;
         let mut raft_config = Config::new(self.config.node);
         raft_config.election_timeout_ticks = self.config.election_timeout_ticks;
@@ -235,6 +249,14 @@ impl<T: Transport> MultiRaft<T> {
         Some(status)
     }
 
+    /// True if this node leads `shard` and `node`, a learner of it, holds every committed
+    /// entry (it may be promoted to voter).
+    pub fn learner_caught_up(&self, shard: ShardId, node: NodeId) -> bool {
+        self.replicas
+            .get(&shard)
+            .is_some_and(|replica| replica.learner_caught_up(node))
+    }
+
     pub fn descriptor(&self, shard: ShardId) -> Option<&ShardDescriptor> {
         self.replicas.get(&shard).map(|r| &r.descriptor)
     }
@@ -328,6 +350,11 @@ impl<T: Transport> MultiRaft<T> {
                     )?);
                 }
                 self.counters.entries_applied += ready.committed_entries.len() as u64;
+                for member in replica.descriptor.members() {
+                    if member != self.config.node {
+                        self.peers.entry(member).or_default();
+                    }
+                }
             }
         }
         applier.finish(&mut batch);
@@ -395,9 +422,21 @@ impl<T: Transport> MultiRaft<T> {
             .into_iter()
             .partition(|(index, _)| *index <= applied);
         replica.confirmed_reads = waiting;
-        for (_, PendingRead { request, key }) in ready {
-            let value = kv::read_committed(&self.store, &key)?;
-            self.answers.push((request, Ok(Response::Value(value))));
+        for (_, PendingRead { request, kind }) in ready {
+            let response = match kind {
+                ReadKind::Key(key) => Response::Value(kv::read_committed(&self.store, &key)?),
+                ReadKind::Range { start, end, limit } => {
+                    let (items, more) = kv::scan_committed(
+                        &self.store,
+                        &start,
+                        end.as_deref(),
+                        limit,
+                        super::MAX_SCAN_BYTES,
+                    )?;
+                    Response::Items { items, more }
+                }
+            };
+            self.answers.push((request, Ok(response)));
         }
         Ok(())
     }
@@ -456,10 +495,7 @@ impl<T: Transport> MultiRaft<T> {
     }
 
     fn take_request(&mut self, id: RequestId, request: Request) -> Result<(), StoreError> {
-        let shard = match &request {
-            Request::Write(command) => command.shard,
-            Request::Read { shard, .. } => *shard,
-        };
+        let shard = request.shard();
         let replicas = &self.replicas;
         let pending = *self
             .pending_requests
@@ -561,6 +597,7 @@ impl<T: Transport> MultiRaft<T> {
         }
         let Some(replica) = self.replicas.get_mut(&group) else {
             self.counters.messages_for_unknown_groups += 1;
+            self.reject_append_for_unknown_group(group, &message);
             return Ok(());
         };
         match replica.raft.step(message) {
@@ -572,6 +609,37 @@ impl<T: Transport> MultiRaft<T> {
         }
         self.dirty.insert(group);
         Ok(())
+    }
+
+    /// A leader appending to a group this node holds no replica of (a replica just added
+    /// by a membership change) is told the log here is empty, so it falls back to a
+    /// snapshot, whose first chunk creates the replica. A rejection promises nothing, so
+    /// answering a stale or foreign leader is harmless.
+    fn reject_append_for_unknown_group(&mut self, group: GroupId, message: &Message) {
+        let MessageKind::Append { prev_index, .. } = message.kind else {
+            return;
+        };
+        if prev_index == 0 {
+            return; // Nothing to reject below.
+        }
+        let rejection = Message {
+            from: self.config.node,
+            to: message.from,
+            term: message.term,
+            kind: MessageKind::AppendResponse {
+                result: rshard_raft::AppendResult::Rejected {
+                    rejected_index: prev_index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                commit: 0,
+            },
+        };
+        let to = message.from;
+        self.held
+            .entry(to)
+            .or_insert_with(|| Frame::new(self.config.node, to))
+            .push(group, rejection);
     }
 
     fn receive_snapshot_message(
@@ -594,6 +662,9 @@ impl<T: Transport> MultiRaft<T> {
                     &mut self.counters,
                 );
                 if let Some((group, install)) = completed {
+                    if !self.replicas.contains_key(&group) {
+                        self.create_replica_for_snapshot(group, &install)?;
+                    }
                     self.step(group, install)?;
                 }
             }
@@ -603,6 +674,29 @@ impl<T: Transport> MultiRaft<T> {
             }
         }
         Ok(())
+    }
+
+    /// Starts an empty replica for the snapshot that will give it its state (its descriptor
+    /// is the manifest's; it is persisted with the snapshot, so a crash before leaves
+    /// nothing behind but staging, which is discarded).
+    fn create_replica_for_snapshot(
+        &mut self,
+        group: GroupId,
+        install: &Message,
+    ) -> Result<(), StoreError> {
+        let MessageKind::InstallSnapshot { snapshot } = &install.kind else {
+            return Ok(());
+        };
+        let manifest =
+            super::snapshot::SnapshotManifest::decode(&snapshot.data).map_err(|detail| {
+                StoreError::Corrupt {
+                    group,
+                    what: "snapshot manifest",
+                    detail,
+                }
+            })?;
+        self.counters.replicas_created_by_snapshot += 1;
+        self.start_replica(group, manifest.descriptor)
     }
 
     /// Adds a message to its peer's frame; a snapshot starts a chunked transfer instead.

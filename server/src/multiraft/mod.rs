@@ -36,7 +36,7 @@ mod snapshot;
 mod transport;
 
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
-use rshard_raft::NodeId;
+use rshard_raft::{ConfChange, NodeId};
 use thiserror::Error;
 
 use crate::kv::{KvCommand, KvError, KvOutcome};
@@ -131,12 +131,46 @@ pub enum Request {
         epoch: Epoch,
         key: Vec<u8>,
     },
+    /// A linearizable read of the keys in `[start, end)` within the shard (an empty `end`:
+    /// to the shard's end), at most `limit` items and [`MAX_SCAN_BYTES`] (ReadIndex).
+    Scan {
+        shard: ShardId,
+        epoch: Epoch,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+    },
+    /// A membership change of the shard's Raft group, answered once it applies.
+    ChangeReplicas { shard: ShardId, change: ConfChange },
 }
+
+impl Request {
+    pub fn shard(&self) -> ShardId {
+        match self {
+            Request::Write(command) => command.shard,
+            Request::Read { shard, .. }
+            | Request::Scan { shard, .. }
+            | Request::ChangeReplicas { shard, .. } => *shard,
+        }
+    }
+}
+
+/// Items a scan answer carries at most (a page; the caller continues after the last).
+pub const MAX_SCAN_ITEMS: usize = 10_000;
+/// Bytes of keys and values a scan answer carries at most (at least one item).
+pub const MAX_SCAN_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     Written(KvOutcome),
     Value(Option<Vec<u8>>),
+    /// Keys in order; `more` if the page ended before the requested range did.
+    Items {
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
+    /// The change applied; the shard's descriptor after it.
+    MembershipChanged(ShardDescriptor),
 }
 
 /// Why a request got no result. Only [`RequestError::OutcomeUnknown`] leaves a write's fate
@@ -159,6 +193,8 @@ pub enum RequestError {
     OutcomeUnknown,
     #[error("the node stopped: {0}")]
     Stopped(String),
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
 }
 
 pub type Answer = (RequestId, Result<Response, RequestError>);

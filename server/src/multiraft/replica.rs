@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use rshard_common::shard::ShardDescriptor;
-use rshard_raft::{Entry, Index, Payload, Raft, Ready, Role, Term};
+use rshard_raft::{ConfState, Entry, Index, Payload, Raft, Ready, Role, Term};
 
 use super::snapshot::SnapshotManifest;
 use super::{Answer, Request, RequestError, RequestId, Response};
@@ -16,7 +16,25 @@ use crate::storage::{GroupStorage, InstallMarker, NodeBatch, StoreError};
 #[derive(Clone, Debug)]
 pub(super) struct PendingRead {
     pub request: RequestId,
-    pub key: Vec<u8>,
+    pub kind: ReadKind,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum ReadKind {
+    Key(Vec<u8>),
+    /// `[start, end)`, already clamped to the shard's range (`None`: to the end).
+    Range {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    },
+}
+
+/// What applying one entry produced, for the proposal waiting on it.
+enum Applied {
+    Nothing,
+    Command(Result<crate::kv::KvOutcome, crate::kv::KvError>),
+    Membership(Result<ShardDescriptor, String>),
 }
 
 #[derive(Debug)]
@@ -103,9 +121,32 @@ impl Replica {
                 if let Err(refusal) = crate::kv::check_read(&self.descriptor, shard, epoch, &key) {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.read_index(id.to_be_bytes().to_vec()).map(|()| {
-                    self.unconfirmed_reads
-                        .insert(id, PendingRead { request: id, key });
+                self.read_index(id, ReadKind::Key(key))
+            }
+            Request::Scan {
+                shard,
+                epoch,
+                start,
+                end,
+                limit,
+            } => {
+                if let Err(refusal) = crate::kv::check_read(&self.descriptor, shard, epoch, &start)
+                {
+                    return Ok(Err(refusal.into()));
+                }
+                let shard_end = &self.descriptor.end_key;
+                let end = match (end.is_empty(), shard_end.is_empty()) {
+                    (true, true) => None,
+                    (true, false) => Some(shard_end.clone()),
+                    (false, true) => Some(end),
+                    (false, false) => Some(end.min(shard_end.clone())),
+                };
+                let limit = limit.clamp(1, super::MAX_SCAN_ITEMS);
+                self.read_index(id, ReadKind::Range { start, end, limit })
+            }
+            Request::ChangeReplicas { change, .. } => {
+                self.raft.propose_conf_change(change).map(|position| {
+                    self.proposals.insert(position.index, (position.term, id));
                 })
             }
         };
@@ -120,11 +161,41 @@ impl Replica {
             Err(rshard_raft::Error::TooManyPendingReads) => {
                 Ok(Err(RequestError::Busy("too many pending reads")))
             }
-            Err(other) => Ok(Err(RequestError::Busy(match other {
-                rshard_raft::Error::ConfChangePending => "membership change pending",
-                _ => "the shard refused the request",
-            }))),
+            Err(rshard_raft::Error::ConfChangePending) => {
+                Ok(Err(RequestError::Busy("membership change pending")))
+            }
+            Err(other) => Ok(Err(RequestError::MembershipRefused(other.to_string()))),
         }
+    }
+
+    fn read_index(&mut self, id: RequestId, kind: ReadKind) -> Result<(), rshard_raft::Error> {
+        self.raft.read_index(id.to_be_bytes().to_vec())?;
+        self.unconfirmed_reads
+            .insert(id, PendingRead { request: id, kind });
+        Ok(())
+    }
+
+    /// True if this replica leads and `node`, a learner, holds every committed entry: it
+    /// can be promoted without stalling commits.
+    pub fn learner_caught_up(&self, node: rshard_raft::NodeId) -> bool {
+        self.raft.role() == Role::Leader
+            && self.raft.conf_state().learners.contains(&node)
+            && self
+                .raft
+                .progress(node)
+                .is_some_and(|progress| progress.matched >= self.raft.commit_index())
+    }
+
+    /// Brings the descriptor's members in line with `conf` (a membership change applied),
+    /// bumping its conf version.
+    fn set_members(&mut self, conf: &ConfState) {
+        let voters: std::collections::BTreeSet<u64> =
+            conf.voters.union(&conf.voters_outgoing).copied().collect();
+        let learners: std::collections::BTreeSet<u64> =
+            conf.learners.union(&conf.learners_next).copied().collect();
+        self.descriptor.replicas = voters.into_iter().collect();
+        self.descriptor.learners = learners.into_iter().collect();
+        self.descriptor.epoch.conf_version += 1;
     }
 
     /// Stages what `ready` asks to persist and apply into `batch` (with `applier` holding
@@ -178,10 +249,14 @@ impl Replica {
             ready.hard_state,
         )?;
         if let Some(last) = ready.committed_entries.last() {
+            let conf_version = self.descriptor.epoch.conf_version;
             for entry in &ready.committed_entries {
                 self.apply(entry, applier, answers)?;
             }
             batch.set_applied(group, last.index, self.raft.conf_state().clone())?;
+            if self.descriptor.epoch.conf_version != conf_version {
+                batch.set_descriptor(group, &self.descriptor)?;
+            }
         }
         Ok(install)
     }
@@ -193,13 +268,24 @@ impl Replica {
         answers: &mut Vec<Answer>,
     ) -> Result<(), StoreError> {
         let result = match &entry.payload {
-            Payload::Empty => None,
+            Payload::Empty => Applied::Nothing,
             Payload::ConfChange(change) => {
                 // A refused change applies as a no-op on every replica alike.
-                let _refused = self.raft.apply_conf_change(entry.index, change);
-                None
+                let before = self.raft.conf_state().clone();
+                match self.raft.apply_conf_change(entry.index, change) {
+                    Ok(conf) => {
+                        if conf != before {
+                            self.set_members(&conf);
+                        }
+                        Applied::Membership(Ok(self.descriptor.clone()))
+                    }
+                    Err(rshard_raft::Error::Storage(error)) => {
+                        return Err(StoreError::Engine(error.to_string()))
+                    }
+                    Err(refusal) => Applied::Membership(Err(refusal.to_string())),
+                }
             }
-            Payload::Normal(bytes) => Some(match KvCommand::decode(bytes) {
+            Payload::Normal(bytes) => Applied::Command(match KvCommand::decode(bytes) {
                 Ok(command) => applier.apply(&self.descriptor, &command)?,
                 Err(refusal) => Err(refusal),
             }),
@@ -214,8 +300,14 @@ impl Replica {
         }
         if let Some((term, request)) = self.proposals.remove(&entry.index) {
             let answer = match (term == entry.term, result) {
-                (true, Some(Ok(outcome))) => Ok(Response::Written(outcome)),
-                (true, Some(Err(refusal))) => Err(RequestError::Refused(refusal)),
+                (true, Applied::Command(Ok(outcome))) => Ok(Response::Written(outcome)),
+                (true, Applied::Command(Err(refusal))) => Err(RequestError::Refused(refusal)),
+                (true, Applied::Membership(Ok(descriptor))) => {
+                    Ok(Response::MembershipChanged(descriptor))
+                }
+                (true, Applied::Membership(Err(reason))) => {
+                    Err(RequestError::MembershipRefused(reason))
+                }
                 _ => Err(self.not_leader()),
             };
             answers.push((request, answer));

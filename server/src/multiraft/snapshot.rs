@@ -512,7 +512,8 @@ impl Snapshots {
         config: &DriverConfig,
     ) -> Result<Option<(GroupId, Message)>, SnapshotRefusal> {
         let group = chunk.group;
-        if !replicas.contains_key(&group) {
+        // A first chunk may create the replica (checked in `begin_receive`).
+        if !replicas.contains_key(&group) && chunk.seq > 0 && !self.receiving.contains_key(&group) {
             return Err(SnapshotRefusal::UnknownGroup);
         }
         if self.installing.contains_key(&group) || self.completed.contains_key(&group) {
@@ -600,6 +601,12 @@ impl Snapshots {
             SnapshotManifest::decode(&snapshot.data).map_err(|e| malformed(e.as_str()))?;
         if manifest.descriptor.id != group {
             return Err(malformed("the manifest is of another shard"));
+        }
+        // A snapshot creates a new replica only where its descriptor places one: that is
+        // how a replica added by a membership change gets its first state.
+        if !replicas.contains_key(&group) && !manifest.descriptor.members().any(|n| n == self.node)
+        {
+            return Err(SnapshotRefusal::UnknownGroup);
         }
         if let Some((&other, _)) = replicas
             .iter()

@@ -32,6 +32,7 @@ fn shard(id: u64) -> ShardDescriptor {
         end_key: b"m".to_vec(),
         epoch: Epoch::default(),
         replicas: vec![1],
+        learners: Vec::new(),
     }
 }
 
@@ -397,9 +398,29 @@ fn bad_chunks_are_refused_with_a_reason_and_change_nothing() {
             .expect("the chunk is refused")
     };
 
-    let mut unknown = chunk(0, &[b"b"], true);
+    // A snapshot of a group this node holds nothing of, whose descriptor does not place a
+    // replica here; and a later chunk of a transfer that never started.
+    let mut unknown = chunk(0, &[b"x"], true);
     unknown.group = 9;
+    if let Some(MessageKind::InstallSnapshot { snapshot }) =
+        unknown.install.as_mut().map(|m| &mut m.kind)
+    {
+        let mut descriptor = shard(9);
+        (descriptor.start_key, descriptor.end_key) = (b"x".to_vec(), b"y".to_vec());
+        descriptor.replicas = vec![2, 3];
+        snapshot.data = SnapshotManifest {
+            descriptor,
+            staging: 0,
+        }
+        .encode();
+    }
     assert_eq!(refusal(&mut driver, unknown), SnapshotRefusal::UnknownGroup);
+    let mut unknown_later = chunk(1, &[b"x"], true);
+    unknown_later.group = 9;
+    assert_eq!(
+        refusal(&mut driver, unknown_later),
+        SnapshotRefusal::UnknownGroup
+    );
     let mut no_install = chunk(0, &[b"b"], true);
     no_install.install = None;
     assert!(matches!(
@@ -580,4 +601,56 @@ fn a_confirmed_read_waits_for_the_snapshot_install_that_deposes_its_leader() {
         Some(Ok(Response::Value(None))),
         "the read saw the replaced data"
     );
+}
+
+#[test]
+fn a_scan_reads_pages_of_the_shard_range_in_key_order() {
+    let (_, mut driver) = single_node_with(|config| config.max_inbox_inputs = 64);
+    elect(&mut driver, 1);
+    for (id, key) in [b"k", b"c", b"e", b"d", b"b"].iter().enumerate() {
+        let id = id as u64 + 1;
+        let request = put(*key, b"v");
+        driver.offer(Input::Request { id, request }).expect("room");
+        assert!(answer(&mut driver, id).is_ok());
+    }
+    let scan = |id, start: &[u8], end: &[u8], limit| {
+        let request = Request::Scan {
+            shard: 1,
+            epoch: Epoch::default(),
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+        };
+        Input::Request { id, request }
+    };
+    let keys = |response: Result<Response, RequestError>| match response {
+        Ok(Response::Items { items, more }) => {
+            let keys: Vec<Vec<u8>> = items.into_iter().map(|(k, _)| k).collect();
+            (keys, more)
+        }
+        other => panic!("not items: {other:?}"),
+    };
+    driver.offer(scan(10, b"c", b"", 2)).expect("room");
+    assert_eq!(
+        keys(answer(&mut driver, 10)),
+        (vec![b"c".to_vec(), b"d".to_vec()], true)
+    );
+    driver.offer(scan(11, b"d\0", b"", 10)).expect("room");
+    assert_eq!(
+        keys(answer(&mut driver, 11)),
+        (vec![b"e".to_vec(), b"k".to_vec()], false),
+        "an empty end stops at the shard's end"
+    );
+    driver.offer(scan(12, b"b", b"d", 10)).expect("room");
+    assert_eq!(
+        keys(answer(&mut driver, 12)),
+        (vec![b"b".to_vec(), b"c".to_vec()], false)
+    );
+    driver.offer(scan(13, b"z", b"", 10)).expect("room");
+    assert!(matches!(
+        answer(&mut driver, 13),
+        Err(RequestError::Refused(
+            crate::kv::KvError::KeyNotInShard { .. }
+        ))
+    ));
 }

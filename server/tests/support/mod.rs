@@ -15,6 +15,7 @@ use rshard_common::rng::SeededRng;
 use rshard_common::shard::{
     numbered_shard_prefix, numbered_shards, Epoch, ShardDescriptor, ShardId,
 };
+use rshard_raft::ConfChange;
 use rshard_server::kv::{self, KvCommand, KvOp, KvOutcome};
 use rshard_server::multiraft::{
     Counters, DriverConfig, Frame, Input, MultiRaft, QueueTransport, Request, RequestError,
@@ -140,6 +141,21 @@ impl World {
         configure: impl Fn(&mut DriverConfig),
     ) -> Self {
         let ids: Vec<NodeId> = (1..=nodes).collect();
+        let layout = numbered_shards(shards, &ids);
+        Self::with_layout(seed, nodes, layout, clients, faults, configure)
+    }
+
+    /// A world of `nodes` nodes holding the shards of `layout` (each on the nodes its
+    /// descriptor names).
+    pub fn with_layout(
+        seed: u64,
+        nodes: u64,
+        layout: Vec<ShardDescriptor>,
+        clients: usize,
+        faults: Faults,
+        configure: impl Fn(&mut DriverConfig),
+    ) -> Self {
+        let ids: Vec<NodeId> = (1..=nodes).collect();
         let mut config = DriverConfig::new(0);
         config.seed = seed;
         configure(&mut config);
@@ -148,7 +164,7 @@ impl World {
             rng: SeededRng::new(seed),
             step: 0,
             nodes: Vec::new(),
-            shards: numbered_shards(shards, &ids),
+            shards: layout,
             faults,
             config,
             network: BinaryHeap::new(),
@@ -590,6 +606,18 @@ impl World {
         let request = write(shard, epoch, op);
         let id = self.next_request;
         self.next_request += 1;
+        self.offer((leader - 1) as usize, Input::Request { id, request })
+    }
+
+    /// Sends a membership change of `shard` to its leader; false if it has no leader or
+    /// the leader's inbox is full. The outcome shows in the replicas' descriptors.
+    pub fn change_replicas(&mut self, shard: ShardId, change: ConfChange) -> bool {
+        let Some(&leader) = self.leaders().get(&shard) else {
+            return false;
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        let request = Request::ChangeReplicas { shard, change };
         self.offer((leader - 1) as usize, Input::Request { id, request })
     }
 
