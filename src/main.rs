@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rshard_common::certs::{self, CertKind, CertsDir};
 
+mod kv;
+mod serve;
+
 /// Command line of `rshard`. Subcommands (`serve`, `shell`, `admin`, `demo`,
 /// `bench`) are added here as the crates behind them land.
 #[derive(Debug, Parser)]
@@ -23,6 +26,22 @@ enum Command {
     Cert {
         #[command(subcommand)]
         action: CertAction,
+    },
+    /// Run a node: bootstrap a new cluster, or join one with --join.
+    Serve(serve::ServeArgs),
+    /// Read and write keys (for scripts).
+    Kv {
+        #[command(flatten)]
+        client: kv::ClientArgs,
+        #[command(subcommand)]
+        action: kv::KvAction,
+    },
+    /// List the cluster's nodes and shards, or show one node's status.
+    Node {
+        #[command(flatten)]
+        client: kv::ClientArgs,
+        #[command(subcommand)]
+        action: kv::NodeAction,
     },
 }
 
@@ -134,14 +153,35 @@ fn run_cert(action: CertAction) -> Result<(), certs::CertError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RSHARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
-        Command::Cert { action } => run_cert(action),
+        Command::Cert { action } => run_cert(action).map(|()| 0).map_err(anyhow::Error::from),
+        Command::Serve(args) => serve::serve_config(args)
+            .and_then(|config| runtime()?.block_on(serve::run(config)).map(|()| 0)),
+        Command::Kv { client, action } => {
+            runtime().and_then(|rt| rt.block_on(kv::run_kv(&client, action)))
+        }
+        Command::Node { client, action } => {
+            runtime().and_then(|rt| rt.block_on(kv::run_node(&client, action)))
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -4,8 +4,12 @@
 //! linearizability checker that the simulations and end-to-end tests use to judge client
 //! histories.
 
+pub mod api;
 pub mod certs;
+pub mod client;
 pub mod linearizability;
+pub mod quic;
 pub mod rng;
 pub mod shard;
 pub mod tls;
+pub mod wire;

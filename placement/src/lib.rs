@@ -1,1 +1,8 @@
-//! The placement driver: cluster model, schedulers as pure functions (model -> operators), ID allocation, and the route table.
+//! The placement driver: cluster model, schedulers as pure functions (model -> operators),
+//! ID allocation, and the route table.
+//!
+//! Deciding lives here, as pure functions of a model of the cluster; doing (proposing the
+//! membership changes, retrying) lives in the server's placement service. Today it holds
+//! the replication scheduler.
+
+pub mod replication;

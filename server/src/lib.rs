@@ -6,4 +6,5 @@
 
 pub mod kv;
 pub mod multiraft;
+pub mod node;
 pub mod storage;

@@ -25,44 +25,8 @@ pub const MAX_KEY_BYTES: usize = 4 << 10;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 pub const MAX_OPS_PER_COMMAND: usize = 1024;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KvOp {
-    Put {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-    },
-    Delete {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-    },
-    /// Sets `key` to `new` (`None`: delete) if its value is `expected` (`None`: absent).
-    CompareAndSwap {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        expected: Option<Vec<u8>>,
-        #[serde(with = "serde_bytes")]
-        new: Option<Vec<u8>>,
-    },
-}
-
-impl KvOp {
-    pub fn key(&self) -> &[u8] {
-        match self {
-            KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::CompareAndSwap { key, .. } => key,
-        }
-    }
-
-    fn written_value(&self) -> Option<&[u8]> {
-        match self {
-            KvOp::Put { value, .. } => Some(value),
-            KvOp::CompareAndSwap { new, .. } => new.as_deref(),
-            KvOp::Delete { .. } => None,
-        }
-    }
-}
+/// One operation of a command: the client's write operation, as it travels in the log.
+pub use rshard_common::api::WriteOp as KvOp;
 
 /// One replicated command: operations on one shard, applied all or none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,12 @@ pub const INSTALL_TAG: u8 = b'i';
 /// Node-wide, in `raft_state`: how many times the store was opened (never a group key,
 /// which is 9 bytes).
 pub const INCARNATION_KEY: &[u8] = b"node/incarnation";
+/// Which node of which cluster this store belongs to.
+pub const IDENTITY_KEY: &[u8] = b"node/identity";
+/// The token a node joins its cluster with, kept until it has an identity.
+pub const JOIN_TOKEN_KEY: &[u8] = b"node/join-token";
+/// The other nodes' addresses as last learned, to find the cluster again after a restart.
+pub const KNOWN_PEERS_KEY: &[u8] = b"node/peers";
 
 /// Identifies one received snapshot's staged chunks on this node.
 pub type StagingId = u64;

@@ -87,6 +87,14 @@ struct Inner {
     poison: Mutex<Option<String>>,
 }
 
+/// Which node of which cluster a store belongs to: written once, when the node bootstraps
+/// a cluster or joins one, and checked at every start.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeIdentity {
+    pub node: u64,
+    pub cluster: String,
+}
+
 /// The node's storage. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
 pub struct NodeStore {
@@ -208,6 +216,73 @@ impl NodeStore {
             .engine
             .get(space, key)
             .map_err(StoreError::Engine)
+    }
+
+    /// Which node of which cluster this store belongs to; `None` for a new store.
+    pub fn identity(&self) -> Result<Option<NodeIdentity>, StoreError> {
+        match self.get(Space::State, keys::IDENTITY_KEY)? {
+            None => Ok(None),
+            Some(bytes) => {
+                rmp_serde::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|error| StoreError::Corrupt {
+                        group: 0,
+                        what: "node identity",
+                        detail: error.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Records the store's identity, durably.
+    pub fn set_identity(&self, identity: &NodeIdentity) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(identity).map_err(|error| StoreError::Corrupt {
+            group: 0,
+            what: "node identity",
+            detail: error.to_string(),
+        })?;
+        let mut batch = self.batch();
+        batch.put(Space::State, keys::IDENTITY_KEY.to_vec(), Some(bytes));
+        self.commit(batch)
+    }
+
+    /// The nodes (id, address) this node last knew of.
+    pub fn known_peers(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        match self.get(Space::State, keys::KNOWN_PEERS_KEY)? {
+            None => Ok(Vec::new()),
+            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
+                group: 0,
+                what: "known peers",
+                detail: error.to_string(),
+            }),
+        }
+    }
+
+    pub fn set_known_peers(&self, peers: &[(u64, String)]) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(peers).map_err(|error| StoreError::Corrupt {
+            group: 0,
+            what: "known peers",
+            detail: error.to_string(),
+        })?;
+        let mut batch = self.batch();
+        batch.put(Space::State, keys::KNOWN_PEERS_KEY.to_vec(), Some(bytes));
+        self.commit(batch)
+    }
+
+    /// The token this store joins a cluster with, if it has one.
+    pub fn join_token(&self) -> Result<Option<String>, StoreError> {
+        let token = self.get(Space::State, keys::JOIN_TOKEN_KEY)?;
+        Ok(token.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    pub fn set_join_token(&self, token: &str) -> Result<(), StoreError> {
+        let mut batch = self.batch();
+        batch.put(
+            Space::State,
+            keys::JOIN_TOKEN_KEY.to_vec(),
+            Some(token.as_bytes().to_vec()),
+        );
+        self.commit(batch)
     }
 
     /// Counts one more start of the node on this store, durably, and returns the count: it

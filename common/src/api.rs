@@ -1,0 +1,344 @@
+//! The request and response messages of a node's API, as they travel in frames
+//! ([`crate::wire`]) on QUIC bi-directional streams: one request and one response per stream,
+//! so a client runs many requests concurrently on one connection.
+//!
+//! Key-value requests name the shard and epoch the client routed with; a node that cannot
+//! serve them answers with an [`ApiError`] that says what to do next (follow the leader,
+//! refresh the route, back off). Requests marked "node only" are refused on connections
+//! whose certificate is not a node's.
+//!
+//! User keys are any bytes below [`SYSTEM_KEY_PREFIX`]: keys from it up belong to the
+//! placement group (the cluster's own records), and user requests for them are refused
+//! with [`ApiError::ReservedKey`].
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::shard::{Epoch, ShardDescriptor, ShardId};
+
+pub type NodeId = u64;
+
+/// Keys starting with this byte are the cluster's own (the placement group's range).
+pub const SYSTEM_KEY_PREFIX: u8 = 0xff;
+/// The placement group's shard id; it owns every key from [`SYSTEM_KEY_PREFIX`] up.
+pub const PLACEMENT_SHARD: ShardId = 0;
+/// The first data shard of a new cluster: every user key.
+pub const FIRST_DATA_SHARD: ShardId = 1;
+
+/// The largest request or response frame, in bytes (values are at most 1 MiB; a batch or a
+/// scan page stays under this).
+pub const MAX_API_FRAME_BYTES: usize = 16 << 20;
+pub const MAX_KEY_BYTES: usize = 4 << 10;
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_BATCH_OPS: usize = 1024;
+pub const MAX_SCAN_LIMIT: usize = 10_000;
+
+/// One write operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Sets `key` to `new` (`None`: delete) if its value is `expected` (`None`: absent).
+    CompareAndSwap {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        new: Option<Vec<u8>>,
+    },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            WriteOp::Put { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::CompareAndSwap { key, .. } => key,
+        }
+    }
+
+    /// The value the operation writes, if it writes one (`None` for a delete).
+    pub fn written_value(&self) -> Option<&[u8]> {
+        match self {
+            WriteOp::Put { value, .. } => Some(value),
+            WriteOp::CompareAndSwap { new, .. } => new.as_deref(),
+            WriteOp::Delete { .. } => None,
+        }
+    }
+}
+
+/// What a request asks of one shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardOp {
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Applied atomically: all or none.
+    Write { ops: Vec<WriteOp> },
+    /// Keys in `[start, end)` within the shard (an empty `end`: to the shard's end).
+    Scan {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+        limit: usize,
+    },
+}
+
+/// Everything a node's API takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// A key-value request for `shard`, routed with `epoch`.
+    Shard {
+        shard: ShardId,
+        epoch: Epoch,
+        op: ShardOp,
+    },
+    /// The shard owning `key` and where its leader is, as this node knows it.
+    Route {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// The nodes and shards of the cluster, as this node knows them.
+    Cluster,
+    /// This node's own status.
+    NodeStatus,
+    /// Node only: a new node asks for an id. Refused if `address` belongs to a registered
+    /// node (restart that node with its data dir instead).
+    Join {
+        address: String,
+        /// Random, kept in the joining node's store: a retry after a crash presents the
+        /// same token and gets the same id.
+        token: String,
+    },
+    /// Node only: a node's periodic report to the placement leader.
+    Heartbeat(NodeReport),
+    /// Node only: a membership change for the leader of `shard` to propose.
+    ChangeReplicas {
+        shard: ShardId,
+        change: ReplicaChange,
+    },
+}
+
+/// A membership change placement asks of a shard leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaChange {
+    AddLearner(NodeId),
+    /// Promote a learner; refused until it holds every committed entry.
+    Promote(NodeId),
+}
+
+/// A node's report to placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: NodeId,
+    pub address: String,
+    /// Descriptors of the shards this node leads.
+    pub leading: Vec<ShardDescriptor>,
+    /// Replicas this node holds.
+    pub replicas: u64,
+    /// (shard, learner) pairs of shards this node leads whose learner holds every committed
+    /// entry: ready to be promoted.
+    pub caught_up_learners: Vec<(ShardId, NodeId)>,
+}
+
+/// A node as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub address: String,
+    /// Heard from by the placement leader recently (false if unknown).
+    pub live: bool,
+}
+
+/// A shard and its leader, as a node knows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRoute {
+    pub descriptor: ShardDescriptor,
+    pub leader: Option<NodeInfo>,
+}
+
+/// This node's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub cluster: String,
+    pub address: String,
+    pub replicas: u64,
+    pub leading: u64,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiResponse {
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
+    /// The write applied; or op `op` (a compare-and-swap) found `current` and nothing was
+    /// written.
+    Written {
+        failed_condition: Option<(usize, Option<serde_bytes::ByteBuf>)>,
+    },
+    /// Keys in order; `more` if the page ended before the requested range did.
+    Items {
+        items: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+        more: bool,
+    },
+    Route(ShardRoute),
+    Cluster {
+        nodes: Vec<NodeInfo>,
+        shards: Vec<ShardRoute>,
+    },
+    NodeStatus(NodeStatus),
+    Joined {
+        node: NodeId,
+        cluster: String,
+    },
+    /// The placement leader's answer to a heartbeat: the cluster as it knows it.
+    ClusterView {
+        cluster: String,
+        nodes: Vec<NodeInfo>,
+        shards: Vec<ShardRoute>,
+    },
+    ReplicasChanged(ShardDescriptor),
+    Error(ApiError),
+}
+
+/// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]
+/// leave a write's fate open; every other error means nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
+pub enum ApiError {
+    #[error("not the leader of shard {shard}; the leader is {leader:?}")]
+    NotLeader {
+        shard: ShardId,
+        leader: Option<NodeInfo>,
+    },
+    #[error("the key is not in shard {}; the shard is now {:?}..{:?}", descriptor.id, descriptor.start_key, descriptor.end_key)]
+    KeyNotInShard { descriptor: Box<ShardDescriptor> },
+    #[error("shard {} changed (epoch {:?}); refresh the route", descriptor.id, descriptor.epoch)]
+    StaleEpoch { descriptor: Box<ShardDescriptor> },
+    #[error("shard {shard} has no replica or no leader reachable here: {reason}")]
+    ShardUnavailable { shard: ShardId, reason: String },
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
+    #[error("keys starting with 0xff are reserved for the cluster")]
+    ReservedKey,
+    #[error("the node is busy ({0}); retry later")]
+    Busy(String),
+    #[error("the outcome is unknown (leadership changed); the write may or may not have applied")]
+    OutcomeUnknown,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the node is stopping or stopped: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// True if the request certainly changed nothing.
+    pub fn wrote_nothing(&self) -> bool {
+        !matches!(self, ApiError::OutcomeUnknown | ApiError::Timeout(_))
+    }
+}
+
+/// Checks a user's key-value request before it is routed: sizes, counts, and no system
+/// keys.
+pub fn check_user_op(op: &ShardOp) -> Result<(), ApiError> {
+    let check_key = |key: &[u8]| {
+        if key.first() == Some(&SYSTEM_KEY_PREFIX) {
+            return Err(ApiError::ReservedKey);
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(ApiError::TooLarge(format!(
+                "key of {} bytes (limit {MAX_KEY_BYTES})",
+                key.len()
+            )));
+        }
+        Ok(())
+    };
+    match op {
+        ShardOp::Get { key } => check_key(key),
+        ShardOp::Scan { start, limit, .. } => {
+            check_key(start)?;
+            if *limit == 0 || *limit > MAX_SCAN_LIMIT {
+                return Err(ApiError::Malformed(format!(
+                    "scan limit {limit} (1 to {MAX_SCAN_LIMIT})"
+                )));
+            }
+            Ok(())
+        }
+        ShardOp::Write { ops } => {
+            if ops.is_empty() || ops.len() > MAX_BATCH_OPS {
+                return Err(ApiError::Malformed(format!(
+                    "{} operations (1 to {MAX_BATCH_OPS})",
+                    ops.len()
+                )));
+            }
+            for op in ops {
+                check_key(op.key())?;
+                if let Some(value) = op.written_value().filter(|v| v.len() > MAX_VALUE_BYTES) {
+                    return Err(ApiError::TooLarge(format!(
+                        "value of {} bytes (limit {MAX_VALUE_BYTES})",
+                        value.len()
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_requests_for_system_keys_or_over_the_limits_are_refused() {
+        let get = |key: &[u8]| ShardOp::Get { key: key.to_vec() };
+        assert_eq!(check_user_op(&get(b"user")), Ok(()));
+        assert_eq!(check_user_op(&get(b"")), Ok(()));
+        assert_eq!(check_user_op(&get(b"\xffnode")), Err(ApiError::ReservedKey));
+        assert!(matches!(
+            check_user_op(&get(&vec![b'k'; MAX_KEY_BYTES + 1])),
+            Err(ApiError::TooLarge(_))
+        ));
+        let put = |value: usize| ShardOp::Write {
+            ops: vec![WriteOp::Put {
+                key: b"k".to_vec(),
+                value: vec![0; value],
+            }],
+        };
+        assert_eq!(check_user_op(&put(MAX_VALUE_BYTES)), Ok(()));
+        assert!(matches!(
+            check_user_op(&put(MAX_VALUE_BYTES + 1)),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert!(matches!(
+            check_user_op(&ShardOp::Write { ops: vec![] }),
+            Err(ApiError::Malformed(_))
+        ));
+        let scan = |limit| ShardOp::Scan {
+            start: vec![],
+            end: vec![],
+            limit,
+        };
+        assert!(matches!(
+            check_user_op(&scan(0)),
+            Err(ApiError::Malformed(_))
+        ));
+        assert_eq!(check_user_op(&scan(10)), Ok(()));
+    }
+}

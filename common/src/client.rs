@@ -1,0 +1,461 @@
+//! The routing client: finds the shard owning a key and its leader, sends the request there,
+//! and follows what the cluster answers.
+//!
+//! - Routes are cached by shard start key. `NotLeader{leader}` moves the cached leader;
+//!   `KeyNotInShard` and `StaleEpoch` replace the cached descriptor with the one they carry;
+//!   `ShardUnavailable`, `Busy` and unreachable nodes clear the leader and back off
+//!   (exponentially, capped). Every call is bounded by [`ClientOptions::max_attempts`] and
+//!   [`ClientOptions::deadline`], and ends with one error that says why.
+//! - A write is retried only when the previous attempt certainly wrote nothing (refused
+//!   before it was sent, or answered with an error that says so). If a connection fails
+//!   after the request went out, or the node answers `OutcomeUnknown` or `Timeout`, the
+//!   caller gets [`ClientError::OutcomeUnknown`]: retrying could apply it twice.
+//! - One QUIC connection per node, shared by concurrent calls (one stream per request).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::api::{
+    ApiError, ApiRequest, ApiResponse, NodeInfo, NodeStatus, ShardOp, ShardRoute, WriteOp,
+    MAX_API_FRAME_BYTES,
+};
+use crate::certs::CertsDir;
+use crate::shard::ShardDescriptor;
+use crate::tls::Identity;
+use crate::{quic, wire};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Time per call, over all its attempts.
+    pub deadline: Duration,
+    pub connect_timeout: Duration,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            max_attempts: 20,
+            deadline: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ClientError {
+    /// The cluster refused the request; nothing was written.
+    #[error("{0}")]
+    Refused(ApiError),
+    /// The write may or may not have been applied.
+    #[error("the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
+    /// No attempt succeeded within the limits; nothing was written.
+    #[error("gave up after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    #[error("the operations touch more than one shard ({0} and {1}); a batch must stay in one")]
+    CrossShard(u64, u64),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How a request failed to get an answer.
+enum CallError {
+    /// It never left: safe to retry anything.
+    NotSent(String),
+    /// It may have arrived.
+    Lost(String),
+}
+
+#[derive(Debug)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    seeds: Vec<SocketAddr>,
+    options: ClientOptions,
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    routes: Mutex<BTreeMap<Vec<u8>, ShardRoute>>,
+}
+
+/// The value a scan returns per key.
+pub type Item = (Vec<u8>, Vec<u8>);
+
+impl Client {
+    /// A client of the cluster reachable at `seeds`, as user `user` (its certificate in
+    /// `certs`). Connects lazily.
+    pub fn new(
+        certs: &CertsDir,
+        user: &str,
+        seeds: Vec<SocketAddr>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        if seeds.is_empty() {
+            return Err(ClientError::Setup("no node address given".to_string()));
+        }
+        let endpoint = quic::client_endpoint(certs, &Identity::Client(user.to_string()))
+            .map_err(|error| ClientError::Setup(error.to_string()))?;
+        Ok(Client {
+            endpoint,
+            seeds,
+            options,
+            connections: tokio::sync::Mutex::default(),
+            routes: Mutex::default(),
+        })
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let op = ShardOp::Get { key: key.to_vec() };
+        match self.shard_call(key, op, Retry::Always).await? {
+            ApiResponse::Value(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        self.write(vec![WriteOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }])
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
+        self.write(vec![WriteOp::Delete { key: key.to_vec() }])
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets `key` to `new` if it holds `expected`: `Ok(None)` if it did, else
+    /// `Ok(Some(current))`.
+    pub async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Option<Option<Vec<u8>>>, ClientError> {
+        let op = WriteOp::CompareAndSwap {
+            key: key.to_vec(),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.map(<[u8]>::to_vec),
+        };
+        Ok(self.write(vec![op]).await?.map(|(_, current)| current))
+    }
+
+    /// Applies `ops` atomically; they must all fall in one shard. Returns the first failed
+    /// compare-and-swap (its index and what it found), if any: then nothing was written.
+    pub async fn write(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Option<(usize, Option<Vec<u8>>)>, ClientError> {
+        let Some(first) = ops.first().map(|op| op.key().to_vec()) else {
+            return Err(ClientError::Refused(ApiError::Malformed(
+                "no operations".to_string(),
+            )));
+        };
+        let route = self.route(&first).await?;
+        if let Some(outside) = ops.iter().find(|op| !route.descriptor.contains(op.key())) {
+            let other = self.route(outside.key()).await?;
+            return Err(ClientError::CrossShard(
+                route.descriptor.id,
+                other.descriptor.id,
+            ));
+        }
+        match self
+            .shard_call(&first, ShardOp::Write { ops }, Retry::IfNothingWritten)
+            .await?
+        {
+            ApiResponse::Written { failed_condition } => {
+                Ok(failed_condition.map(|(op, current)| (op, current.map(|c| c.into_vec()))))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Keys in `[start, end)` (an empty `end`: to the end of the user key space), at most
+    /// `limit`, in order, across shards.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Item>, ClientError> {
+        let mut items: Vec<Item> = Vec::new();
+        let mut from = start.to_vec();
+        while items.len() < limit && (end.is_empty() || from.as_slice() < end) {
+            let page = (limit - items.len()).min(crate::api::MAX_SCAN_LIMIT);
+            let op = ShardOp::Scan {
+                start: from.clone(),
+                end: end.to_vec(),
+                limit: page,
+            };
+            let route = self.route(&from).await?;
+            let (got, more) = match self.shard_call(&from, op, Retry::Always).await? {
+                ApiResponse::Items { items, more } => (items, more),
+                other => return Err(unexpected(other)),
+            };
+            let last = got.last().map(|(key, _)| key.to_vec());
+            items.extend(got.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+            match last {
+                Some(last) if more => from = [last.as_slice(), &[0]].concat(),
+                _ => {
+                    // This shard is done: go on from its end, if the range goes further.
+                    let shard_end = route.descriptor.end_key;
+                    if shard_end.is_empty()
+                        || shard_end.first() == Some(&crate::api::SYSTEM_KEY_PREFIX)
+                    {
+                        break;
+                    }
+                    from = shard_end;
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// The cluster's nodes and shards, as the first reachable node knows them.
+    pub async fn cluster(&self) -> Result<(Vec<NodeInfo>, Vec<ShardRoute>), ClientError> {
+        match self.any_node(ApiRequest::Cluster).await? {
+            ApiResponse::Cluster { nodes, shards } => Ok((nodes, shards)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of the node at `address`.
+    pub async fn node_status(&self, address: SocketAddr) -> Result<NodeStatus, ClientError> {
+        let response = self
+            .call(address, &ApiRequest::NodeStatus)
+            .await
+            .map_err(|error| ClientError::Unavailable {
+                attempts: 1,
+                last: call_error_text(&error),
+            })?;
+        match response {
+            ApiResponse::NodeStatus(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request` to the seeds in turn until one answers.
+    async fn any_node(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
+        let mut last = String::new();
+        for &seed in &self.seeds {
+            match self.call(seed, &request).await {
+                Ok(ApiResponse::Error(error)) => return Err(ClientError::Refused(error)),
+                Ok(response) => return Ok(response),
+                Err(error) => last = call_error_text(&error),
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: self.seeds.len() as u32,
+            last,
+        })
+    }
+
+    /// The cached route of `key`, or one asked of the seeds.
+    async fn route(&self, key: &[u8]) -> Result<ShardRoute, ClientError> {
+        if let Some(route) = self.cached_route(key) {
+            return Ok(route);
+        }
+        let request = ApiRequest::Route { key: key.to_vec() };
+        match self.any_node(request).await? {
+            ApiResponse::Route(route) => {
+                self.remember(route.descriptor.clone(), route.leader.clone());
+                Ok(route)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn cached_route(&self, key: &[u8]) -> Option<ShardRoute> {
+        let routes = self.routes.lock().ok()?;
+        let (_, route) = routes.range(..=key.to_vec()).next_back()?;
+        route.descriptor.contains(key).then(|| route.clone())
+    }
+
+    /// Caches `descriptor` (dropping the routes it overlaps) with `leader`.
+    fn remember(&self, descriptor: ShardDescriptor, leader: Option<NodeInfo>) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.retain(|_, route| !route.descriptor.overlaps(&descriptor));
+            routes.insert(
+                descriptor.start_key.clone(),
+                ShardRoute { descriptor, leader },
+            );
+        }
+    }
+
+    fn forget_leader(&self, key: &[u8]) {
+        if let Ok(mut routes) = self.routes.lock() {
+            if let Some((_, route)) = routes.range_mut(..=key.to_vec()).next_back() {
+                route.leader = None;
+            }
+        }
+    }
+
+    async fn shard_call(
+        &self,
+        key: &[u8],
+        op: ShardOp,
+        retry: Retry,
+    ) -> Result<ApiResponse, ClientError> {
+        crate::api::check_user_op(&op).map_err(ClientError::Refused)?;
+        let mut attempts = 0;
+        let deadline = Instant::now() + self.options.deadline;
+        let mut backoff = self.options.first_backoff;
+        let mut last = String::from("no attempt made");
+        for attempt in 0..self.options.max_attempts {
+            if Instant::now() >= deadline {
+                break;
+            }
+            attempts += 1;
+            let route = match self.route(key).await {
+                Ok(route) => route,
+                Err(ClientError::Unavailable { last: error, .. }) => {
+                    last = error;
+                    self.sleep(&mut backoff).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let target = route
+                .leader
+                .as_ref()
+                .and_then(|leader| leader.address.parse::<SocketAddr>().ok())
+                .unwrap_or(self.seeds[attempt as usize % self.seeds.len()]);
+            let request = ApiRequest::Shard {
+                shard: route.descriptor.id,
+                epoch: route.descriptor.epoch,
+                op: op.clone(),
+            };
+            let error = match self.call(target, &request).await {
+                Ok(ApiResponse::Error(error)) => error,
+                Ok(response) => return Ok(response),
+                Err(CallError::NotSent(error)) => {
+                    last = format!("{target}: {error}");
+                    self.forget_leader(key);
+                    self.sleep(&mut backoff).await;
+                    continue;
+                }
+                Err(CallError::Lost(error)) => {
+                    if retry == Retry::IfNothingWritten {
+                        return Err(ClientError::OutcomeUnknown(format!("{target}: {error}")));
+                    }
+                    last = format!("{target}: {error}");
+                    self.forget_leader(key);
+                    self.sleep(&mut backoff).await;
+                    continue;
+                }
+            };
+            last = format!("{target}: {error}");
+            match error {
+                ApiError::NotLeader { leader, .. } => {
+                    let known = leader.is_some();
+                    self.remember(route.descriptor, leader);
+                    if !known {
+                        self.sleep(&mut backoff).await;
+                    }
+                }
+                ApiError::KeyNotInShard { descriptor } | ApiError::StaleEpoch { descriptor } => {
+                    self.remember(*descriptor, None);
+                }
+                ApiError::ShardUnavailable { .. }
+                | ApiError::Busy(_)
+                | ApiError::Unavailable(_) => {
+                    self.forget_leader(key);
+                    self.sleep(&mut backoff).await;
+                }
+                ApiError::OutcomeUnknown | ApiError::Timeout(_)
+                    if retry == Retry::IfNothingWritten =>
+                {
+                    return Err(ClientError::OutcomeUnknown(error.to_string()));
+                }
+                ApiError::OutcomeUnknown | ApiError::Timeout(_) => {
+                    self.sleep(&mut backoff).await;
+                }
+                other => return Err(ClientError::Refused(other)),
+            }
+        }
+        Err(ClientError::Unavailable { attempts, last })
+    }
+
+    async fn sleep(&self, backoff: &mut Duration) {
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(self.options.max_backoff);
+    }
+
+    async fn connection(&self, address: SocketAddr) -> Result<quinn::Connection, CallError> {
+        let mut connections = self.connections.lock().await;
+        if let Some(connection) = connections
+            .get(&address)
+            .filter(|c| c.close_reason().is_none())
+        {
+            return Ok(connection.clone());
+        }
+        let connecting = self
+            .endpoint
+            .connect(address, &quic::server_name(&address))
+            .map_err(|error| CallError::NotSent(error.to_string()))?;
+        let connection = tokio::time::timeout(self.options.connect_timeout, connecting)
+            .await
+            .map_err(|_| CallError::NotSent("connecting timed out".to_string()))?
+            .map_err(|error| CallError::NotSent(error.to_string()))?;
+        connections.insert(address, connection.clone());
+        Ok(connection)
+    }
+
+    /// One request to `address` and its answer.
+    async fn call(
+        &self,
+        address: SocketAddr,
+        request: &ApiRequest,
+    ) -> Result<ApiResponse, CallError> {
+        let connection = self.connection(address).await?;
+        let frame = wire::encode_frame(request, MAX_API_FRAME_BYTES)
+            .map_err(|error| CallError::NotSent(error.to_string()))?;
+        let exchange = async {
+            let (mut send, mut receive) = connection
+                .open_bi()
+                .await
+                .map_err(|error| CallError::NotSent(error.to_string()))?;
+            wire::write_frame(&mut send, &frame)
+                .await
+                .map_err(|error| CallError::Lost(error.to_string()))?;
+            let _finished = send.finish();
+            wire::read_frame::<ApiResponse>(&mut receive, MAX_API_FRAME_BYTES)
+                .await
+                .map_err(|error| CallError::Lost(error.to_string()))?
+                .ok_or_else(|| CallError::Lost("no answer".to_string()))
+        };
+        match tokio::time::timeout(self.options.deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Lost("no answer in time".to_string())),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    Always,
+    IfNothingWritten,
+}
+
+fn call_error_text(error: &CallError) -> String {
+    match error {
+        CallError::NotSent(text) | CallError::Lost(text) => text.clone(),
+    }
+}
+
+fn unexpected(response: ApiResponse) -> ClientError {
+    match response {
+        ApiResponse::Error(error) => ClientError::Refused(error),
+        other => ClientError::Refused(ApiError::Malformed(format!("unexpected answer: {other:?}"))),
+    }
+}

@@ -1,0 +1,112 @@
+//! QUIC endpoints over the TLS configurations of [`crate::tls`]: what a node listens with,
+//! what nodes and clients dial with, and who is on the other end of a connection.
+//!
+//! Connections send keep-alives every [`KEEP_ALIVE_INTERVAL`] and close after
+//! [`IDLE_TIMEOUT`] without a packet, so a dead peer is noticed within seconds; concurrent
+//! streams per connection are bounded ([`MAX_CONCURRENT_BI_STREAMS`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::certs::CertsDir;
+use crate::tls::{self, Identity, TlsError, ALPN_CLIENT, ALPN_RAFT};
+
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one client connection may have in flight.
+pub const MAX_CONCURRENT_BI_STREAMS: u32 = 1024;
+/// Raft and snapshot streams one peer may open at once.
+pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 16;
+
+/// The common name of a node certificate (`rshard cert create-node`).
+pub const NODE_COMMON_NAME: &str = "node";
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    if let Ok(timeout) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        transport.max_idle_timeout(Some(timeout));
+    }
+    transport.max_concurrent_bidi_streams(MAX_CONCURRENT_BI_STREAMS.into());
+    transport.max_concurrent_uni_streams(MAX_CONCURRENT_UNI_STREAMS.into());
+    Arc::new(transport)
+}
+
+/// A node's endpoint: accepts nodes ([`ALPN_RAFT`]) and clients ([`ALPN_CLIENT`]) whose
+/// certificates the cluster CA signed, and dials other nodes as a node.
+pub fn node_endpoint(certs: &CertsDir, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+    let tls = tls::server_config(certs, &[ALPN_RAFT, ALPN_CLIENT])?;
+    let crypto = QuicServerConfig::try_from((*tls).clone())
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config());
+    let mut endpoint = quinn::Endpoint::server(server, listen)
+        .map_err(|error| TlsError::Config(format!("cannot listen on {listen}: {error}")))?;
+    endpoint.set_default_client_config(client_config(certs, &Identity::Node, ALPN_RAFT)?);
+    Ok(endpoint)
+}
+
+/// What to dial with, presenting `identity`'s certificate and asking for `alpn`.
+pub fn client_config(
+    certs: &CertsDir,
+    identity: &Identity,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = tls::client_config(certs, identity, alpn)?;
+    let crypto = QuicClientConfig::try_from((*tls).clone())
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// An endpoint for a client: dials only.
+pub fn client_endpoint(certs: &CertsDir, identity: &Identity) -> Result<quinn::Endpoint, TlsError> {
+    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|error| TlsError::Config(format!("cannot open a UDP socket: {error}")))?;
+    endpoint.set_default_client_config(client_config(certs, identity, ALPN_CLIENT)?);
+    Ok(endpoint)
+}
+
+/// The name to check a node's certificate against when dialing `address`.
+pub fn server_name(address: &SocketAddr) -> String {
+    address.ip().to_string()
+}
+
+/// The ALPN the connection agreed on.
+pub fn alpn(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The common name of the certificate the peer presented (the handshake already checked
+/// that the cluster CA signed it).
+pub fn peer_common_name(connection: &quinn::Connection) -> Option<String> {
+    let certs = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let (_, cert) = X509Certificate::from_der(certs.first()?.as_ref()).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(name)
+}
+
+/// True if the peer presented a node certificate (rather than a client user's).
+pub fn peer_is_node(connection: &quinn::Connection) -> bool {
+    peer_common_name(connection).as_deref() == Some(NODE_COMMON_NAME)
+}

@@ -1,0 +1,260 @@
+//! The node's API service: one [`ApiRequest`] in, one [`ApiResponse`] out, per QUIC
+//! bi-directional stream.
+//!
+//! Key-value requests go to the local replica of the shard they name; anything this node
+//! cannot serve is answered with an error that tells the client where to go (the leader it
+//! knows, the shard's current descriptor) or to back off. Requests only nodes may send are
+//! refused on connections that presented a client certificate.
+
+use std::sync::Arc;
+
+use rshard_common::api::{
+    self, ApiError, ApiRequest, ApiResponse, NodeInfo, NodeStatus, ReplicaChange, ShardOp,
+    ShardRoute, MAX_API_FRAME_BYTES,
+};
+use rshard_common::shard::{Epoch, ShardId};
+use rshard_common::wire;
+use rshard_raft::{ConfChange, ConfChangeStep};
+
+use super::driver_thread::RequestFailure;
+use super::network::codes;
+use super::NodeContext;
+use crate::kv::{KvCommand, KvError, KvOutcome};
+use crate::multiraft::{Request, RequestError, Response};
+
+/// Who sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Node,
+    Client,
+}
+
+/// Serves the requests of one connection, each on its own stream, until it closes.
+pub async fn serve_connection(
+    context: Arc<NodeContext>,
+    connection: quinn::Connection,
+    caller: Caller,
+) {
+    loop {
+        let (mut send, mut receive) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(_) => return, // Closed or timed out: nothing to answer.
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            let response =
+                match wire::read_frame::<ApiRequest>(&mut receive, MAX_API_FRAME_BYTES).await {
+                    Ok(Some(request)) => handle(&context, request, caller).await,
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, "bad request frame; stream closed");
+                        let _stopped = receive.stop(codes::BAD_FRAME.into());
+                        ApiResponse::Error(ApiError::Malformed(error.to_string()))
+                    }
+                };
+            match wire::encode_frame(&response, MAX_API_FRAME_BYTES) {
+                Ok(frame) => {
+                    if wire::write_frame(&mut send, &frame).await.is_ok() {
+                        let _finished = send.finish();
+                    }
+                }
+                Err(error) => tracing::error!(%error, "response not encodable"),
+            }
+        });
+    }
+}
+
+/// Answers one request.
+pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) -> ApiResponse {
+    let node_only = matches!(
+        request,
+        ApiRequest::Join { .. } | ApiRequest::Heartbeat(_) | ApiRequest::ChangeReplicas { .. }
+    );
+    if node_only && caller != Caller::Node {
+        return ApiResponse::Error(ApiError::NotPermitted(
+            "only nodes may send this request".to_string(),
+        ));
+    }
+    let result = match request {
+        ApiRequest::Shard { shard, epoch, op } => shard_request(context, shard, epoch, op).await,
+        ApiRequest::Route { key } => Ok(route(context, &key)),
+        ApiRequest::Cluster => {
+            let (nodes, shards) = context.cluster_snapshot();
+            Ok(ApiResponse::Cluster { nodes, shards })
+        }
+        ApiRequest::NodeStatus => Ok(ApiResponse::NodeStatus(status(context))),
+        ApiRequest::Join { address, token } => {
+            super::placement::join(context, address, token).await
+        }
+        ApiRequest::Heartbeat(report) => super::placement::heartbeat(context, report).await,
+        ApiRequest::ChangeReplicas { shard, change } => {
+            change_replicas(context, shard, change).await
+        }
+    };
+    result.unwrap_or_else(ApiResponse::Error)
+}
+
+fn status(context: &NodeContext) -> NodeStatus {
+    let view = context.driver.view();
+    NodeStatus {
+        node: context.identity.node,
+        cluster: context.identity.cluster.clone(),
+        address: context.address.clone(),
+        replicas: view.replicas.len() as u64,
+        leading: view.leading().count() as u64,
+        ready: context.is_ready(),
+    }
+}
+
+/// The shard owning `key` and its leader: from the local replica if there is one, else
+/// from the cluster view.
+fn route(context: &NodeContext, key: &[u8]) -> ApiResponse {
+    let view = context.driver.view();
+    if let Some(replica) = view.replicas.values().find(|r| r.descriptor.contains(key)) {
+        return ApiResponse::Route(ShardRoute {
+            descriptor: replica.descriptor.clone(),
+            leader: replica.leader.and_then(|node| context.node_info(node)),
+        });
+    }
+    let (_, shards) = context.cluster_snapshot();
+    match shards.into_iter().find(|s| s.descriptor.contains(key)) {
+        Some(route) => ApiResponse::Route(route),
+        None => ApiResponse::Error(ApiError::ShardUnavailable {
+            shard: 0,
+            reason: "this node knows no shard for the key yet".to_string(),
+        }),
+    }
+}
+
+async fn shard_request(
+    context: &NodeContext,
+    shard: ShardId,
+    epoch: Epoch,
+    op: ShardOp,
+) -> Result<ApiResponse, ApiError> {
+    if shard == api::PLACEMENT_SHARD {
+        return Err(ApiError::ReservedKey);
+    }
+    api::check_user_op(&op)?;
+    if context.is_draining() {
+        return Err(ApiError::Unavailable("draining".to_string()));
+    }
+    let request = match op {
+        ShardOp::Get { key } => Request::Read { shard, epoch, key },
+        ShardOp::Scan { start, end, limit } => Request::Scan {
+            shard,
+            epoch,
+            start,
+            end,
+            limit,
+        },
+        ShardOp::Write { ops } => Request::Write(KvCommand { shard, epoch, ops }),
+    };
+    match context.request(request).await? {
+        Response::Value(value) => Ok(ApiResponse::Value(value)),
+        Response::Written(KvOutcome::Applied) => Ok(ApiResponse::Written {
+            failed_condition: None,
+        }),
+        Response::Written(KvOutcome::ConditionFailed { op, current }) => Ok(ApiResponse::Written {
+            failed_condition: Some((op, current.map(serde_bytes::ByteBuf::from))),
+        }),
+        Response::Items { items, more } => Ok(ApiResponse::Items {
+            items: items
+                .into_iter()
+                .map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v)))
+                .collect(),
+            more,
+        }),
+        Response::MembershipChanged(descriptor) => Ok(ApiResponse::ReplicasChanged(descriptor)),
+    }
+}
+
+async fn change_replicas(
+    context: &NodeContext,
+    shard: ShardId,
+    change: ReplicaChange,
+) -> Result<ApiResponse, ApiError> {
+    let step = match change {
+        ReplicaChange::AddLearner(node) => ConfChangeStep::AddLearner(node),
+        ReplicaChange::Promote(node) => {
+            let view = context.driver.view();
+            let caught_up = view
+                .replicas
+                .get(&shard)
+                .is_some_and(|r| r.caught_up_learners.contains(&node));
+            if !caught_up {
+                return Err(ApiError::Refused(format!(
+                    "node {node} is not a caught-up learner of shard {shard} here"
+                )));
+            }
+            ConfChangeStep::AddVoter(node)
+        }
+    };
+    let request = Request::ChangeReplicas {
+        shard,
+        change: ConfChange::new([step]),
+    };
+    match context.request(request).await? {
+        Response::MembershipChanged(descriptor) => Ok(ApiResponse::ReplicasChanged(descriptor)),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+impl NodeContext {
+    /// Sends `request` to the driver and turns what goes wrong into an [`ApiError`].
+    pub(super) async fn request(&self, request: Request) -> Result<Response, ApiError> {
+        let shard = request.shard();
+        let answer = self
+            .driver
+            .request(request, self.config.request_timeout)
+            .await
+            .map_err(|failure| match failure {
+                RequestFailure::Busy => ApiError::Busy("the driver's queue is full".to_string()),
+                RequestFailure::Timeout => {
+                    ApiError::Timeout(format!("no answer from shard {shard} in time"))
+                }
+                RequestFailure::Stopped => ApiError::Unavailable("the node stopped".to_string()),
+            })?;
+        answer.map_err(|error| self.api_error(shard, error))
+    }
+
+    fn api_error(&self, shard: ShardId, error: RequestError) -> ApiError {
+        match error {
+            RequestError::NotLeader { shard, leader } => ApiError::NotLeader {
+                shard,
+                leader: leader.and_then(|node| self.node_info(node)),
+            },
+            RequestError::UnknownShard(_) => match self.known_leader(shard) {
+                Some(leader) => ApiError::NotLeader {
+                    shard,
+                    leader: Some(leader),
+                },
+                None => ApiError::ShardUnavailable {
+                    shard,
+                    reason: "no replica on this node and no known leader".to_string(),
+                },
+            },
+            RequestError::Refused(refusal) => match refusal {
+                KvError::KeyNotInShard { descriptor, .. } => ApiError::KeyNotInShard { descriptor },
+                KvError::StaleEpoch { descriptor } => ApiError::StaleEpoch { descriptor },
+                KvError::KeyTooLarge { .. }
+                | KvError::ValueTooLarge { .. }
+                | KvError::TooManyOps { .. } => ApiError::TooLarge(refusal.to_string()),
+                other => ApiError::Malformed(other.to_string()),
+            },
+            RequestError::Busy(reason) => ApiError::Busy(reason.to_string()),
+            RequestError::OutcomeUnknown => ApiError::OutcomeUnknown,
+            RequestError::Stopped(reason) => ApiError::Unavailable(reason),
+            RequestError::MembershipRefused(reason) => ApiError::Refused(reason),
+        }
+    }
+
+    /// The leader of `shard` as the cluster view has it.
+    fn known_leader(&self, shard: ShardId) -> Option<NodeInfo> {
+        let (_, shards) = self.cluster_snapshot();
+        shards
+            .into_iter()
+            .find(|route| route.descriptor.id == shard)
+            .and_then(|route| route.leader)
+    }
+}

@@ -1,0 +1,282 @@
+//! The thread that runs a node's multi-raft driver, and the handle async code talks to it
+//! through.
+//!
+//! The driver is synchronous and deterministic; this thread gives it wall-clock ticks, feeds
+//! it the inputs the network and the API send through one bounded channel, iterates while
+//! it has work, and hands each answer to the request waiting for it. A full channel is
+//! refused at once (the caller answers `Busy`), never waited on, so a burst cannot grow
+//! memory without bound.
+//!
+//! Every `view_interval` the thread publishes a [`NodeView`] (shards, leaders, counters) for
+//! the API, placement and metrics to read without touching the driver.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rshard_common::shard::{ShardDescriptor, ShardId};
+use rshard_raft::NodeId;
+use tokio::sync::oneshot;
+
+use crate::multiraft::{
+    Counters, Input, MultiRaft, Request, RequestError, RequestId, Response, Transport,
+};
+
+type Reply = oneshot::Sender<Result<Response, RequestError>>;
+
+/// What the thread takes.
+#[derive(Debug)]
+pub enum Command {
+    Input(Input),
+    Request {
+        request: Request,
+        reply: Reply,
+    },
+    /// Stop after this iteration (answers waiting requests `Stopped`).
+    Stop,
+}
+
+/// This node's replica of one shard, as of the last published view.
+#[derive(Clone, Debug)]
+pub struct ReplicaView {
+    pub descriptor: ShardDescriptor,
+    pub leader: Option<NodeId>,
+    /// As leader: learners that hold every committed entry.
+    pub caught_up_learners: Vec<NodeId>,
+}
+
+/// The driver's state, published for readers outside the thread.
+#[derive(Clone, Debug, Default)]
+pub struct NodeView {
+    pub node: NodeId,
+    pub replicas: BTreeMap<ShardId, ReplicaView>,
+    pub counters: Counters,
+    pub stopped: Option<String>,
+    pub pending_requests: usize,
+}
+
+impl NodeView {
+    pub fn leading(&self) -> impl Iterator<Item = &ReplicaView> {
+        self.replicas
+            .values()
+            .filter(move |r| r.leader == Some(self.node))
+    }
+}
+
+/// How async code reaches the driver thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DriverHandle {
+    sender: SyncSender<Command>,
+    view: Arc<Mutex<NodeView>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadConfig {
+    pub tick: Duration,
+    /// Commands the channel holds; more are refused.
+    pub max_queued_commands: usize,
+    pub view_interval: Duration,
+}
+
+impl DriverHandle {
+    /// Queues an input; false if the channel is full (the input is dropped).
+    pub fn offer(&self, input: Input) -> bool {
+        self.sender.try_send(Command::Input(input)).is_ok()
+    }
+
+    /// Sends `request` and waits for its answer, at most `timeout`.
+    pub async fn request(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Result<Response, RequestError>, RequestFailure> {
+        let (reply, answer) = oneshot::channel();
+        match self.sender.try_send(Command::Request { request, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(RequestFailure::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(RequestFailure::Stopped),
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(RequestFailure::Stopped),
+            Err(_) => Err(RequestFailure::Timeout),
+        }
+    }
+
+    pub fn view(&self) -> NodeView {
+        match self.view.lock() {
+            Ok(view) => view.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Asks the thread to stop; false if it already has.
+    pub fn stop(&self) -> bool {
+        self.sender.try_send(Command::Stop).is_ok()
+    }
+}
+
+/// Why a request got no answer from the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    Busy,
+    Timeout,
+    Stopped,
+}
+
+/// Starts the thread running `driver`; it ends when every handle is dropped or on
+/// [`DriverHandle::stop`].
+pub fn spawn<T: Transport + Send + 'static>(
+    driver: MultiRaft<T>,
+    config: ThreadConfig,
+) -> std::io::Result<(DriverHandle, std::thread::JoinHandle<()>)> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(config.max_queued_commands);
+    let view = Arc::new(Mutex::new(NodeView {
+        node: driver.node(),
+        ..NodeView::default()
+    }));
+    let handle = DriverHandle {
+        sender,
+        view: view.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("raft-driver".to_string())
+        .spawn(move || {
+            let mut state = ThreadState {
+                driver,
+                waiting: HashMap::new(),
+                next_request: 1,
+                view,
+            };
+            state.run(receiver, config);
+        })?;
+    Ok((handle, thread))
+}
+
+struct ThreadState<T: Transport> {
+    driver: MultiRaft<T>,
+    waiting: HashMap<RequestId, Reply>,
+    next_request: RequestId,
+    view: Arc<Mutex<NodeView>>,
+}
+
+impl<T: Transport> ThreadState<T> {
+    fn run(&mut self, receiver: Receiver<Command>, config: ThreadConfig) {
+        let mut next_tick = Instant::now() + config.tick;
+        let mut next_view = Instant::now();
+        let max_commands = 4096;
+        loop {
+            let now = Instant::now();
+            if now >= next_tick {
+                let _full = self.driver.offer(Input::Tick);
+                next_tick += config.tick;
+                if next_tick < now {
+                    // Far behind (a long sync or a paused process): do not replay the ticks.
+                    next_tick = now + config.tick;
+                }
+            }
+            let mut stop = false;
+            for _ in 0..max_commands {
+                match receiver.try_recv() {
+                    Ok(Command::Stop) => stop = true,
+                    Ok(command) => self.take(command),
+                    Err(_) => break,
+                }
+            }
+            if stop {
+                break;
+            }
+            if self.driver.has_work() {
+                let answers = self.driver.iterate();
+                self.answer(answers);
+            } else {
+                let wait = next_tick.saturating_duration_since(Instant::now());
+                match receiver.recv_timeout(wait) {
+                    Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                    Ok(command) => self.take(command),
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+            if Instant::now() >= next_view {
+                self.publish();
+                next_view = Instant::now() + config.view_interval;
+            }
+        }
+        for (_, reply) in self.waiting.drain() {
+            let _gone = reply.send(Err(RequestError::Stopped("the node is stopping".into())));
+        }
+        self.publish();
+    }
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Input(input) => {
+                let _full = self.driver.offer(input);
+            }
+            Command::Request { request, reply } => {
+                let id = self.next_request;
+                self.next_request += 1;
+                match self.driver.offer(Input::Request { id, request }) {
+                    Ok(()) => {
+                        self.waiting.insert(id, reply);
+                    }
+                    Err(_) => {
+                        let _gone = reply.send(Err(RequestError::Busy("driver inbox full")));
+                    }
+                }
+            }
+            Command::Stop => {}
+        }
+    }
+
+    fn answer(&mut self, answers: Vec<(RequestId, Result<Response, RequestError>)>) {
+        for (id, answer) in answers {
+            if let Some(reply) = self.waiting.remove(&id) {
+                // The caller may have given up (timeout); nothing to do then.
+                let _gone = reply.send(answer);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let driver = &self.driver;
+        let node = driver.node();
+        let replicas = driver
+            .shards()
+            .filter_map(|shard| {
+                let descriptor = driver.descriptor(shard)?.clone();
+                let leader = driver.leader_of(shard);
+                let caught_up_learners = if leader == Some(node) {
+                    descriptor
+                        .learners
+                        .iter()
+                        .copied()
+                        .filter(|&learner| driver.learner_caught_up(shard, learner))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Some((
+                    shard,
+                    ReplicaView {
+                        descriptor,
+                        leader,
+                        caught_up_learners,
+                    },
+                ))
+            })
+            .collect();
+        let view = NodeView {
+            node,
+            replicas,
+            counters: driver.counters().clone(),
+            stopped: driver.stopped().map(str::to_string),
+            pending_requests: self.waiting.len(),
+        };
+        match self.view.lock() {
+            Ok(mut slot) => *slot = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+    }
+}

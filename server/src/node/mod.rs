@@ -1,0 +1,556 @@
+//! `rshard serve`: one node of a cluster, as a process.
+//!
+//! Start-up, in order:
+//! 1. open the store in the data directory, and the QUIC endpoint (mutual TLS against the
+//!    cluster CA);
+//! 2. find the node's identity: the one in the store (a restart: `--join` is then ignored);
+//!    else, with `--join`, ask the cluster for an id; else bootstrap a new cluster as node
+//!    1 with the placement shard (0, keys from 0xff) and one data shard (1, every user key);
+//! 3. run the driver thread, the listener (nodes and clients), the report/scheduler loop
+//!    and the HTTP status listener;
+//! 4. on shutdown: stop taking requests (`/readyz` turns 503), hand the leadership of every
+//!    shard it leads to another voter, wait for that up to the shutdown deadline, then stop.
+//!
+//! Joining is idempotent for a node that crashed halfway: it presents a join token kept in
+//! its store, and placement answers the same id for the same address and token. A node with
+//! an empty data directory at a registered address has a new token and is refused.
+
+mod api;
+mod driver_thread;
+mod http;
+mod network;
+mod placement;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rshard_common::api::{
+    ApiRequest, ApiResponse, NodeId, NodeInfo, ShardRoute, FIRST_DATA_SHARD, MAX_API_FRAME_BYTES,
+    PLACEMENT_SHARD, SYSTEM_KEY_PREFIX,
+};
+use rshard_common::certs::CertsDir;
+use rshard_common::shard::{ShardDescriptor, ShardId};
+use rshard_common::{quic, tls, wire};
+use thiserror::Error;
+
+pub use api::Caller;
+pub use driver_thread::{DriverHandle, NodeView};
+pub use network::{NetworkConfig, StreamHello, StreamKind};
+
+use crate::multiraft::{DriverConfig, Input, MultiRaft};
+use crate::storage::{NodeIdentity, NodeStore, StoreError};
+use driver_thread::ThreadConfig;
+use network::{Network, QuicTransport};
+use placement::PlacementMemory;
+
+/// Everything `rshard serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The address other nodes and clients reach this node at (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Nodes of the cluster to join (ignored once this node has an identity).
+    pub join: Vec<SocketAddr>,
+    pub certs_dir: PathBuf,
+    pub http_listen: Option<SocketAddr>,
+    /// One driver tick of wall-clock time.
+    pub tick: Duration,
+    pub election_timeout_ticks: u32,
+    pub heartbeat_interval_ticks: u32,
+    pub replication_factor: usize,
+    /// A node not heard from for this long gets no new replicas.
+    pub dead_node_timeout: Duration,
+    /// How long a request may wait for its shard.
+    pub request_timeout: Duration,
+    /// How long a graceful shutdown may take before the node stops anyway.
+    pub shutdown_timeout: Duration,
+    pub snapshot_bytes_per_second: u64,
+    pub max_queued_frames_per_peer: usize,
+    pub max_queued_commands: usize,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, certs_dir: PathBuf) -> Self {
+        ServeConfig {
+            data_dir,
+            listen,
+            advertise: None,
+            join: Vec::new(),
+            certs_dir,
+            http_listen: None,
+            tick: Duration::from_millis(50),
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            replication_factor: 3,
+            dead_node_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            snapshot_bytes_per_second: 64 << 20,
+            max_queued_frames_per_peer: 1024,
+            max_queued_commands: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What every part of a running node shares.
+#[derive(Debug)]
+pub struct NodeContext {
+    pub identity: NodeIdentity,
+    /// The advertised address, as other nodes and clients dial it.
+    pub address: String,
+    pub config: ServeConfig,
+    pub driver: DriverHandle,
+    network: Arc<Network>,
+    cluster: RwLock<(Vec<NodeInfo>, Vec<ShardRoute>)>,
+    placement: Mutex<PlacementMemory>,
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    store: NodeStore,
+    known_peers: Mutex<Vec<(NodeId, String)>>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl NodeContext {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.is_draining()
+    }
+
+    fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The nodes and shards of the last view placement sent.
+    pub fn cluster_snapshot(&self) -> (Vec<NodeInfo>, Vec<ShardRoute>) {
+        match self.cluster.read() {
+            Ok(cluster) => cluster.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_cluster_view(&self, nodes: Vec<NodeInfo>, shards: Vec<ShardRoute>) {
+        let peers: Vec<(NodeId, String)> = nodes
+            .iter()
+            .filter(|node| node.id != self.identity.node)
+            .map(|node| (node.id, node.address.clone()))
+            .collect();
+        for (node, address) in &peers {
+            if let Ok(address) = address.parse() {
+                self.network.set_address(*node, address);
+            }
+        }
+        if let Ok(mut known) = self.known_peers.lock() {
+            if *known != peers {
+                // Kept so a restarted node finds the cluster without --join.
+                if let Err(error) = self.store.set_known_peers(&peers) {
+                    tracing::error!(%error, "cannot store the known peers");
+                }
+                *known = peers;
+            }
+        }
+        if let Ok(mut cluster) = self.cluster.write() {
+            *cluster = (nodes, shards);
+        }
+    }
+
+    /// Every other node's address this node knows, for finding placement.
+    fn known_addresses(&self) -> Vec<SocketAddr> {
+        self.known_peers
+            .lock()
+            .map(|peers| peers.iter().filter_map(|(_, a)| a.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where `node` is, as far as this node knows.
+    pub fn node_info(&self, node: NodeId) -> Option<NodeInfo> {
+        if node == self.identity.node {
+            return Some(NodeInfo {
+                id: node,
+                address: self.address.clone(),
+                live: true,
+            });
+        }
+        let (nodes, _) = self.cluster_snapshot();
+        nodes.into_iter().find(|n| n.id == node).or_else(|| {
+            let address = self.network.address(node)?;
+            Some(NodeInfo {
+                id: node,
+                address: address.to_string(),
+                live: false,
+            })
+        })
+    }
+
+    fn cluster_leader(&self, shard: ShardId) -> Option<NodeId> {
+        let (_, shards) = self.cluster_snapshot();
+        shards
+            .into_iter()
+            .find(|route| route.descriptor.id == shard)
+            .and_then(|route| route.leader.map(|leader| leader.id))
+    }
+
+    /// Sends `request` to the node at `address` and waits for its answer.
+    async fn call(&self, address: SocketAddr, request: ApiRequest) -> Result<ApiResponse, String> {
+        let connection = {
+            let mut connections = self.connections.lock().await;
+            match connections
+                .get(&address)
+                .filter(|c| c.close_reason().is_none())
+            {
+                Some(connection) => connection.clone(),
+                None => {
+                    let connection = self.network.dial(address).await?;
+                    connections.insert(address, connection.clone());
+                    connection
+                }
+            }
+        };
+        let exchange = call_on(&connection, &request);
+        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer from {address} in time")),
+        }
+    }
+
+    /// Sends `request` to `node` (handled here if it is this node).
+    async fn call_node(&self, node: NodeId, request: ApiRequest) -> Result<ApiResponse, String> {
+        if node == self.identity.node {
+            return Ok(api::handle(self, request, Caller::Node).await);
+        }
+        let address = self
+            .node_info(node)
+            .and_then(|info| info.address.parse().ok())
+            .ok_or_else(|| format!("no address known for node {node}"))?;
+        self.call(address, request).await
+    }
+}
+
+/// One request and its answer on a new stream of `connection`.
+pub async fn call_on(
+    connection: &quinn::Connection,
+    request: &ApiRequest,
+) -> Result<ApiResponse, String> {
+    let (mut send, mut receive) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let frame = wire::encode_frame(request, MAX_API_FRAME_BYTES).map_err(|e| e.to_string())?;
+    wire::write_frame(&mut send, &frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _finished = send.finish();
+    wire::read_frame(&mut receive, MAX_API_FRAME_BYTES)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the stream ended without an answer".to_string())
+}
+
+/// The shards a new cluster starts with, on `node` alone.
+fn initial_shards(node: NodeId) -> [ShardDescriptor; 2] {
+    let system_start = vec![SYSTEM_KEY_PREFIX];
+    [
+        ShardDescriptor {
+            id: PLACEMENT_SHARD,
+            start_key: system_start.clone(),
+            end_key: Vec::new(),
+            replicas: vec![node],
+            ..ShardDescriptor::default()
+        },
+        ShardDescriptor {
+            id: FIRST_DATA_SHARD,
+            start_key: Vec::new(),
+            end_key: system_start,
+            replicas: vec![node],
+            ..ShardDescriptor::default()
+        },
+    ]
+}
+
+fn random_hex(bytes: usize) -> Result<String, ServeError> {
+    use ring::rand::SecureRandom;
+    let mut buffer = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| ServeError::Io("no system randomness".to_string()))?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A running node; [`Node::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct Node {
+    pub context: Arc<NodeContext>,
+    endpoint: quinn::Endpoint,
+    driver_thread: Option<std::thread::JoinHandle<()>>,
+    pub http_address: Option<SocketAddr>,
+}
+
+impl Node {
+    /// Starts a node (see the module documentation); returns once it listens.
+    pub async fn start(config: ServeConfig) -> Result<Node, ServeError> {
+        let certs = CertsDir::new(&config.certs_dir, None);
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+            ServeError::Io(format!(
+                "cannot create {}: {error}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = NodeStore::open(&config.data_dir)?;
+        let endpoint = quic::node_endpoint(&certs, config.listen)?;
+        let local = endpoint
+            .local_addr()
+            .map_err(|error| ServeError::Io(error.to_string()))?;
+        let advertise = config.advertise.unwrap_or(local);
+        if advertise.ip().is_unspecified() {
+            return Err(ServeError::Config(format!(
+                "listening on {local}: give --advertise, the address other nodes reach this one at"
+            )));
+        }
+        let (identity, bootstrap) = match store.identity()? {
+            Some(identity) => (identity, false),
+            None if config.join.is_empty() => {
+                let identity = NodeIdentity {
+                    node: 1,
+                    cluster: random_hex(16)?,
+                };
+                (identity, true)
+            }
+            None => {
+                let identity = join_cluster(&store, &endpoint, &config.join, advertise).await?;
+                store.set_identity(&identity)?;
+                (identity, false)
+            }
+        };
+        tracing::info!(node = identity.node, cluster = %identity.cluster, %advertise, "starting");
+        let network = Network::new(
+            identity.node,
+            identity.cluster.clone(),
+            endpoint.clone(),
+            NetworkConfig {
+                max_queued_per_peer: config.max_queued_frames_per_peer,
+                snapshot_bytes_per_second: config.snapshot_bytes_per_second,
+            },
+            tokio::runtime::Handle::current(),
+        );
+        let known_peers = store.known_peers()?;
+        for (node, address) in &known_peers {
+            if let Ok(address) = address.parse() {
+                network.set_address(*node, address);
+            }
+        }
+        let mut driver_config = DriverConfig::new(identity.node);
+        driver_config.election_timeout_ticks = config.election_timeout_ticks;
+        driver_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+        driver_config.seed = u64::from_str_radix(&random_hex(8)?, 16).unwrap_or(1);
+        let transport = QuicTransport {
+            network: network.clone(),
+        };
+        let mut driver = MultiRaft::open(driver_config, store.clone(), transport)?;
+        if bootstrap {
+            for shard in initial_shards(identity.node) {
+                let _full = driver.offer(Input::CreateShard(shard));
+            }
+            driver.iterate();
+            if let Some(reason) = driver.stopped() {
+                return Err(ServeError::Io(format!("bootstrap failed: {reason}")));
+            }
+            store.set_identity(&identity)?;
+            tracing::info!("bootstrapped a new cluster");
+        }
+        let (driver, driver_thread) = driver_thread::spawn(
+            driver,
+            ThreadConfig {
+                tick: config.tick,
+                max_queued_commands: config.max_queued_commands,
+                view_interval: Duration::from_millis(20),
+            },
+        )
+        .map_err(|error| ServeError::Io(error.to_string()))?;
+        let context = Arc::new(NodeContext {
+            identity,
+            address: advertise.to_string(),
+            config: config.clone(),
+            driver,
+            network,
+            cluster: RwLock::default(),
+            placement: Mutex::default(),
+            connections: tokio::sync::Mutex::default(),
+            store,
+            known_peers: Mutex::new(known_peers),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        });
+        tokio::spawn(accept(context.clone(), endpoint.clone()));
+        tokio::spawn(placement::run(context.clone()));
+        let http_address = match config.http_listen {
+            Some(address) => Some(http::start(context.clone(), address).await?),
+            None => None,
+        };
+        Ok(Node {
+            context,
+            endpoint,
+            driver_thread: Some(driver_thread),
+            http_address,
+        })
+    }
+
+    /// The address the node listens on.
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Stops taking requests, hands leadership away, and stops the node, within the
+    /// shutdown deadline.
+    pub async fn shutdown(mut self) {
+        let context = self.context.clone();
+        context.draining.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + context.config.shutdown_timeout;
+        tracing::info!("draining: transferring leadership away");
+        while Instant::now() < deadline {
+            let view = context.driver.view();
+            let leading: Vec<ShardDescriptor> =
+                view.leading().map(|r| r.descriptor.clone()).collect();
+            let transferable: Vec<(ShardId, NodeId)> = leading
+                .iter()
+                .filter_map(|d| {
+                    let to = d.replicas.iter().copied().find(|&n| n != view.node)?;
+                    Some((d.id, to))
+                })
+                .collect();
+            if transferable.is_empty() {
+                break;
+            }
+            for (shard, to) in transferable {
+                let _full = context.driver.offer(Input::TransferLeader { shard, to });
+            }
+            tokio::time::sleep(context.config.tick * 4).await;
+        }
+        let stopped = context.driver.stop();
+        self.endpoint
+            .close(network::codes::SHUTDOWN.into(), b"node shutting down");
+        if let Some(thread) = self.driver_thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the driver thread ended abnormally");
+            }
+        }
+        tracing::info!(stopped, "node stopped");
+    }
+}
+
+/// Asks the nodes at `seeds` for an id, presenting this store's join token.
+async fn join_cluster(
+    store: &NodeStore,
+    endpoint: &quinn::Endpoint,
+    seeds: &[SocketAddr],
+    advertise: SocketAddr,
+) -> Result<NodeIdentity, ServeError> {
+    let token = match store.join_token()? {
+        Some(token) => token,
+        None => {
+            let token = random_hex(16)?;
+            store.set_join_token(&token)?;
+            token
+        }
+    };
+    let request = ApiRequest::Join {
+        address: advertise.to_string(),
+        token,
+    };
+    let mut errors = Vec::new();
+    let mut targets: Vec<SocketAddr> = seeds.to_vec();
+    for _ in 0..(seeds.len() + 3) {
+        let Some(target) = targets.pop() else { break };
+        let connecting = endpoint
+            .connect(target, &quic::server_name(&target))
+            .map_err(|error| ServeError::Join(format!("{target}: {error}")))?;
+        let connection = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                errors.push(format!("{target}: {error}"));
+                continue;
+            }
+            Err(_) => {
+                errors.push(format!("{target}: timed out"));
+                continue;
+            }
+        };
+        match call_on(&connection, &request).await {
+            Ok(ApiResponse::Joined { node, cluster }) => {
+                connection.close(0u32.into(), b"joined");
+                return Ok(NodeIdentity { node, cluster });
+            }
+            Ok(ApiResponse::Error(rshard_common::api::ApiError::NotLeader {
+                leader: Some(leader),
+                ..
+            })) => match leader.address.parse() {
+                Ok(address) => targets.push(address),
+                Err(_) => errors.push(format!("{target}: leader at a bad address")),
+            },
+            Ok(ApiResponse::Error(error)) => return Err(ServeError::Join(error.to_string())),
+            Ok(other) => errors.push(format!("{target}: unexpected answer {other:?}")),
+            Err(error) => errors.push(format!("{target}: {error}")),
+        }
+    }
+    Err(ServeError::Join(errors.join("; ")))
+}
+
+/// Accepts connections: nodes (raft ALPN, node certificate) get the node streams and the
+/// API; clients get the API.
+async fn accept(context: Arc<NodeContext>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let context = context.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "connection refused during the handshake");
+                    return;
+                }
+            };
+            match quic::alpn(&connection).as_deref() {
+                Some(tls::ALPN_RAFT) if quic::peer_is_node(&connection) => {
+                    tokio::spawn(receive_node_streams(context.clone(), connection.clone()));
+                    api::serve_connection(context, connection, Caller::Node).await;
+                }
+                Some(tls::ALPN_RAFT) => {
+                    tracing::warn!(peer = %connection.remote_address(), "a client certificate on the node protocol; closed");
+                    connection.close(
+                        network::codes::NOT_A_NODE.into(),
+                        b"node certificate required",
+                    );
+                }
+                _ => api::serve_connection(context, connection, Caller::Client).await,
+            }
+        });
+    }
+}
+
+async fn receive_node_streams(context: Arc<NodeContext>, connection: quinn::Connection) {
+    while let Ok(stream) = connection.accept_uni().await {
+        tokio::spawn(network::receive_stream(
+            stream,
+            connection.remote_address(),
+            context.network.clone(),
+            context.driver.clone(),
+        ));
+    }
+}

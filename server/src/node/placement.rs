@@ -1,0 +1,480 @@
+//! The placement service, first part: the node registry, node reports, and the replication
+//! scheduler, run by whichever node leads the placement group (shard 0).
+//!
+//! The placement group's state is ordinary replicated key-value data in the system range
+//! (keys from 0xff): node records under `\xff/node/<id>` and the newest shard descriptor
+//! each shard leader reported under `\xff/shard/<id>`. Reading and writing them goes
+//! through the local leader replica like any request (linearizable reads, compare-and-swap
+//! writes), so a new placement leader finds exactly what the old one wrote.
+//!
+//! What is not replicated: when each node was last heard from, and which node leads which
+//! shard. Every node reports both every [`REPORT_INTERVAL`], so a new placement leader knows
+//! them again within one interval and schedules nothing before (a shard without a known
+//! leader gets no operator).
+//!
+//! Every node runs the report loop; the one leading shard 0 also runs the scheduler rounds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rshard_common::api::{
+    ApiError, ApiRequest, ApiResponse, NodeId, NodeInfo, NodeReport, ReplicaChange, ShardRoute,
+    PLACEMENT_SHARD,
+};
+use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use rshard_placement::replication::{plan_replication, Operator, ShardState};
+use serde::{Deserialize, Serialize};
+
+use super::api::Caller;
+use super::NodeContext;
+use crate::kv::KvOp;
+use crate::multiraft::{Request, Response};
+
+/// How often every node reports to the placement leader, and the scheduler runs.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const NODE_PREFIX: &[u8] = b"\xff/node/";
+const SHARD_PREFIX: &[u8] = b"\xff/shard/";
+/// Attempts at allocating a node id when joins race.
+const MAX_JOIN_ATTEMPTS: usize = 8;
+
+/// A registered node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub address: String,
+    /// The token the node joined with (empty for the bootstrap node).
+    #[serde(default)]
+    pub join_token: String,
+}
+
+/// What the placement leader remembers between reports (not replicated).
+#[derive(Debug, Default)]
+pub struct PlacementMemory {
+    last_heard: BTreeMap<NodeId, Instant>,
+    leaders: BTreeMap<ShardId, NodeId>,
+    caught_up: BTreeMap<ShardId, Vec<NodeId>>,
+}
+
+fn record_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    [prefix, &id.to_be_bytes()].concat()
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+/// The placement shard's epoch, if this node leads it.
+fn placement_epoch(context: &NodeContext) -> Result<Epoch, ApiError> {
+    let view = context.driver.view();
+    let replica = view.replicas.get(&PLACEMENT_SHARD);
+    match replica {
+        Some(r) if r.leader == Some(context.identity.node) => Ok(r.descriptor.epoch),
+        _ => Err(ApiError::NotLeader {
+            shard: PLACEMENT_SHARD,
+            leader: replica
+                .and_then(|r| r.leader)
+                .or_else(|| context.cluster_leader(PLACEMENT_SHARD))
+                .and_then(|node| context.node_info(node)),
+        }),
+    }
+}
+
+async fn scan_records<T: for<'de> Deserialize<'de>>(
+    context: &NodeContext,
+    prefix: &[u8],
+) -> Result<Vec<T>, ApiError> {
+    let epoch = placement_epoch(context)?;
+    let end = prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    let mut records = Vec::new();
+    loop {
+        let request = Request::Scan {
+            shard: PLACEMENT_SHARD,
+            epoch,
+            start: start.clone(),
+            end: end.clone(),
+            limit: 1000,
+        };
+        let Response::Items { items, more } = context.request(request).await? else {
+            return Err(ApiError::Refused("unexpected answer to a scan".to_string()));
+        };
+        for (_, value) in &items {
+            let record = rmp_serde::from_slice(value)
+                .map_err(|error| ApiError::Refused(format!("corrupt placement record: {error}")))?;
+            records.push(record);
+        }
+        match items.last() {
+            Some((key, _)) if more => start = [key.as_slice(), &[0]].concat(),
+            _ => return Ok(records),
+        }
+    }
+}
+
+/// Writes `key` if its current value is `expected`; false if it was not.
+async fn compare_and_swap(
+    context: &NodeContext,
+    key: Vec<u8>,
+    expected: Option<Vec<u8>>,
+    new: Vec<u8>,
+) -> Result<bool, ApiError> {
+    let epoch = placement_epoch(context)?;
+    let command = crate::kv::KvCommand {
+        shard: PLACEMENT_SHARD,
+        epoch,
+        ops: vec![KvOp::CompareAndSwap {
+            key,
+            expected,
+            new: Some(new),
+        }],
+    };
+    match context.request(Request::Write(command)).await? {
+        Response::Written(crate::kv::KvOutcome::Applied) => Ok(true),
+        Response::Written(crate::kv::KvOutcome::ConditionFailed { .. }) => Ok(false),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, ApiError> {
+    rmp_serde::to_vec(record).map_err(|error| ApiError::Refused(error.to_string()))
+}
+
+/// Registers a new node at `address` and gives it an id.
+pub async fn join(
+    context: &NodeContext,
+    address: String,
+    token: String,
+) -> Result<ApiResponse, ApiError> {
+    if address.parse::<SocketAddr>().is_err() {
+        return Err(ApiError::Malformed(format!("not an address: {address:?}")));
+    }
+    for _ in 0..MAX_JOIN_ATTEMPTS {
+        let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+        if let Some(existing) = nodes.iter().find(|n| n.address == address) {
+            if !token.is_empty() && existing.join_token == token {
+                // The same node retrying after a crash before it stored its identity.
+                return Ok(ApiResponse::Joined {
+                    node: existing.id,
+                    cluster: context.identity.cluster.clone(),
+                });
+            }
+            return Err(ApiError::Refused(format!(
+                "address {address} belongs to node {}; restart that node with its own data \
+                 directory instead of joining as a new node",
+                existing.id
+            )));
+        }
+        let id = nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let record = NodeRecord {
+            id,
+            address: address.clone(),
+            join_token: token.clone(),
+        };
+        let key = record_key(NODE_PREFIX, id);
+        if compare_and_swap(context, key, None, encode(&record)?).await? {
+            tracing::info!(node = id, %address, "node joined");
+            if let Ok(mut memory) = context.placement.lock() {
+                memory.last_heard.insert(id, Instant::now());
+            }
+            return Ok(ApiResponse::Joined {
+                node: id,
+                cluster: context.identity.cluster.clone(),
+            });
+        }
+    }
+    Err(ApiError::Busy("too many nodes joining at once".to_string()))
+}
+
+/// Takes a node's report; answers with the cluster as placement knows it.
+pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiResponse, ApiError> {
+    let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    if report.node != context.identity.node && !nodes.iter().any(|n| n.id == report.node) {
+        return Err(ApiError::Refused(format!(
+            "node {} is not registered in this cluster",
+            report.node
+        )));
+    }
+    let mut nodes = nodes;
+    if !nodes
+        .iter()
+        .any(|n| n.id == report.node && n.address == report.address)
+    {
+        // The bootstrap node registers itself here; a node whose address changed updates it.
+        let current = nodes.iter().find(|n| n.id == report.node);
+        let record = NodeRecord {
+            id: report.node,
+            address: report.address.clone(),
+            join_token: current.map(|n| n.join_token.clone()).unwrap_or_default(),
+        };
+        let key = record_key(NODE_PREFIX, report.node);
+        let current = current.map(encode).transpose()?;
+        if compare_and_swap(context, key, current, encode(&record)?).await? {
+            nodes.retain(|n| n.id != report.node);
+            nodes.push(record);
+        }
+    }
+    let stored: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    for descriptor in &report.leading {
+        let current = stored.iter().find(|s| s.id == descriptor.id);
+        if current.is_some_and(|c| c.epoch >= descriptor.epoch) {
+            continue;
+        }
+        let key = record_key(SHARD_PREFIX, descriptor.id);
+        let expected = current.map(encode).transpose()?;
+        // A lost race means another report stored a descriptor first; the next report
+        // compares again.
+        let _stored = compare_and_swap(context, key, expected, encode(descriptor)?).await?;
+    }
+    {
+        let Ok(mut memory) = context.placement.lock() else {
+            return Err(ApiError::Unavailable(
+                "placement state poisoned".to_string(),
+            ));
+        };
+        memory.last_heard.insert(report.node, Instant::now());
+        memory.leaders.retain(|_, leader| *leader != report.node);
+        for descriptor in &report.leading {
+            memory.leaders.insert(descriptor.id, report.node);
+            memory.caught_up.remove(&descriptor.id);
+        }
+        for (shard, learner) in &report.caught_up_learners {
+            memory.caught_up.entry(*shard).or_default().push(*learner);
+        }
+    }
+    cluster_view(context, nodes).await
+}
+
+async fn cluster_view(
+    context: &NodeContext,
+    nodes: Vec<NodeRecord>,
+) -> Result<ApiResponse, ApiError> {
+    let shards: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    let Ok(memory) = context.placement.lock() else {
+        return Err(ApiError::Unavailable(
+            "placement state poisoned".to_string(),
+        ));
+    };
+    let dead_after = context.config.dead_node_timeout;
+    let nodes: Vec<NodeInfo> = nodes
+        .into_iter()
+        .map(|record| NodeInfo {
+            live: memory
+                .last_heard
+                .get(&record.id)
+                .is_some_and(|heard| heard.elapsed() < dead_after),
+            id: record.id,
+            address: record.address,
+        })
+        .collect();
+    let shards = shards
+        .into_iter()
+        .map(|descriptor| ShardRoute {
+            leader: memory
+                .leaders
+                .get(&descriptor.id)
+                .and_then(|leader| nodes.iter().find(|n| n.id == *leader))
+                .cloned(),
+            descriptor,
+        })
+        .collect();
+    Ok(ApiResponse::ClusterView {
+        cluster: context.identity.cluster.clone(),
+        nodes,
+        shards,
+    })
+}
+
+/// One scheduler round, if this node leads the placement group: plan, then ask each
+/// shard's leader to carry its operator out.
+pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
+    let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    let (live, shards) = {
+        let Ok(memory) = context.placement.lock() else {
+            return Err(ApiError::Unavailable(
+                "placement state poisoned".to_string(),
+            ));
+        };
+        let live: BTreeSet<NodeId> = nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| {
+                memory
+                    .last_heard
+                    .get(id)
+                    .is_some_and(|heard| heard.elapsed() < context.config.dead_node_timeout)
+            })
+            .collect();
+        let shards: Vec<ShardState> = descriptors
+            .into_iter()
+            .map(|descriptor| ShardState {
+                leader: memory.leaders.get(&descriptor.id).copied(),
+                caught_up_learners: memory
+                    .caught_up
+                    .get(&descriptor.id)
+                    .cloned()
+                    .unwrap_or_default(),
+                descriptor,
+            })
+            .collect();
+        (live, shards)
+    };
+    let operators = plan_replication(&live, &shards, context.config.replication_factor);
+    let count = operators.len();
+    for operator in operators {
+        let (shard, change) = match operator {
+            Operator::AddLearner { shard, node } => (shard, ReplicaChange::AddLearner(node)),
+            Operator::Promote { shard, node } => (shard, ReplicaChange::Promote(node)),
+        };
+        let Some(leader) = shards
+            .iter()
+            .find(|s| s.descriptor.id == shard)
+            .and_then(|s| s.leader)
+        else {
+            continue;
+        };
+        tracing::info!(shard, ?change, leader, "replication operator");
+        let request = ApiRequest::ChangeReplicas { shard, change };
+        let context = context.clone();
+        // Operators run beside the round: a slow shard leader must not hold up the others.
+        tokio::spawn(async move {
+            match context.call_node(leader, request).await {
+                Ok(ApiResponse::ReplicasChanged(descriptor)) => {
+                    tracing::info!(shard, replicas = ?descriptor.replicas, learners = ?descriptor.learners, "replicas changed");
+                }
+                Ok(other) => tracing::info!(shard, ?other, "replication operator not applied"),
+                Err(error) => tracing::info!(shard, %error, "replication operator failed"),
+            }
+        });
+    }
+    Ok(count)
+}
+
+/// This node's report to placement.
+pub fn report(context: &NodeContext) -> NodeReport {
+    let view = context.driver.view();
+    let leading: Vec<_> = view.leading().collect();
+    NodeReport {
+        node: context.identity.node,
+        address: context.address.clone(),
+        caught_up_learners: leading
+            .iter()
+            .flat_map(|r| {
+                r.caught_up_learners
+                    .iter()
+                    .map(move |learner| (r.descriptor.id, *learner))
+            })
+            .collect(),
+        leading: leading.into_iter().map(|r| r.descriptor.clone()).collect(),
+        replicas: view.replicas.len() as u64,
+    }
+}
+
+/// Every [`REPORT_INTERVAL`]: report to the placement leader and take its view of the
+/// cluster; if this node leads the placement group, run a scheduler round.
+pub async fn run(context: Arc<NodeContext>) {
+    let mut interval = tokio::time::interval(REPORT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if context.is_draining() {
+            return;
+        }
+        match send_report(&context).await {
+            Ok(()) => context.mark_ready(),
+            Err(error) => tracing::debug!(%error, "report to placement failed"),
+        }
+        if placement_epoch(&context).is_ok() {
+            if let Err(error) = schedule(&context).await {
+                tracing::debug!(%error, "scheduler round failed");
+            }
+        }
+    }
+}
+
+async fn send_report(context: &Arc<NodeContext>) -> Result<(), String> {
+    let request = ApiRequest::Heartbeat(report(context));
+    let mut targets: Vec<Target> = Vec::new();
+    let local_leader = context
+        .driver
+        .view()
+        .replicas
+        .get(&PLACEMENT_SHARD)
+        .and_then(|r| r.leader);
+    if let Some(leader) = local_leader.or_else(|| context.cluster_leader(PLACEMENT_SHARD)) {
+        targets.push(Target::Node(leader));
+    }
+    targets.extend(context.config.join.iter().copied().map(Target::Address));
+    targets.extend(context.known_addresses().into_iter().map(Target::Address));
+    let mut last_error = "no placement leader known".to_string();
+    for target in targets {
+        let response = match target {
+            Target::Node(node) if node == context.identity.node => {
+                super::api::handle(context, request.clone(), Caller::Node).await
+            }
+            Target::Node(node) => match context.call_node(node, request.clone()).await {
+                Ok(response) => response,
+                Err(error) => {
+                    last_error = error;
+                    continue;
+                }
+            },
+            Target::Address(address) => match context.call(address, request.clone()).await {
+                Ok(response) => response,
+                Err(error) => {
+                    last_error = error;
+                    continue;
+                }
+            },
+        };
+        match response {
+            ApiResponse::ClusterView {
+                cluster,
+                nodes,
+                shards,
+            } => {
+                if cluster != context.identity.cluster {
+                    return Err(format!("placement answered for cluster {cluster}"));
+                }
+                context.set_cluster_view(nodes, shards);
+                return Ok(());
+            }
+            ApiResponse::Error(ApiError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) => {
+                if let Ok(address) = leader.address.parse::<SocketAddr>() {
+                    match context.call(address, request.clone()).await {
+                        Ok(ApiResponse::ClusterView {
+                            cluster,
+                            nodes,
+                            shards,
+                        }) if cluster == context.identity.cluster => {
+                            context.set_cluster_view(nodes, shards);
+                            return Ok(());
+                        }
+                        Ok(other) => last_error = format!("{other:?}"),
+                        Err(error) => last_error = error,
+                    }
+                }
+            }
+            other => last_error = format!("{other:?}"),
+        }
+    }
+    Err(last_error)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Node(NodeId),
+    Address(SocketAddr),
+}

@@ -1,0 +1,212 @@
+//! `rshard kv` and `rshard node`: scripting access to a cluster through the routing client.
+//!
+//! Keys and values on the command line are text in which `\xNN` stands for any byte and
+//! `\\` for a backslash; output uses the same escapes for bytes that are not printable
+//! ASCII, so what `kv scan` prints can be pasted back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use rshard_common::certs::CertsDir;
+use rshard_common::client::{Client, ClientOptions};
+
+/// Where the cluster is and who is asking.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Nodes to reach the cluster through, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "RSHARD_HOST",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
+    pub host: Vec<SocketAddr>,
+    /// Directory with ca.crt and client.<user>.crt/key.
+    #[arg(long, global = true, env = "RSHARD_CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+    /// Client user (its certificate: client.<user>.crt).
+    #[arg(long, global = true, env = "RSHARD_USER", default_value = "root")]
+    pub user: String,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let certs = CertsDir::new(&self.certs_dir, None);
+        Ok(Client::new(
+            &certs,
+            &self.user,
+            self.host.clone(),
+            ClientOptions::default(),
+        )?)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KvAction {
+    /// Prints the value of KEY (exit code 1 if absent).
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Del {
+        key: String,
+    },
+    /// Prints KEY VALUE lines for the keys in [START, END).
+    Scan {
+        #[arg(default_value = "")]
+        start: String,
+        #[arg(default_value = "")]
+        end: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeAction {
+    /// Every node of the cluster and the shards, as a node knows them.
+    Ls,
+    /// The status of the node at --host (the first one).
+    Status,
+}
+
+/// Parses `\xNN` and `\\` escapes.
+pub fn parse_bytes(text: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let raw = text.as_bytes();
+    let mut index = 0;
+    while index < raw.len() {
+        match (raw[index], raw.get(index + 1)) {
+            (b'\\', Some(b'\\')) => {
+                bytes.push(b'\\');
+                index += 2;
+            }
+            (b'\\', Some(b'x')) => {
+                let hex = text
+                    .get(index + 2..index + 4)
+                    .with_context(|| format!("incomplete \\x escape in {text:?}"))?;
+                let byte = u8::from_str_radix(hex, 16)
+                    .with_context(|| format!("bad \\x escape {hex:?} in {text:?}"))?;
+                bytes.push(byte);
+                index += 4;
+            }
+            (b'\\', _) => bail!("a backslash must start \\xNN or \\\\ in {text:?}"),
+            (byte, _) => {
+                bytes.push(byte);
+                index += 1;
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Bytes as text, escaping what is not printable ASCII.
+pub fn show_bytes(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        match byte {
+            b'\\' => text.push_str("\\\\"),
+            0x21..=0x7e => text.push(byte as char),
+            _ => text.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    text
+}
+
+/// Runs a `kv` action; returns the process exit code.
+pub async fn run_kv(args: &ClientArgs, action: KvAction) -> anyhow::Result<u8> {
+    let client = args.client()?;
+    match action {
+        KvAction::Get { key } => match client.get(&parse_bytes(&key)?).await? {
+            Some(value) => println!("{}", show_bytes(&value)),
+            None => {
+                eprintln!("(not found)");
+                return Ok(1);
+            }
+        },
+        KvAction::Put { key, value } => {
+            client
+                .put(&parse_bytes(&key)?, &parse_bytes(&value)?)
+                .await?;
+        }
+        KvAction::Del { key } => client.delete(&parse_bytes(&key)?).await?,
+        KvAction::Scan { start, end, limit } => {
+            let items = client
+                .scan(&parse_bytes(&start)?, &parse_bytes(&end)?, limit)
+                .await?;
+            for (key, value) in items {
+                println!("{} {}", show_bytes(&key), show_bytes(&value));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn run_node(args: &ClientArgs, action: NodeAction) -> anyhow::Result<u8> {
+    let client = args.client()?;
+    match action {
+        NodeAction::Ls => {
+            let (nodes, shards) = client.cluster().await?;
+            println!("{:<6} {:<24} LIVE", "NODE", "ADDRESS");
+            for node in nodes {
+                println!("{:<6} {:<24} {}", node.id, node.address, node.live);
+            }
+            println!();
+            println!(
+                "{:<6} {:<20} {:<20} {:<8} {:<12} LEARNERS",
+                "SHARD", "START", "END", "LEADER", "REPLICAS"
+            );
+            for shard in shards {
+                let d = &shard.descriptor;
+                let join =
+                    |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                println!(
+                    "{:<6} {:<20} {:<20} {:<8} {:<12} {}",
+                    d.id,
+                    show_bytes(&d.start_key),
+                    show_bytes(&d.end_key),
+                    shard
+                        .leader
+                        .map(|l| l.id.to_string())
+                        .unwrap_or_else(|| "-".to_string()),
+                    join(&d.replicas),
+                    join(&d.learners)
+                );
+            }
+        }
+        NodeAction::Status => {
+            let Some(&address) = args.host.first() else {
+                bail!("no --host given");
+            };
+            let status = client.node_status(address).await?;
+            println!(
+                "node {} of cluster {} at {}: {} replicas, leads {}, {}",
+                status.node,
+                status.cluster,
+                status.address,
+                status.replicas,
+                status.leading,
+                if status.ready { "ready" } else { "not ready" }
+            );
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_round_trip_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(parse_bytes(&show_bytes(&all)).ok(), Some(all));
+        assert_eq!(parse_bytes("a\\x00b").ok(), Some(b"a\x00b".to_vec()));
+        assert!(parse_bytes("\\q").is_err() && parse_bytes("\\x4").is_err());
+    }
+}

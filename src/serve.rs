@@ -1,0 +1,166 @@
+//! `rshard serve`: its settings from flags, `RSHARD_*` variables and a TOML file, in that
+//! order of precedence, then defaults; and its run until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rshard_server::node::{Node, ServeConfig};
+use serde::Deserialize;
+
+/// Flags (each also read from its `RSHARD_*` variable). A flag left out falls back to the
+/// config file, then to the default.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (snake_case keys); unknown keys are errors.
+    #[arg(long, env = "RSHARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the node's data (created if missing).
+    #[arg(long, env = "RSHARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP address to listen on for nodes and clients (QUIC).
+    #[arg(long, env = "RSHARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address other nodes and clients reach this node at (default: the listen address).
+    #[arg(long, env = "RSHARD_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// Nodes of an existing cluster to join, comma-separated. Ignored once the node has
+    /// joined (its data directory remembers).
+    #[arg(long, env = "RSHARD_JOIN", value_delimiter = ',')]
+    join: Option<Vec<SocketAddr>>,
+    /// Directory with ca.crt, node.crt and node.key.
+    #[arg(long, env = "RSHARD_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// TCP address of the HTTP status listener (/metrics, /livez, /readyz).
+    #[arg(long, env = "RSHARD_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Replicas per shard.
+    #[arg(long, env = "RSHARD_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
+    /// Milliseconds of one Raft tick (election timeout: 10 to 20 ticks).
+    #[arg(long, env = "RSHARD_TICK_MS")]
+    tick_ms: Option<u64>,
+    /// Seconds a graceful shutdown may take.
+    #[arg(long, env = "RSHARD_SHUTDOWN_TIMEOUT_SECONDS")]
+    shutdown_timeout_seconds: Option<u64>,
+    /// Seconds without a report after which a node gets no new replicas.
+    #[arg(long, env = "RSHARD_DEAD_NODE_TIMEOUT_SECONDS")]
+    dead_node_timeout_seconds: Option<u64>,
+    /// Snapshot bytes per second sent to each peer.
+    #[arg(long, env = "RSHARD_SNAPSHOT_BYTES_PER_SECOND")]
+    snapshot_bytes_per_second: Option<u64>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    join: Option<Vec<SocketAddr>>,
+    certs_dir: Option<PathBuf>,
+    http_listen: Option<SocketAddr>,
+    replication_factor: Option<usize>,
+    tick_ms: Option<u64>,
+    shutdown_timeout_seconds: Option<u64>,
+    dead_node_timeout_seconds: Option<u64>,
+    snapshot_bytes_per_second: Option<u64>,
+}
+
+/// The node's settings: flags and variables over the file over the defaults.
+pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<ServeFile>(&text)
+                .with_context(|| format!("bad config file {}", path.display()))?
+        }
+        None => ServeFile::default(),
+    };
+    let Some(data_dir) = args.data_dir.or(file.data_dir) else {
+        bail!("--data-dir is required (or data_dir in the config file)");
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001)));
+    let certs_dir = args
+        .certs_dir
+        .or(file.certs_dir)
+        .unwrap_or_else(|| PathBuf::from("certs"));
+    let mut config = ServeConfig::new(data_dir, listen, certs_dir);
+    config.advertise = args.advertise.or(file.advertise);
+    config.join = args.join.or(file.join).unwrap_or_default();
+    config.http_listen = args.http_listen.or(file.http_listen);
+    if let Some(factor) = args.replication_factor.or(file.replication_factor) {
+        if factor == 0 {
+            bail!("the replication factor must be at least 1");
+        }
+        config.replication_factor = factor;
+    }
+    if let Some(tick_ms) = args.tick_ms.or(file.tick_ms) {
+        if !(1..=10_000).contains(&tick_ms) {
+            bail!("tick_ms must be 1 to 10000, not {tick_ms}");
+        }
+        config.tick = Duration::from_millis(tick_ms);
+    }
+    if let Some(seconds) = args
+        .shutdown_timeout_seconds
+        .or(file.shutdown_timeout_seconds)
+    {
+        config.shutdown_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = args
+        .dead_node_timeout_seconds
+        .or(file.dead_node_timeout_seconds)
+    {
+        config.dead_node_timeout = Duration::from_secs(seconds.max(1));
+    }
+    if let Some(rate) = args
+        .snapshot_bytes_per_second
+        .or(file.snapshot_bytes_per_second)
+    {
+        config.snapshot_bytes_per_second = rate.max(1);
+    }
+    Ok(config)
+}
+
+/// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully; a second signal
+/// exits at once.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    if let Some(address) = node.local_address() {
+        // One line for scripts and tests to wait for.
+        println!(
+            "rshard node {} listening on {address}{}",
+            node.context.identity.node,
+            node.http_address
+                .map(|http| format!(" (http {http})"))
+                .unwrap_or_default()
+        );
+    }
+    wait_for_signal().await?;
+    tracing::warn!("shutting down; signal again to exit at once");
+    tokio::spawn(async {
+        if wait_for_signal().await.is_ok() {
+            tracing::error!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    });
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
