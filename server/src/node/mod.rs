@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rshard_common::api::{
-    ApiRequest, ApiResponse, NodeId, NodeInfo, ShardRoute, FIRST_DATA_SHARD, MAX_API_FRAME_BYTES,
-    PLACEMENT_SHARD, SYSTEM_KEY_PREFIX,
+    ApiError, ApiRequest, ApiResponse, NodeId, NodeInfo, ShardRoute, FIRST_DATA_SHARD,
+    MAX_API_FRAME_BYTES, PLACEMENT_SHARD, SYSTEM_KEY_PREFIX,
 };
 use rshard_common::certs::CertsDir;
 use rshard_common::shard::{ShardDescriptor, ShardId};
@@ -475,42 +475,77 @@ async fn join_cluster(
         address: advertise.to_string(),
         token,
     };
-    let mut errors = Vec::new();
-    let mut targets: Vec<SocketAddr> = seeds.to_vec();
-    for _ in 0..(seeds.len() + 3) {
-        let Some(target) = targets.pop() else { break };
+    // A cluster that is starting has no placement leader for a moment: keep asking, within
+    // a deadline; only a refusal ends it early.
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let mut last_error = String::from("no seed answered");
+    let mut attempt = 0usize;
+    while Instant::now() < deadline {
+        let seed = seeds[attempt % seeds.len()];
+        attempt += 1;
+        match join_once(endpoint, seed, &request).await {
+            Ok(identity) => return Ok(identity),
+            Err(JoinAttempt::Refused(reason)) => return Err(ServeError::Join(reason)),
+            Err(JoinAttempt::Retry(error)) => {
+                tracing::info!(%error, "join not answered yet; retrying");
+                last_error = error;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(ServeError::Join(format!(
+        "gave up after {JOIN_TIMEOUT:?}: {last_error}"
+    )))
+}
+
+/// How long a node keeps asking to join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+enum JoinAttempt {
+    Refused(String),
+    Retry(String),
+}
+
+/// One join request to `seed`, following its answer to the placement leader once.
+async fn join_once(
+    endpoint: &quinn::Endpoint,
+    seed: SocketAddr,
+    request: &ApiRequest,
+) -> Result<NodeIdentity, JoinAttempt> {
+    let mut target = seed;
+    for _ in 0..2 {
         let connecting = endpoint
             .connect(target, &quic::server_name(&target))
-            .map_err(|error| ServeError::Join(format!("{target}: {error}")))?;
-        let connection = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            .map_err(|error| JoinAttempt::Refused(format!("{target}: {error}")))?;
+        let connection = match tokio::time::timeout(Duration::from_secs(3), connecting).await {
             Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => {
-                errors.push(format!("{target}: {error}"));
-                continue;
-            }
-            Err(_) => {
-                errors.push(format!("{target}: timed out"));
-                continue;
-            }
+            Ok(Err(error)) => return Err(JoinAttempt::Retry(format!("{target}: {error}"))),
+            Err(_) => return Err(JoinAttempt::Retry(format!("{target}: timed out"))),
         };
-        match call_on(&connection, &request).await {
+        let answer = call_on(&connection, request).await;
+        connection.close(0u32.into(), b"done");
+        match answer {
             Ok(ApiResponse::Joined { node, cluster }) => {
-                connection.close(0u32.into(), b"joined");
                 return Ok(NodeIdentity { node, cluster });
             }
-            Ok(ApiResponse::Error(rshard_common::api::ApiError::NotLeader {
+            Ok(ApiResponse::Error(ApiError::NotLeader {
                 leader: Some(leader),
                 ..
             })) => match leader.address.parse() {
-                Ok(address) => targets.push(address),
-                Err(_) => errors.push(format!("{target}: leader at a bad address")),
+                Ok(address) => target = address,
+                Err(_) => return Err(JoinAttempt::Retry(format!("{target}: bad leader address"))),
             },
-            Ok(ApiResponse::Error(error)) => return Err(ServeError::Join(error.to_string())),
-            Ok(other) => errors.push(format!("{target}: unexpected answer {other:?}")),
-            Err(error) => errors.push(format!("{target}: {error}")),
+            Ok(ApiResponse::Error(ApiError::Refused(reason))) => {
+                return Err(JoinAttempt::Refused(reason))
+            }
+            Ok(ApiResponse::Error(error)) => {
+                return Err(JoinAttempt::Retry(format!("{target}: {error}")))
+            }
+            Ok(other) => return Err(JoinAttempt::Refused(format!("{target}: {other:?}"))),
+            Err(error) => return Err(JoinAttempt::Retry(format!("{target}: {error}"))),
         }
     }
-    Err(ServeError::Join(errors.join("; ")))
+    Err(JoinAttempt::Retry("the placement leader moved".to_string()))
 }
 
 /// Accepts connections: nodes (raft ALPN, node certificate) get the node streams and the

@@ -173,7 +173,15 @@ pub async fn join(
                 existing.id
             )));
         }
-        let id = nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        // Above every id in use: registered, this node's (the bootstrap node registers
+        // itself with its first report, which a join may precede), and every replica.
+        let view = context.driver.view();
+        let in_use = nodes
+            .iter()
+            .map(|n| n.id)
+            .chain([context.identity.node])
+            .chain(view.replicas.values().flat_map(|r| r.descriptor.members()));
+        let id = in_use.max().unwrap_or(0) + 1;
         let record = NodeRecord {
             id,
             address: address.clone(),

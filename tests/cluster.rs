@@ -1,0 +1,360 @@
+//! End-to-end: clusters of real `rshard serve` processes on 127.0.0.1 (see `support`).
+//!
+//! - three nodes form a cluster, every shard reaches three replicas, and writes through
+//!   any node read back through every node;
+//! - kill -9 of the node leading the data shard: writes resume within 3 s, the node
+//!   restarts and catches up, and the clients' recorded history is linearizable;
+//! - a fourth node joins and gets replicas; a node restarted with an empty data directory
+//!   at a registered address is refused;
+//! - bad input on both protocols is refused with a clear error and the cluster keeps
+//!   serving.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rshard_common::api::{ApiRequest, ApiResponse, FIRST_DATA_SHARD, MAX_API_FRAME_BYTES};
+use rshard_common::certs::CertsDir;
+use rshard_common::client::ClientError;
+use rshard_common::linearizability::{self, Event, Operation, Outcome, Verdict};
+use rshard_common::{quic, tls, wire};
+use support::{fully_replicated, rshard, Cluster};
+
+const FORMATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+#[test]
+fn three_nodes_form_a_cluster_and_serve_from_every_node() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(&[], 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |nodes, shards| nodes.len() == 3 && fully_replicated(shards, 3),
+            )
+            .await;
+        for (index, &address) in cluster.addresses().iter().enumerate() {
+            let client = cluster.client(vec![address]);
+            for key in 0..20 {
+                let key = format!("user/{index}/{key:02}");
+                client.put(key.as_bytes(), b"v").await.expect("a put");
+            }
+        }
+        for &address in &cluster.addresses() {
+            let client = cluster.client(vec![address]);
+            let items = client.scan(b"user/", b"user0", 1000).await.expect("a scan");
+            assert_eq!(items.len(), 60, "every write, read back through {address}");
+        }
+        // The scripting CLI, as a user runs it.
+        let host = cluster.addresses()[2].to_string();
+        let certs = cluster.certs();
+        let certs = certs.to_str().expect("UTF-8");
+        let common = ["--host", &host, "--certs-dir", certs];
+        let (ok, stdout, stderr) = rshard(&[&["kv", "get", "user/0/07"][..], &common].concat());
+        assert!(ok && stdout == "v\n", "{stdout} {stderr}");
+        let (ok, _, stderr) = rshard(&[&["kv", "get", "\\xffsystem"][..], &common].concat());
+        assert!(!ok && stderr.contains("reserved"), "{stderr}");
+        let (ok, stdout, _) = rshard(&[&["node", "ls"][..], &common].concat());
+        assert!(ok && stdout.lines().filter(|l| l.contains("127.0.0.1")).count() == 3);
+    });
+}
+
+/// A history recorder shared by the writers.
+struct History {
+    start: Instant,
+    events: Mutex<Vec<Event>>,
+}
+
+impl History {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+#[test]
+fn killing_the_leaders_node_loses_no_acknowledged_write() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::start(&[], 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| fully_replicated(shards, 3),
+            )
+            .await;
+        let history = Arc::new(History {
+            start: Instant::now(),
+            events: Mutex::new(Vec::new()),
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for client_id in 0..4u64 {
+            let client = cluster.client(cluster.addresses());
+            let (history, stop) = (history.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut counter = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    counter += 1;
+                    let key = format!("lin/{}", counter % 3).into_bytes();
+                    let invoked_at = history.now();
+                    let (operation, outcome) = match counter % 3 {
+                        0 => {
+                            let result = client.get(&key).await;
+                            (Operation::Get, result.map(Outcome::Read))
+                        }
+                        1 => {
+                            let value = format!("{client_id}-{counter}").into_bytes();
+                            let result = client.put(&key, &value).await;
+                            (Operation::Put(value), result.map(|()| Outcome::Done))
+                        }
+                        _ => {
+                            let new = format!("cas-{client_id}-{counter}").into_bytes();
+                            let result = client.compare_and_swap(&key, None, Some(&new)).await;
+                            let operation = Operation::CompareAndSwap {
+                                expected: None,
+                                new: Some(new),
+                            };
+                            (
+                                operation,
+                                result.map(|failed| Outcome::Swapped(failed.is_none())),
+                            )
+                        }
+                    };
+                    let outcome = match outcome {
+                        Ok(outcome) => outcome,
+                        // Refused or given up: nothing was written; leave it out.
+                        Err(ClientError::Refused(_) | ClientError::Unavailable { .. }) => continue,
+                        Err(_) => Outcome::Unknown,
+                    };
+                    let event = Event {
+                        client: client_id,
+                        key,
+                        operation,
+                        outcome,
+                        invoked_at,
+                        completed_at: history.now(),
+                    };
+                    if let Ok(mut events) = history.events.lock() {
+                        events.push(event);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let (_, shards) = cluster.view(cluster.addresses()[0]).await.expect("a view");
+        let leader = shards
+            .iter()
+            .find(|s| s.descriptor.id == FIRST_DATA_SHARD)
+            .and_then(|s| s.leader.clone())
+            .expect("the data shard has a leader");
+        let victim = cluster
+            .nodes
+            .iter()
+            .position(|n| n.id == leader.id)
+            .expect("the leader is one of ours");
+        cluster.kill(victim);
+        let killed_at = Instant::now();
+        // A fresh client (no connection to the dead node) measures when writes resume.
+        let probe = cluster.client(cluster.addresses());
+        let mut resumed = None;
+        while killed_at.elapsed() < Duration::from_secs(10) {
+            if probe.put(b"probe", b"after the kill").await.is_ok() {
+                resumed = Some(killed_at.elapsed());
+                break;
+            }
+        }
+        let resumed = resumed.expect("writes resumed");
+        assert!(
+            resumed < Duration::from_secs(3),
+            "writes resumed {resumed:?} after the kill\n{}",
+            cluster.logs()
+        );
+
+        cluster.restart(victim);
+        let restarted = cluster.nodes[victim].address;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for writer in writers {
+            writer.await.expect("a writer");
+        }
+        // The restarted node catches up: its replica serves once it leads.
+        cluster
+            .wait_for("3 replicas again", FORMATION_TIMEOUT, |nodes, shards| {
+                nodes.iter().all(|n| n.live) && fully_replicated(shards, 3)
+            })
+            .await;
+        let value = cluster.client(vec![restarted]).get(b"probe").await;
+        assert_eq!(value, Ok(Some(b"after the kill".to_vec())));
+
+        let events = history.events.lock().map(|e| e.clone()).unwrap_or_default();
+        let done = events
+            .iter()
+            .filter(|e| e.outcome != Outcome::Unknown)
+            .count();
+        assert!(done > 50, "only {done} operations completed");
+        match linearizability::check(&events, 1_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::Violation {
+                key,
+                events: involved,
+            } => panic!(
+                "not linearizable on key {:?}: {} of {} events involved, first {:?}",
+                String::from_utf8_lossy(&key),
+                involved.len(),
+                events.len(),
+                involved.first().map(|&i| &events[i])
+            ),
+            other => panic!("no verdict: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_fourth_node_gets_replicas_and_an_empty_data_dir_at_its_address_is_refused() {
+    runtime().block_on(async {
+        // A factor above three, so that a fourth node has replicas to take.
+        let mut cluster = Cluster::start(&["--replication-factor", "5"], 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| fully_replicated(shards, 3),
+            )
+            .await;
+        let client = cluster.client(cluster.addresses());
+        client.put(b"before", b"the join").await.expect("a put");
+        let fourth = cluster.add_node(Some(cluster.nodes[0].address));
+        let fourth_id = cluster.nodes[fourth].id;
+        assert_eq!(fourth_id, 4);
+        cluster
+            .wait_for(
+                "4 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| {
+                    fully_replicated(shards, 4)
+                        && shards
+                            .iter()
+                            .all(|s| s.descriptor.replicas.contains(&fourth_id))
+                },
+            )
+            .await;
+
+        // The fourth node, wiped, comes back at its old address asking to join as new.
+        let node = &cluster.nodes[fourth];
+        let (address, data_dir, log) = (node.address, node.data_dir.clone(), node.log.clone());
+        cluster.kill(fourth);
+        std::fs::remove_dir_all(&data_dir).expect("wipe");
+        let refused = cluster.spawn(&data_dir, &log, address, Some(cluster.nodes[0].address));
+        let error = match refused {
+            Err(error) => error,
+            Ok((mut child, id, _)) => {
+                let _killed = child.kill();
+                panic!("an empty data dir at a registered address joined as node {id}");
+            }
+        };
+        assert!(error.contains("belongs to node 4"), "{error}");
+        assert_eq!(
+            client.get(b"before").await,
+            Ok(Some(b"the join".to_vec())),
+            "the cluster serves on"
+        );
+    });
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_the_cluster_serves_on() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(&[], 1);
+        cluster
+            .wait_for("a leader", FORMATION_TIMEOUT, |_, shards| {
+                fully_replicated(shards, 1)
+            })
+            .await;
+        let address = cluster.addresses()[0];
+        let certs = CertsDir::new(&cluster.certs(), None);
+        let user = tls::Identity::Client("root".to_string());
+        let endpoint = quic::client_endpoint(&certs, &user).expect("an endpoint");
+        let connection = endpoint
+            .connect(address, "127.0.0.1")
+            .expect("dials")
+            .await
+            .expect("connects");
+
+        // Garbage, an unknown request kind, an oversized length: each answered or stopped,
+        // each on its own stream.
+        let unknown = rmp_serde::to_vec(&("Frobnicate", 1)).expect("encodes");
+        let unknown = [&(unknown.len() as u32).to_be_bytes()[..], &unknown].concat();
+        let oversized = ((MAX_API_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
+        for bytes in [b"\x00\x00\x00\x05garba".to_vec(), unknown, oversized] {
+            let (mut send, mut receive) = connection.open_bi().await.expect("a stream");
+            send.write_all(&bytes).await.expect("written");
+            let _finished = send.finish();
+            let answer = wire::read_frame::<ApiResponse>(&mut receive, MAX_API_FRAME_BYTES).await;
+            match answer {
+                Ok(Some(ApiResponse::Error(error))) => {
+                    assert!(error.to_string().contains("malformed"), "{error}")
+                }
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+        // Node-only requests from a client certificate.
+        let join = ApiRequest::Join {
+            address: "127.0.0.1:1".to_string(),
+            token: "t".to_string(),
+        };
+        let (mut send, mut receive) = connection.open_bi().await.expect("a stream");
+        let frame = wire::encode_frame(&join, MAX_API_FRAME_BYTES).expect("encodes");
+        wire::write_frame(&mut send, &frame).await.expect("written");
+        let _finished = send.finish();
+        let answer = wire::read_frame::<ApiResponse>(&mut receive, MAX_API_FRAME_BYTES).await;
+        assert!(
+            matches!(&answer, Ok(Some(ApiResponse::Error(e))) if e.to_string().contains("not permitted")),
+            "{answer:?}"
+        );
+
+        // A client certificate on the node protocol: the connection is closed.
+        let as_node = quic::client_config(&certs, &user, tls::ALPN_RAFT).expect("a config");
+        let raft = endpoint
+            .connect_with(as_node, address, "127.0.0.1")
+            .expect("dials")
+            .await
+            .expect("the handshake passes: the CA signed it");
+        let closed = raft.closed().await;
+        assert!(closed.to_string().contains("node certificate required"), "{closed}");
+
+        // Another CA's client: refused in the handshake.
+        let foreign = tempfile::tempdir().expect("a temp dir");
+        support::make_certs(foreign.path());
+        let foreign = CertsDir::new(foreign.path(), None);
+        let intruder = quic::client_endpoint(&foreign, &user).expect("an endpoint");
+        let attempt = intruder.connect(address, "127.0.0.1").expect("dials").await;
+        assert!(attempt.is_err(), "a foreign CA's client connected");
+
+        // Garbage on a node stream, with a node's certificate: that stream ends.
+        let node_endpoint =
+            quic::node_endpoint(&certs, ([127, 0, 0, 1], 0).into()).expect("an endpoint");
+        let peer = node_endpoint
+            .connect(address, "127.0.0.1")
+            .expect("dials")
+            .await
+            .expect("connects");
+        let mut stream = peer.open_uni().await.expect("a stream");
+        stream.write_all(b"\x00\x00\x00\x03abc").await.expect("written");
+        let stopped = stream.stopped().await;
+        assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
+
+        let client = cluster.client(vec![address]);
+        client.put(b"still", b"serving").await.expect("the cluster serves on");
+        assert_eq!(client.get(b"still").await, Ok(Some(b"serving".to_vec())));
+    });
+}
