@@ -164,3 +164,54 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<ServeConfig> {
+        let wrapper = Wrapper::try_parse_from([&["rshard"][..], args].concat())?;
+        serve_config(wrapper.serve)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("rshard.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"from-file\"\nlisten = \"127.0.0.1:9000\"\ntick_ms = 20\n",
+        )
+        .expect("written");
+        let file = file.to_str().expect("UTF-8");
+        let merged = config(&["--config", file, "--listen", "127.0.0.1:9100"]).expect("valid");
+        assert_eq!(merged.data_dir, PathBuf::from("from-file"));
+        assert_eq!(merged.listen, SocketAddr::from(([127, 0, 0, 1], 9100)));
+        assert_eq!(merged.tick, Duration::from_millis(20));
+        assert_eq!(merged.replication_factor, 3, "the default");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("rshard.toml");
+        std::fs::write(&file, "data_dir = \"d\"\nreplicaton_factor = 3\n").expect("written");
+        let error = config(&["--config", file.to_str().expect("UTF-8")]).err();
+        let error = format!("{:#}", error.expect("refused"));
+        assert!(
+            error.contains("unknown field `replicaton_factor`"),
+            "{error}"
+        );
+        assert!(config(&[]).is_err(), "no data dir");
+        assert!(config(&["--data-dir", "d", "--replication-factor", "0"]).is_err());
+        assert!(config(&["--data-dir", "d", "--tick-ms", "0"]).is_err());
+    }
+}

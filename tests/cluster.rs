@@ -34,13 +34,11 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn three_nodes_form_a_cluster_and_serve_from_every_node() {
     runtime().block_on(async {
-        let cluster = Cluster::start(&[], 3);
+        let cluster = formed_cluster(&[]).await;
         cluster
-            .wait_for(
-                "3 replicas of every shard",
-                FORMATION_TIMEOUT,
-                |nodes, shards| nodes.len() == 3 && fully_replicated(shards, 3),
-            )
+            .wait_for("3 live nodes", FORMATION_TIMEOUT, |nodes, _| {
+                nodes.len() == 3 && nodes.iter().all(|n| n.live)
+            })
             .await;
         for (index, &address) in cluster.addresses().iter().enumerate() {
             let client = cluster.client(vec![address]);
@@ -68,6 +66,34 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
     });
 }
 
+/// Three nodes started with `flags`, once every shard has three replicas.
+async fn formed_cluster(flags: &[&str]) -> Cluster {
+    let cluster = Cluster::start(flags, 3);
+    cluster
+        .wait_for(
+            "3 replicas of every shard",
+            FORMATION_TIMEOUT,
+            |_, shards| fully_replicated(shards, 3),
+        )
+        .await;
+    cluster
+}
+
+/// The index of the node leading the data shard.
+async fn data_leader(cluster: &Cluster) -> usize {
+    let (_, shards) = cluster.view(cluster.addresses()[0]).await.expect("a view");
+    let leader = shards
+        .iter()
+        .find(|s| s.descriptor.id == FIRST_DATA_SHARD)
+        .and_then(|s| s.leader.clone())
+        .expect("the data shard has a leader");
+    cluster
+        .nodes
+        .iter()
+        .position(|n| n.id == leader.id)
+        .expect("the leader is one of ours")
+}
+
 /// A history recorder shared by the writers.
 struct History {
     start: Instant,
@@ -83,14 +109,7 @@ impl History {
 #[test]
 fn killing_the_leaders_node_loses_no_acknowledged_write() {
     runtime().block_on(async {
-        let mut cluster = Cluster::start(&[], 3);
-        cluster
-            .wait_for(
-                "3 replicas of every shard",
-                FORMATION_TIMEOUT,
-                |_, shards| fully_replicated(shards, 3),
-            )
-            .await;
+        let mut cluster = formed_cluster(&[]).await;
         let history = Arc::new(History {
             start: Instant::now(),
             events: Mutex::new(Vec::new()),
@@ -151,17 +170,7 @@ fn killing_the_leaders_node_loses_no_acknowledged_write() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let (_, shards) = cluster.view(cluster.addresses()[0]).await.expect("a view");
-        let leader = shards
-            .iter()
-            .find(|s| s.descriptor.id == FIRST_DATA_SHARD)
-            .and_then(|s| s.leader.clone())
-            .expect("the data shard has a leader");
-        let victim = cluster
-            .nodes
-            .iter()
-            .position(|n| n.id == leader.id)
-            .expect("the leader is one of ours");
+        let victim = data_leader(&cluster).await;
         cluster.kill(victim);
         let killed_at = Instant::now();
         // A fresh client (no connection to the dead node) measures when writes resume.
@@ -223,14 +232,7 @@ fn killing_the_leaders_node_loses_no_acknowledged_write() {
 fn a_fourth_node_gets_replicas_and_an_empty_data_dir_at_its_address_is_refused() {
     runtime().block_on(async {
         // A factor above three, so that a fourth node has replicas to take.
-        let mut cluster = Cluster::start(&["--replication-factor", "5"], 3);
-        cluster
-            .wait_for(
-                "3 replicas of every shard",
-                FORMATION_TIMEOUT,
-                |_, shards| fully_replicated(shards, 3),
-            )
-            .await;
+        let mut cluster = formed_cluster(&["--replication-factor", "5"]).await;
         let client = cluster.client(cluster.addresses());
         client.put(b"before", b"the join").await.expect("a put");
         let fourth = cluster.add_node(Some(cluster.nodes[0].address));
@@ -356,5 +358,67 @@ fn bad_input_is_refused_clearly_and_the_cluster_serves_on() {
         let client = cluster.client(vec![address]);
         client.put(b"still", b"serving").await.expect("the cluster serves on");
         assert_eq!(client.get(b"still").await, Ok(Some(b"serving".to_vec())));
+    });
+}
+
+/// GET `path` on `address`: (status code, body).
+fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn sigterm_hands_leadership_away_and_exits_and_the_status_listener_answers() {
+    runtime().block_on(async {
+        let mut cluster = formed_cluster(&["--http-listen", "127.0.0.1:0"]).await;
+        let index = data_leader(&cluster).await;
+        let http = cluster.nodes[index].http.expect("an HTTP address");
+        assert_eq!(http_get(http, "/livez").0, 200);
+        let deadline = Instant::now() + FORMATION_TIMEOUT;
+        while http_get(http, "/readyz").0 != 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(http_get(http, "/readyz"), (200, "ready\n".to_string()));
+        let (status, metrics) = http_get(http, "/metrics");
+        assert_eq!(status, 200);
+        assert!(metrics.contains("rshard_leaders ") && metrics.contains("rshard_replicas 2"));
+        assert_eq!(http_get(http, "/nothing").0, 404);
+
+        let client = cluster.client(cluster.addresses());
+        client.put(b"before", b"sigterm").await.expect("a put");
+        assert!(
+            cluster.terminate(index, Duration::from_secs(15)),
+            "the node did not exit cleanly within its deadline\n{}",
+            cluster.logs()
+        );
+        let log = std::fs::read_to_string(&cluster.nodes[index].log).unwrap_or_default();
+        assert!(
+            log.contains("draining") && log.contains("node stopped stopped=true still_leading=0"),
+            "{log}"
+        );
+        // Leadership moved before it left: the survivors serve at once.
+        let survivors = cluster.client(cluster.addresses());
+        let started = Instant::now();
+        survivors.put(b"after", b"sigterm").await.expect("a put");
+        assert_eq!(
+            survivors.get(b"before").await,
+            Ok(Some(b"sigterm".to_vec()))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     });
 }

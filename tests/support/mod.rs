@@ -33,6 +33,8 @@ pub struct NodeProcess {
     pub address: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The HTTP status address, if the node was started with `--http-listen`.
+    pub http: Option<SocketAddr>,
 }
 
 /// Runs `rshard` with `args` to completion: (success, stdout, stderr).
@@ -94,8 +96,8 @@ impl Cluster {
         let data_dir = self.dir.path().join(format!("node{index}"));
         let log = self.dir.path().join(format!("node{index}.log"));
         let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let (child, id, address) = self
-            .spawn(&data_dir, &log, listen, join)
+        let (child, id, address, http) = self
+            .spawn_with_http(&data_dir, &log, listen, join)
             .unwrap_or_else(|error| panic!("node {index} did not start: {error}"));
         self.nodes.push(NodeProcess {
             child: Some(child),
@@ -103,6 +105,7 @@ impl Cluster {
             address,
             data_dir,
             log,
+            http,
         });
         index
     }
@@ -116,6 +119,17 @@ impl Cluster {
         listen: SocketAddr,
         join: Option<SocketAddr>,
     ) -> Result<(Child, u64, SocketAddr), String> {
+        self.spawn_with_http(data_dir, log, listen, join)
+            .map(|(child, id, address, _)| (child, id, address))
+    }
+
+    fn spawn_with_http(
+        &self,
+        data_dir: &Path,
+        log: &Path,
+        listen: SocketAddr,
+        join: Option<SocketAddr>,
+    ) -> Result<(Child, u64, SocketAddr, Option<SocketAddr>), String> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,16 +170,40 @@ impl Cluster {
             let Ok(line) = receive.recv_timeout(Duration::from_millis(100)) else {
                 continue;
             };
-            // "rshard node N listening on ADDR"
+            // "rshard node N listening on ADDR[ (http HTTP)]"
             let words: Vec<&str> = line.split_whitespace().collect();
             if let (Some(id), Some(address)) = (words.get(2), words.get(5)) {
                 let id = id.parse().map_err(|_| format!("bad line {line:?}"))?;
                 let address = address.parse().map_err(|_| format!("bad line {line:?}"))?;
-                return Ok((child, id, address));
+                let http = words
+                    .get(7)
+                    .and_then(|http| http.trim_end_matches(')').parse().ok());
+                return Ok((child, id, address, http));
             }
         }
         let _killed = child.kill();
         Err("never said it listens".to_string())
+    }
+
+    /// SIGTERM to node `index`; waits at most `timeout` for it to exit. Returns whether
+    /// it exited successfully.
+    pub fn terminate(&mut self, index: usize, timeout: Duration) -> bool {
+        let Some(mut child) = self.nodes[index].child.take() else {
+            return false;
+        };
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _killed = child.kill();
+        let _reaped = child.wait();
+        false
     }
 
     /// kill -9 of node `index`.

@@ -443,6 +443,7 @@ impl Node {
             }
             tokio::time::sleep(context.config.tick * 4).await;
         }
+        let still_leading = context.driver.view().leading().count();
         let stopped = context.driver.stop();
         self.endpoint
             .close(network::codes::SHUTDOWN.into(), b"node shutting down");
@@ -452,7 +453,7 @@ impl Node {
                 tracing::error!("the driver thread ended abnormally");
             }
         }
-        tracing::info!(stopped, "node stopped");
+        tracing::info!(stopped, still_leading, "node stopped");
     }
 }
 
