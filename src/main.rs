@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rshard_common::certs::{self, CertKind, CertsDir};
 
+mod bench;
 mod kv;
 mod serve;
 
@@ -36,6 +37,8 @@ enum Command {
         #[command(subcommand)]
         action: kv::KvAction,
     },
+    /// Load generator: N concurrent clients for a duration; ops/s and latency percentiles.
+    Bench(bench::BenchArgs),
     /// List the cluster's nodes and shards, or show one node's status.
     Node {
         #[command(flatten)]
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
         Command::Kv { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_kv(&client, action)))
         }
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
         Command::Node { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_node(&client, action)))
         }
