@@ -38,6 +38,8 @@ pub async fn start(
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors or similar: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
