@@ -73,7 +73,16 @@ pub(crate) struct RaftLog<S> {
     pub committed: Index,
     pub applied: Index,
     pub persisted: Index,
+    /// The terms of the entries appended since this log was opened, as runs: `(first index,
+    /// term)`, ascending, each run reaching to the next (the last to `last_index()`). It
+    /// answers `term()` without reading storage, which the leader asks on every
+    /// acknowledgement (the commit rule). Older entries, and anything below the storage's
+    /// first index, are asked of storage as before.
+    term_runs: Vec<(Index, Term)>,
 }
+
+/// Term runs kept at most; older ones are dropped (their terms are read from storage).
+const MAX_TERM_RUNS: usize = 64;
 
 impl<S: Storage> RaftLog<S> {
     /// `applied` is raised to the storage's snapshot index: the state machine the caller
@@ -91,6 +100,7 @@ impl<S: Storage> RaftLog<S> {
             committed: committed.max(snapshot_index),
             applied: applied.max(snapshot_index),
             persisted: last,
+            term_runs: Vec::new(),
         })
     }
 
@@ -117,7 +127,38 @@ impl<S: Storage> RaftLog<S> {
                 return Err(StorageError::Compacted);
             }
         }
+        if let Some(term) = self.cached_term(index) {
+            if index >= self.storage.first_index()? {
+                return Ok(term);
+            }
+        }
         self.storage.term(index)
+    }
+
+    /// The term of `index` (at most `last_index()`) from the runs, if they cover it.
+    fn cached_term(&self, index: Index) -> Option<Term> {
+        let covering = self.term_runs.partition_point(|&(start, _)| start <= index);
+        let (_, term) = self.term_runs.get(covering.checked_sub(1)?)?;
+        Some(*term)
+    }
+
+    fn record_term_runs(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let kept = self
+            .term_runs
+            .partition_point(|&(start, _)| start < first.index);
+        self.term_runs.truncate(kept);
+        for entry in entries {
+            if self.term_runs.last().map(|&(_, term)| term) != Some(entry.term) {
+                self.term_runs.push((entry.index, entry.term));
+            }
+        }
+        if self.term_runs.len() > MAX_TERM_RUNS {
+            let excess = self.term_runs.len() - MAX_TERM_RUNS;
+            self.term_runs.drain(..excess);
+        }
     }
 
     pub fn last_term(&self) -> Result<Term, StorageError> {
@@ -204,6 +245,7 @@ impl<S: Storage> RaftLog<S> {
             self.committed
         );
         self.unstable.truncate_and_append(entries);
+        self.record_term_runs(entries);
         self.persisted = self.persisted.min(after);
         self.last_index()
     }
@@ -326,6 +368,7 @@ impl<S: Storage> RaftLog<S> {
         self.committed = snapshot.metadata.index;
         self.unstable.offset = snapshot.metadata.index + 1;
         self.unstable.entries.clear();
+        self.term_runs.clear();
         // The old log is not ours any more and the snapshot is not yet durable.
         self.persisted = 0;
         self.unstable.snapshot = Some(snapshot);
@@ -358,5 +401,56 @@ impl<S: Storage> RaftLog<S> {
             Some(snapshot) => Ok(snapshot.clone()),
             None => self.storage.snapshot(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use crate::types::{ConfState, Payload};
+
+    fn entries(first: Index, terms: &[Term]) -> Vec<Entry> {
+        terms
+            .iter()
+            .enumerate()
+            .map(|(offset, &term)| Entry {
+                term,
+                index: first + offset as Index,
+                payload: Payload::Empty,
+            })
+            .collect()
+    }
+
+    /// Persists the unstable entries, as the caller of a Ready does.
+    fn persist(log: &mut RaftLog<MemStorage>) {
+        let unstable = log.unstable_entries().to_vec();
+        if let Some(last) = unstable.last() {
+            log.storage.append(&unstable);
+            log.stable_to(last.position());
+        }
+    }
+
+    #[test]
+    fn terms_from_memory_match_storage_across_truncation_and_compaction() {
+        let storage = MemStorage::new_with_conf_state(ConfState::with_voters([1]));
+        let mut log = RaftLog::new(storage, 0, 0).expect("opens");
+        log.append(&entries(1, &[1, 1, 2, 2, 2, 3]));
+        persist(&mut log);
+        // A new leader's entries replace the suffix from index 4.
+        log.append(&entries(4, &[4, 4, 5]));
+        persist(&mut log);
+        let expected = [1, 1, 2, 4, 4, 5];
+        for (offset, term) in expected.iter().enumerate() {
+            let index = offset as Index + 1;
+            assert_eq!(log.term(index), Ok(*term), "index {index}");
+            assert_eq!(log.storage.term(index), Ok(*term), "storage agrees at {index}");
+        }
+        assert_eq!(log.term(7), Err(StorageError::Unavailable));
+        let conf = ConfState::with_voters([1]);
+        log.storage.create_snapshot(3, conf, Vec::new()).expect("a snapshot");
+        log.storage.compact(3).expect("compacts");
+        assert_eq!(log.term(2), Err(StorageError::Compacted), "compaction still shows");
+        assert_eq!(log.term(5), Ok(4));
     }
 }
