@@ -444,13 +444,23 @@ mod tests {
         for (offset, term) in expected.iter().enumerate() {
             let index = offset as Index + 1;
             assert_eq!(log.term(index), Ok(*term), "index {index}");
-            assert_eq!(log.storage.term(index), Ok(*term), "storage agrees at {index}");
+            assert_eq!(
+                log.storage.term(index),
+                Ok(*term),
+                "storage agrees at {index}"
+            );
         }
         assert_eq!(log.term(7), Err(StorageError::Unavailable));
         let conf = ConfState::with_voters([1]);
-        log.storage.create_snapshot(3, conf, Vec::new()).expect("a snapshot");
+        log.storage
+            .create_snapshot(3, conf, Vec::new())
+            .expect("a snapshot");
         log.storage.compact(3).expect("compacts");
-        assert_eq!(log.term(2), Err(StorageError::Compacted), "compaction still shows");
+        assert_eq!(
+            log.term(2),
+            Err(StorageError::Compacted),
+            "compaction still shows"
+        );
         assert_eq!(log.term(5), Ok(4));
     }
 }
