@@ -142,7 +142,22 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
-    wait_for_signal().await?;
+    let failure = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            None
+        }
+        reason = node.storage_failure() => Some(reason),
+    };
+    if let Some(reason) = failure {
+        // Like a failed fsync in PostgreSQL or etcd: the data on disk is in doubt, so the
+        // node stops serving at once. A restart replays the log from what is durable.
+        tracing::error!(%reason, "storage failed; stopping the node to protect the data");
+        node.shutdown().await;
+        anyhow::bail!(
+            "storage failed ({reason}); the node stopped. Check the disk, then restart it"
+        );
+    }
     tracing::warn!("shutting down; signal again to exit at once");
     tokio::spawn(async {
         if wait_for_signal().await.is_ok() {

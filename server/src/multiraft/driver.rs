@@ -38,7 +38,8 @@ pub struct MultiRaft<T: Transport> {
     held: BTreeMap<NodeId, Frame>,
     answers: Vec<Answer>,
     /// Answers of commands applied into the batch being built: released only once it is
-    /// durable, or turned into `Stopped` if it never is.
+    /// durable, or turned into `OutcomeUnknown` if it never is (the entries are committed,
+    /// so the other replicas apply them anyway).
     unsynced_answers: Vec<Answer>,
     /// Requests waiting for an answer: counted over all groups at the iteration's first
     /// request, plus those taken since (an overestimate within one iteration, never an
@@ -156,11 +157,14 @@ impl<T: Transport> MultiRaft<T> {
 
     /// True if an iteration now would do something (so the loop should not wait).
     pub fn has_work(&self) -> bool {
-        self.stopped.is_none()
-            && (!self.inbox.is_empty()
-                || !self.dirty.is_empty()
-                || !self.held.is_empty()
-                || self.snapshots.has_work(&self.config))
+        if self.stopped.is_some() {
+            // Only refusals are left to do; they must not wait for the next tick.
+            return !self.inbox.is_empty();
+        }
+        !self.inbox.is_empty()
+            || !self.dirty.is_empty()
+            || !self.held.is_empty()
+            || self.snapshots.has_work(&self.config)
     }
 
     /// True while `shard`'s replica is installing a snapshot (it runs nothing meanwhile).
@@ -763,17 +767,33 @@ impl<T: Transport> MultiRaft<T> {
     /// Storage failed: answer everything waiting, and never touch storage again.
     fn stop(&mut self, error: StoreError) {
         let reason = error.to_string();
-        let failure = stop_error(&reason);
-        for (request, _) in std::mem::take(&mut self.unsynced_answers) {
-            self.answers.push((request, Err(failure.clone())));
-        }
-        for replica in self.replicas.values_mut() {
-            replica.fail_all(&failure, &mut self.answers);
-        }
-        self.refuse_inbox(&reason);
+        self.fail_waiting(&reason);
         self.held.clear();
         self.dirty.clear();
         self.stopped = Some(reason);
+    }
+
+    /// The node shuts down: answers every request it holds (proposed writes
+    /// `OutcomeUnknown`, the rest `Stopped`) and returns the answers. The driver must not be
+    /// iterated afterwards.
+    pub fn shut_down(&mut self, reason: &str) -> Vec<Answer> {
+        self.fail_waiting(reason);
+        std::mem::take(&mut self.answers)
+    }
+
+    /// Answers every waiting request because the driver stops for `reason`. A write that
+    /// reached Raft is `OutcomeUnknown`, never `Stopped`: its entry may be on a quorum and
+    /// apply without this node, so a client must not blindly retry it.
+    fn fail_waiting(&mut self, reason: &str) {
+        for (request, _) in std::mem::take(&mut self.unsynced_answers) {
+            self.answers
+                .push((request, Err(RequestError::OutcomeUnknown)));
+        }
+        let failure = stop_error(reason);
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(&failure, &mut self.answers);
+        }
+        self.refuse_inbox(reason);
     }
 }
 

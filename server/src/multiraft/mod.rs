@@ -15,8 +15,9 @@
 //!    frames, and answer the requests whose commands applied or whose reads are now served.
 //!
 //! Durability: nothing is answered, and no message that depends on a write is sent, before the
-//! sync that makes the write durable. A failed sync poisons the store and stops the driver: it
-//! answers every later request with [`RequestError::Stopped`] and never syncs again.
+//! sync that makes the write durable. A failed sync poisons the store and stops the driver: the
+//! writes it had proposed are answered [`RequestError::OutcomeUnknown`] (they may be on a
+//! quorum already), every later request [`RequestError::Stopped`], and it never syncs again.
 //!
 //! Quiescence: a leader whose followers all acknowledged its last index and commit, with no
 //! pending proposals or reads, stops ticking and tells its followers to stop too. Node-level
@@ -153,6 +154,12 @@ impl Request {
             | Request::ChangeReplicas { shard, .. } => *shard,
         }
     }
+
+    /// True for requests that go through the log (writes and membership changes): once
+    /// taken, losing their answer leaves their outcome unknown.
+    pub fn changes_state(&self) -> bool {
+        matches!(self, Request::Write(_) | Request::ChangeReplicas { .. })
+    }
 }
 
 /// Items a scan answer carries at most (a page; the caller continues after the last).
@@ -191,6 +198,8 @@ pub enum RequestError {
     /// Leadership changed before the write's entry applied; it may or may not apply later.
     #[error("leadership changed; the write may or may not have been applied")]
     OutcomeUnknown,
+    /// The node stopped (storage failed, or it shuts down) before the request reached Raft:
+    /// nothing was applied, and another replica may serve it.
     #[error("the node stopped: {0}")]
     Stopped(String),
     #[error("membership change refused: {0}")]

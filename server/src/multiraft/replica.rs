@@ -84,18 +84,21 @@ impl Replica {
         }
     }
 
-    /// Every request waiting here, answered with `error` (the node stops).
-    pub fn fail_all(&mut self, error: &RequestError, answers: &mut Vec<Answer>) {
-        let requests = std::mem::take(&mut self.proposals)
-            .into_values()
-            .map(|(_, request)| request)
-            .chain(std::mem::take(&mut self.unconfirmed_reads).into_keys())
+    /// Every request waiting here, answered because the node stops: proposed writes with
+    /// `OutcomeUnknown` (their entries may already sit on a quorum and apply without this
+    /// node), reads with `read_error` (a read changes nothing, so it is safe to retry).
+    pub fn fail_all(&mut self, read_error: &RequestError, answers: &mut Vec<Answer>) {
+        for (_, (_, request)) in std::mem::take(&mut self.proposals) {
+            answers.push((request, Err(RequestError::OutcomeUnknown)));
+        }
+        let reads = std::mem::take(&mut self.unconfirmed_reads)
+            .into_keys()
             .chain(
                 std::mem::take(&mut self.confirmed_reads)
                     .into_iter()
                     .map(|(_, read)| read.request),
             );
-        answers.extend(requests.map(|request| (request, Err(error.clone()))));
+        answers.extend(reads.map(|request| (request, Err(read_error.clone()))));
     }
 
     /// Takes a request for this shard: proposes a write or registers a read. Errors are

@@ -602,10 +602,12 @@ impl Snapshots {
         if manifest.descriptor.id != group {
             return Err(malformed("the manifest is of another shard"));
         }
-        // A snapshot creates a new replica only where its descriptor places one: that is
-        // how a replica added by a membership change gets its first state.
-        if !replicas.contains_key(&group) && !manifest.descriptor.members().any(|n| n == self.node)
-        {
+        // A snapshot creates a new replica only where its descriptor places a learner: that
+        // is how a replica added by a membership change gets its first state. Never for a
+        // voter: a voter without its replica has lost state it may have voted or
+        // acknowledged with (a restored old backup), and an empty voter could elect a
+        // leader that lacks committed entries.
+        if !replicas.contains_key(&group) && !manifest.descriptor.learners.contains(&self.node) {
             return Err(SnapshotRefusal::UnknownGroup);
         }
         if let Some((&other, _)) = replicas

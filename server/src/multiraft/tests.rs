@@ -144,7 +144,7 @@ fn a_full_inbox_refuses_and_counts() {
 }
 
 #[test]
-fn a_failed_sync_stops_the_driver_and_answers_stopped() {
+fn a_failed_sync_stops_the_driver_proposed_writes_outcome_unknown_later_ones_stopped() {
     let (engine, mut driver) = single_node();
     elect(&mut driver, 1);
     engine.fail_syncs();
@@ -154,10 +154,7 @@ fn a_failed_sync_stops_the_driver_and_answers_stopped() {
             request: put(b"b", b"1"),
         })
         .expect("room");
-    assert!(matches!(
-        answer(&mut driver, 3),
-        Err(RequestError::Stopped(_))
-    ));
+    assert_eq!(answer(&mut driver, 3), Err(RequestError::OutcomeUnknown));
     assert!(driver.stopped().is_some_and(|r| r.contains("sync failed")));
     driver
         .offer(Input::Request {
@@ -243,7 +240,7 @@ fn requests_past_the_pending_limit_are_refused_busy() {
 }
 
 #[test]
-fn a_write_whose_apply_batch_fails_to_sync_is_answered_stopped() {
+fn a_write_whose_apply_batch_fails_to_sync_is_answered_outcome_unknown() {
     let (engine, mut driver) = single_node();
     elect(&mut driver, 1);
     driver
@@ -256,10 +253,32 @@ fn a_write_whose_apply_batch_fails_to_sync_is_answered_stopped() {
     assert!(driver.iterate().is_empty());
     assert!(driver.has_work(), "the committed entry waits to apply");
     engine.fail_syncs();
-    assert!(matches!(
-        answer(&mut driver, 5),
-        Err(RequestError::Stopped(_))
-    ));
+    assert_eq!(answer(&mut driver, 5), Err(RequestError::OutcomeUnknown));
+}
+
+#[test]
+fn shutting_down_answers_proposed_writes_outcome_unknown_and_queued_ones_stopped() {
+    let (_, mut driver) = single_node();
+    elect(&mut driver, 1);
+    driver
+        .offer(Input::Request {
+            id: 6,
+            request: put(b"b", b"1"),
+        })
+        .expect("room");
+    // Proposed and persisted, not yet applied.
+    assert!(driver.iterate().is_empty());
+    driver
+        .offer(Input::Request {
+            id: 7,
+            request: put(b"c", b"1"),
+        })
+        .expect("room");
+    let mut answers = driver.shut_down("the node is shutting down");
+    answers.sort_by_key(|(id, _)| *id);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[0], (6, Err(RequestError::OutcomeUnknown)));
+    assert!(matches!(answers[1], (7, Err(RequestError::Stopped(_)))));
 }
 
 /// Node 1 following shard 1 (replicas 1 and 2), with a key inside the shard's range and one
@@ -398,23 +417,35 @@ fn bad_chunks_are_refused_with_a_reason_and_change_nothing() {
             .expect("the chunk is refused")
     };
 
-    // A snapshot of a group this node holds nothing of, whose descriptor does not place a
-    // replica here; and a later chunk of a transfer that never started.
-    let mut unknown = chunk(0, &[b"x"], true);
-    unknown.group = 9;
-    if let Some(MessageKind::InstallSnapshot { snapshot }) =
-        unknown.install.as_mut().map(|m| &mut m.kind)
-    {
-        let mut descriptor = shard(9);
-        (descriptor.start_key, descriptor.end_key) = (b"x".to_vec(), b"y".to_vec());
-        descriptor.replicas = vec![2, 3];
-        snapshot.data = SnapshotManifest {
-            descriptor,
-            staging: 0,
+    // A snapshot of a group this node holds nothing of, whose descriptor places no replica
+    // here, or places a voter here (a voter that lost its replica must not come back
+    // empty); and a later chunk of a transfer that never started.
+    let unknown = |replicas: Vec<NodeId>| {
+        let mut unknown = chunk(0, &[b"x"], true);
+        unknown.group = 9;
+        if let Some(MessageKind::InstallSnapshot { snapshot }) =
+            unknown.install.as_mut().map(|m| &mut m.kind)
+        {
+            let mut descriptor = shard(9);
+            (descriptor.start_key, descriptor.end_key) = (b"x".to_vec(), b"y".to_vec());
+            descriptor.replicas = replicas;
+            snapshot.data = SnapshotManifest {
+                descriptor,
+                staging: 0,
+            }
+            .encode();
         }
-        .encode();
-    }
-    assert_eq!(refusal(&mut driver, unknown), SnapshotRefusal::UnknownGroup);
+        unknown
+    };
+    assert_eq!(
+        refusal(&mut driver, unknown(vec![2, 3])),
+        SnapshotRefusal::UnknownGroup
+    );
+    assert_eq!(
+        refusal(&mut driver, unknown(vec![1, 2])),
+        SnapshotRefusal::UnknownGroup,
+        "node 1 is a voter of shard 9 but holds no replica of it"
+    );
     let mut unknown_later = chunk(1, &[b"x"], true);
     unknown_later.group = 9;
     assert_eq!(

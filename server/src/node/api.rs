@@ -204,6 +204,7 @@ impl NodeContext {
     /// Sends `request` to the driver and turns what goes wrong into an [`ApiError`].
     pub(super) async fn request(&self, request: Request) -> Result<Response, ApiError> {
         let shard = request.shard();
+        let changes_state = request.changes_state();
         let answer = self
             .driver
             .request(request, self.config.request_timeout)
@@ -213,7 +214,9 @@ impl NodeContext {
                 RequestFailure::Timeout => {
                     ApiError::Timeout(format!("no answer from shard {shard} in time"))
                 }
-                RequestFailure::Stopped => ApiError::Unavailable("the node stopped".to_string()),
+                RequestFailure::NotTaken => ApiError::Unavailable("the node stopped".to_string()),
+                RequestFailure::Dropped if changes_state => ApiError::OutcomeUnknown,
+                RequestFailure::Dropped => ApiError::Unavailable("the node stopped".to_string()),
             })?;
         answer.map_err(|error| self.api_error(shard, error))
     }

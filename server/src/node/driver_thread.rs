@@ -95,11 +95,11 @@ impl DriverHandle {
         match self.sender.try_send(Command::Request { request, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(RequestFailure::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(RequestFailure::Stopped),
+            Err(TrySendError::Disconnected(_)) => return Err(RequestFailure::NotTaken),
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(RequestFailure::Stopped),
+            Ok(Err(_)) => Err(RequestFailure::Dropped),
             Err(_) => Err(RequestFailure::Timeout),
         }
     }
@@ -108,6 +108,14 @@ impl DriverHandle {
         match self.view.lock() {
             Ok(view) => view.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Why the driver stopped (storage failed), as of the last published view.
+    pub fn failure(&self) -> Option<String> {
+        match self.view.lock() {
+            Ok(view) => view.stopped.clone(),
+            Err(poisoned) => poisoned.into_inner().stopped.clone(),
         }
     }
 
@@ -120,9 +128,14 @@ impl DriverHandle {
 /// Why a request got no answer from the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestFailure {
+    /// The queue was full; the request was not taken.
     Busy,
+    /// No answer in time; a write may still apply.
     Timeout,
-    Stopped,
+    /// The thread had ended; the request was not taken.
+    NotTaken,
+    /// The thread ended after taking the request without answering it; a write may apply.
+    Dropped,
 }
 
 /// Starts the thread running `driver`; it ends when every handle is dropped or on
@@ -203,8 +216,11 @@ impl<T: Transport> ThreadState<T> {
                 next_view = Instant::now() + config.view_interval;
             }
         }
+        let answers = self.driver.shut_down("the node is shutting down");
+        self.answer(answers);
+        // Anything left was taken by the driver and may have been proposed.
         for (_, reply) in self.waiting.drain() {
-            let _gone = reply.send(Err(RequestError::Stopped("the node is stopping".into())));
+            let _gone = reply.send(Err(RequestError::OutcomeUnknown));
         }
         self.publish();
     }

@@ -131,7 +131,7 @@ pub struct NodeContext {
 
 impl NodeContext {
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.is_draining()
+        self.ready.load(Ordering::Relaxed) && !self.is_draining() && self.driver.failure().is_none()
     }
 
     fn mark_ready(&self) {
@@ -417,6 +417,18 @@ impl Node {
         self.endpoint.local_addr().ok()
     }
 
+    /// Resolves once storage has failed and the driver stopped, with the reason. Such a
+    /// node serves nothing and must not pretend to: the caller shuts it down.
+    pub async fn storage_failure(&self) -> String {
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            poll.tick().await;
+            if let Some(reason) = self.context.driver.failure() {
+                return reason;
+            }
+        }
+    }
+
     /// Stops taking requests, hands leadership away, and stops the node, within the
     /// shutdown deadline.
     pub async fn shutdown(mut self) {
@@ -424,7 +436,8 @@ impl Node {
         context.draining.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + context.config.shutdown_timeout;
         tracing::info!("draining: transferring leadership away");
-        while Instant::now() < deadline {
+        // A stopped driver sends nothing, so there is nobody to hand leadership to.
+        while Instant::now() < deadline && context.driver.failure().is_none() {
             let view = context.driver.view();
             let leading: Vec<ShardDescriptor> =
                 view.leading().map(|r| r.descriptor.clone()).collect();
