@@ -123,10 +123,13 @@ pub enum ApiRequest {
     },
     /// Node only: a node's periodic report to the placement leader.
     Heartbeat(NodeReport),
-    /// Node only: a membership change for the leader of `shard` to propose.
+    /// Node only: a membership change for the leader of `shard` to propose, refused unless
+    /// the shard's membership is still at `conf_version` (the one the change was planned
+    /// against), so a stale plan can never apply twice or demote a voter.
     ChangeReplicas {
         shard: ShardId,
         change: ReplicaChange,
+        conf_version: u64,
     },
 }
 

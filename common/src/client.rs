@@ -12,7 +12,7 @@
 //!   caller gets [`ClientError::OutcomeUnknown`]: retrying could apply it twice.
 //! - One QUIC connection per node, shared by concurrent calls (one stream per request).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     seeds: Vec<SocketAddr>,
     options: ClientOptions,
-    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    connections: quic::ConnectionPool,
     routes: Mutex<BTreeMap<Vec<u8>, ShardRoute>>,
 }
 
@@ -106,7 +106,7 @@ impl Client {
             endpoint,
             seeds,
             options,
-            connections: tokio::sync::Mutex::default(),
+            connections: quic::ConnectionPool::default(),
             routes: Mutex::default(),
         })
     }
@@ -392,23 +392,20 @@ impl Client {
     }
 
     async fn connection(&self, address: SocketAddr) -> Result<quinn::Connection, CallError> {
-        let mut connections = self.connections.lock().await;
-        if let Some(connection) = connections
-            .get(&address)
-            .filter(|c| c.close_reason().is_none())
-        {
-            return Ok(connection.clone());
-        }
-        let connecting = self
-            .endpoint
-            .connect(address, &quic::server_name(&address))
-            .map_err(|error| CallError::NotSent(error.to_string()))?;
-        let connection = tokio::time::timeout(self.options.connect_timeout, connecting)
+        let dial = || async {
+            let connecting = self
+                .endpoint
+                .connect(address, &quic::server_name(&address))
+                .map_err(|error| error.to_string())?;
+            tokio::time::timeout(self.options.connect_timeout, connecting)
+                .await
+                .map_err(|_| "connecting timed out".to_string())?
+                .map_err(|error| error.to_string())
+        };
+        self.connections
+            .connection(address, dial)
             .await
-            .map_err(|_| CallError::NotSent("connecting timed out".to_string()))?
-            .map_err(|error| CallError::NotSent(error.to_string()))?;
-        connections.insert(address, connection.clone());
-        Ok(connection)
+            .map_err(CallError::NotSent)
     }
 
     /// One request to `address` and its answer.

@@ -5,9 +5,10 @@
 //! [`IDLE_TIMEOUT`] without a packet, so a dead peer is noticed within seconds; concurrent
 //! streams per connection are bounded ([`MAX_CONCURRENT_BI_STREAMS`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls_pki_types::CertificateDer;
@@ -109,4 +110,66 @@ pub fn peer_common_name(connection: &quinn::Connection) -> Option<String> {
 /// True if the peer presented a node certificate (rather than a client user's).
 pub fn peer_is_node(connection: &quinn::Connection) -> bool {
     peer_common_name(connection).as_deref() == Some(NODE_COMMON_NAME)
+}
+
+/// After a failed dial, calls to the same address fail at once for this long instead of
+/// each waiting out its own connect timeout behind a dead node.
+pub const REDIAL_AFTER: Duration = Duration::from_millis(250);
+
+/// Connections by address, dialled on first use. Each address has its own slot, so a dial
+/// to a dead node holds up only the calls to that node; a failed dial is remembered for
+/// [`REDIAL_AFTER`]. Holds one slot per address ever dialled (the cluster's nodes).
+#[derive(Debug, Default)]
+pub struct ConnectionPool {
+    slots: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    connection: Option<quinn::Connection>,
+    failed: Option<(Instant, String)>,
+}
+
+impl ConnectionPool {
+    /// The open connection to `address`, or a new one from `dial`.
+    pub async fn connection<Dial, Dialling>(
+        &self,
+        address: SocketAddr,
+        dial: Dial,
+    ) -> Result<quinn::Connection, String>
+    where
+        Dial: FnOnce() -> Dialling,
+        Dialling: std::future::Future<Output = Result<quinn::Connection, String>>,
+    {
+        let slot = {
+            let mut slots = match self.slots.lock() {
+                Ok(slots) => slots,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            slots.entry(address).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(connection) = &slot.connection {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        if let Some((at, error)) = &slot.failed {
+            if at.elapsed() < REDIAL_AFTER {
+                return Err(error.clone());
+            }
+        }
+        match dial().await {
+            Ok(connection) => {
+                slot.connection = Some(connection.clone());
+                slot.failed = None;
+                Ok(connection)
+            }
+            Err(error) => {
+                slot.connection = None;
+                slot.failed = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
 }

@@ -141,8 +141,13 @@ pub enum Request {
         end: Vec<u8>,
         limit: usize,
     },
-    /// A membership change of the shard's Raft group, answered once it applies.
-    ChangeReplicas { shard: ShardId, change: ConfChange },
+    /// A membership change of the shard's Raft group, answered once it applies. With
+    /// `conf_version`, refused unless the shard's membership is still at that version.
+    ChangeReplicas {
+        shard: ShardId,
+        change: ConfChange,
+        conf_version: Option<u64>,
+    },
 }
 
 impl Request {

@@ -147,7 +147,18 @@ impl Replica {
                 let limit = limit.clamp(1, super::MAX_SCAN_ITEMS);
                 self.read_index(id, ReadKind::Range { start, end, limit })
             }
-            Request::ChangeReplicas { change, .. } => {
+            Request::ChangeReplicas {
+                change,
+                conf_version,
+                ..
+            } => {
+                let current = self.descriptor.epoch.conf_version;
+                if conf_version.is_some_and(|planned| planned != current) {
+                    return Ok(Err(RequestError::MembershipRefused(format!(
+                        "the membership changed since the plan (conf version {current}, \
+                         planned at {conf_version:?}); plan again"
+                    ))));
+                }
                 self.raft.propose_conf_change(change).map(|position| {
                     self.proposals.insert(position.index, (position.term, id));
                 })

@@ -685,3 +685,32 @@ fn a_scan_reads_pages_of_the_shard_range_in_key_order() {
         ))
     ));
 }
+
+#[test]
+fn a_membership_change_planned_against_an_old_conf_version_is_refused() {
+    let (_, mut driver) = single_node();
+    elect(&mut driver, 1);
+    let add_learner = |id, conf_version| Input::Request {
+        id,
+        request: Request::ChangeReplicas {
+            shard: 1,
+            change: rshard_raft::ConfChange::new([rshard_raft::ConfChangeStep::AddLearner(2)]),
+            conf_version: Some(conf_version),
+        },
+    };
+    driver.offer(add_learner(1, 0)).expect("room");
+    let Ok(Response::MembershipChanged(descriptor)) = answer(&mut driver, 1) else {
+        panic!("the change planned at the current version applies");
+    };
+    assert_eq!(
+        (descriptor.learners, descriptor.epoch.conf_version),
+        (vec![2], 1)
+    );
+    // The same plan again (a placement round that had not seen the change yet).
+    driver.offer(add_learner(2, 0)).expect("room");
+    assert!(matches!(
+        answer(&mut driver, 2),
+        Err(RequestError::MembershipRefused(reason)) if reason.contains("conf version 1")
+    ));
+    assert_eq!(driver.descriptor(1).map(|d| d.epoch.conf_version), Some(1));
+}

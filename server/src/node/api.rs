@@ -87,9 +87,11 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             super::placement::join(context, address, token).await
         }
         ApiRequest::Heartbeat(report) => super::placement::heartbeat(context, report).await,
-        ApiRequest::ChangeReplicas { shard, change } => {
-            change_replicas(context, shard, change).await
-        }
+        ApiRequest::ChangeReplicas {
+            shard,
+            change,
+            conf_version,
+        } => change_replicas(context, shard, change, conf_version).await,
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -173,6 +175,7 @@ async fn change_replicas(
     context: &NodeContext,
     shard: ShardId,
     change: ReplicaChange,
+    conf_version: u64,
 ) -> Result<ApiResponse, ApiError> {
     let step = match change {
         ReplicaChange::AddLearner(node) => ConfChangeStep::AddLearner(node),
@@ -193,6 +196,7 @@ async fn change_replicas(
     let request = Request::ChangeReplicas {
         shard,
         change: ConfChange::new([step]),
+        conf_version: Some(conf_version),
     };
     match context.request(request).await? {
         Response::MembershipChanged(descriptor) => Ok(ApiResponse::ReplicasChanged(descriptor)),

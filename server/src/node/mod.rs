@@ -21,7 +21,6 @@ mod http;
 mod network;
 mod placement;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,7 +121,7 @@ pub struct NodeContext {
     network: Arc<Network>,
     cluster: RwLock<(Vec<NodeInfo>, Vec<ShardRoute>)>,
     placement: Mutex<PlacementMemory>,
-    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    connections: quic::ConnectionPool,
     store: NodeStore,
     known_peers: Mutex<Vec<(NodeId, String)>>,
     ready: AtomicBool,
@@ -213,20 +212,10 @@ impl NodeContext {
 
     /// Sends `request` to the node at `address` and waits for its answer.
     async fn call(&self, address: SocketAddr, request: ApiRequest) -> Result<ApiResponse, String> {
-        let connection = {
-            let mut connections = self.connections.lock().await;
-            match connections
-                .get(&address)
-                .filter(|c| c.close_reason().is_none())
-            {
-                Some(connection) => connection.clone(),
-                None => {
-                    let connection = self.network.dial(address).await?;
-                    connections.insert(address, connection.clone());
-                    connection
-                }
-            }
-        };
+        let connection = self
+            .connections
+            .connection(address, || self.network.dial(address))
+            .await?;
         let exchange = call_on(&connection, &request);
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(result) => result,
@@ -392,7 +381,7 @@ impl Node {
             network,
             cluster: RwLock::default(),
             placement: Mutex::default(),
-            connections: tokio::sync::Mutex::default(),
+            connections: quic::ConnectionPool::default(),
             store,
             known_peers: Mutex::new(known_peers),
             ready: AtomicBool::new(false),

@@ -55,6 +55,9 @@ pub struct PlacementMemory {
     last_heard: BTreeMap<NodeId, Instant>,
     leaders: BTreeMap<ShardId, NodeId>,
     caught_up: BTreeMap<ShardId, Vec<NodeId>>,
+    /// Shards with a replication operator under way: at most one each, so rounds never
+    /// pile operators (and tasks) onto a slow shard.
+    operating: BTreeSet<ShardId>,
 }
 
 fn record_key(prefix: &[u8], id: u64) -> Vec<u8> {
@@ -343,19 +346,29 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             Operator::AddLearner { shard, node } => (shard, ReplicaChange::AddLearner(node)),
             Operator::Promote { shard, node } => (shard, ReplicaChange::Promote(node)),
         };
-        let Some(leader) = shards
-            .iter()
-            .find(|s| s.descriptor.id == shard)
-            .and_then(|s| s.leader)
-        else {
+        let Some(state) = shards.iter().find(|s| s.descriptor.id == shard) else {
             continue;
         };
+        // A leader placement has not heard from lately would only time the call out.
+        let Some(leader) = state.leader.filter(|leader| live.contains(leader)) else {
+            continue;
+        };
+        if !context.begin_operator(shard) {
+            continue;
+        }
         tracing::info!(shard, ?change, leader, "replication operator");
-        let request = ApiRequest::ChangeReplicas { shard, change };
+        let request = ApiRequest::ChangeReplicas {
+            shard,
+            change,
+            conf_version: state.descriptor.epoch.conf_version,
+        };
         let context = context.clone();
         // Operators run beside the round: a slow shard leader must not hold up the others.
+        // Each ends within the request timeout, and its shard takes no other meanwhile.
         tokio::spawn(async move {
-            match context.call_node(leader, request).await {
+            let outcome = context.call_node(leader, request).await;
+            context.end_operator(shard);
+            match outcome {
                 Ok(ApiResponse::ReplicasChanged(descriptor)) => {
                     tracing::info!(shard, replicas = ?descriptor.replicas, learners = ?descriptor.learners, "replicas changed");
                 }
@@ -365,6 +378,22 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
         });
     }
     Ok(count)
+}
+
+impl NodeContext {
+    /// Marks an operator on `shard` under way; false if one already is.
+    fn begin_operator(&self, shard: ShardId) -> bool {
+        match self.placement.lock() {
+            Ok(mut memory) => memory.operating.insert(shard),
+            Err(_) => false,
+        }
+    }
+
+    fn end_operator(&self, shard: ShardId) {
+        if let Ok(mut memory) = self.placement.lock() {
+            memory.operating.remove(&shard);
+        }
+    }
 }
 
 /// This node's report to placement.

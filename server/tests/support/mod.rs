@@ -617,7 +617,11 @@ impl World {
         };
         let id = self.next_request;
         self.next_request += 1;
-        let request = Request::ChangeReplicas { shard, change };
+        let request = Request::ChangeReplicas {
+            shard,
+            change,
+            conf_version: None,
+        };
         self.offer((leader - 1) as usize, Input::Request { id, request })
     }
 
