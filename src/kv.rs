@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use rshard_common::certs::CertsDir;
 use rshard_common::client::{Client, ClientOptions};
+use rshard_common::quic::Security;
 
 /// Where the cluster is and who is asking.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,13 +30,20 @@ pub struct ClientArgs {
     /// Client user (its certificate: client.<user>.crt).
     #[arg(long, global = true, env = "RSHARD_USER", default_value = "root")]
     pub user: String,
+    /// Talk to nodes started with --insecure (no certificates, no authentication).
+    #[arg(long, global = true, env = "RSHARD_INSECURE")]
+    pub insecure: bool,
 }
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
-        let certs = CertsDir::new(&self.certs_dir, None);
+        let security = if self.insecure {
+            Security::Insecure
+        } else {
+            Security::Certs(CertsDir::new(&self.certs_dir, None))
+        };
         Ok(Client::new(
-            &certs,
+            &security,
             &self.user,
             self.host.clone(),
             ClientOptions::default(),

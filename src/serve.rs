@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Directory with ca.crt, node.crt and node.key.
     #[arg(long, env = "RSHARD_CERTS_DIR")]
     certs_dir: Option<PathBuf>,
+    /// No certificates: connections are encrypted but nobody is authenticated. Loopback
+    /// addresses only, unless --allow-insecure-remote.
+    #[arg(long, env = "RSHARD_INSECURE")]
+    insecure: bool,
+    /// Let --insecure listen on an address other machines can reach.
+    #[arg(long, env = "RSHARD_ALLOW_INSECURE_REMOTE", requires = "insecure")]
+    allow_insecure_remote: bool,
     /// TCP address of the HTTP status listener (/metrics, /livez, /readyz).
     #[arg(long, env = "RSHARD_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -61,6 +68,8 @@ struct ServeFile {
     advertise: Option<SocketAddr>,
     join: Option<Vec<SocketAddr>>,
     certs_dir: Option<PathBuf>,
+    insecure: Option<bool>,
+    allow_insecure_remote: Option<bool>,
     http_listen: Option<SocketAddr>,
     replication_factor: Option<usize>,
     tick_ms: Option<u64>,
@@ -92,6 +101,12 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         .or(file.certs_dir)
         .unwrap_or_else(|| PathBuf::from("certs"));
     let mut config = ServeConfig::new(data_dir, listen, certs_dir);
+    config.insecure = args.insecure || file.insecure.unwrap_or(false);
+    config.allow_insecure_remote =
+        args.allow_insecure_remote || file.allow_insecure_remote.unwrap_or(false);
+    if config.allow_insecure_remote && !config.insecure {
+        bail!("allow_insecure_remote is set without insecure");
+    }
     config.advertise = args.advertise.or(file.advertise);
     config.join = args.join.or(file.join).unwrap_or_default();
     config.http_listen = args.http_listen.or(file.http_listen);

@@ -422,3 +422,49 @@ fn sigterm_hands_leadership_away_and_exits_and_the_status_listener_answers() {
         );
     });
 }
+
+#[test]
+fn insecure_nodes_serve_on_loopback_refuse_reachable_addresses_and_never_mix_with_certificates() {
+    let cluster = Cluster::start(&["--insecure"], 2);
+    let host = cluster.addresses()[1].to_string();
+    let insecure = ["--insecure", "--host", &host];
+    let (ok, _, stderr) = rshard(&[&["kv", "put", "greeting", "hello"][..], &insecure].concat());
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = rshard(&[&["kv", "get", "greeting"][..], &insecure].concat());
+    assert!(ok && stdout == "hello\n", "{stdout} {stderr}");
+    assert!(
+        cluster.logs().contains("INSECURE MODE"),
+        "insecure mode is announced"
+    );
+
+    // A client with certificates does not trust an insecure node, and vice versa.
+    let certs = cluster.certs();
+    let certs = certs.to_str().expect("UTF-8");
+    let secure = ["--host", &host, "--certs-dir", certs];
+    let (ok, _, stderr) = rshard(&[&["kv", "get", "greeting"][..], &secure].concat());
+    assert!(
+        !ok && stderr.contains("no trusted connection"),
+        "a client with certificates and an insecure node: {stderr}"
+    );
+
+    // An address other machines can reach is refused, with the way out in the message.
+    let data_dir = cluster.dir.path().join("exposed");
+    let log = cluster.dir.path().join("exposed.log");
+    let refused = cluster.spawn(&data_dir, &log, ([0, 0, 0, 0], 0).into(), None);
+    let error = refused.expect_err("refused");
+    assert!(
+        error.contains("--insecure refuses") && error.contains("--allow-insecure-remote"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_secure_cluster_refuses_an_insecure_client() {
+    let cluster = Cluster::start(&[], 1);
+    let host = cluster.addresses()[0].to_string();
+    let (ok, _, stderr) = rshard(&["kv", "get", "k", "--insecure", "--host", &host]);
+    assert!(
+        !ok && stderr.contains("no trusted connection"),
+        "an insecure client and a secure node: {stderr}"
+    );
+}

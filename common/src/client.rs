@@ -23,7 +23,6 @@ use crate::api::{
     ApiError, ApiRequest, ApiResponse, NodeInfo, NodeStatus, ShardOp, ShardRoute, WriteOp,
     MAX_API_FRAME_BYTES,
 };
-use crate::certs::CertsDir;
 use crate::shard::ShardDescriptor;
 use crate::tls::Identity;
 use crate::{quic, wire};
@@ -66,14 +65,24 @@ pub enum ClientError {
     CrossShard(u64, u64),
     #[error("{0}")]
     Setup(String),
+    /// A node and this client refused each other's certificates; nothing was sent.
+    #[error(
+        "{0}: no trusted connection (the client needs the cluster's ca.crt and a client \
+         certificate it signed, or --insecure for a node started with --insecure)"
+    )]
+    Untrusted(String),
 }
 
 /// How a request failed to get an answer.
+#[derive(Clone, Debug)]
 enum CallError {
     /// It never left: safe to retry anything.
     NotSent(String),
     /// It may have arrived.
     Lost(String),
+    /// The TLS handshake failed: the node and this client do not trust each other.
+    /// Retrying cannot help.
+    Untrusted(String),
 }
 
 #[derive(Debug)]
@@ -81,7 +90,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     seeds: Vec<SocketAddr>,
     options: ClientOptions,
-    connections: quic::ConnectionPool,
+    connections: quic::ConnectionPool<CallError>,
     routes: Mutex<BTreeMap<Vec<u8>, ShardRoute>>,
 }
 
@@ -92,7 +101,7 @@ impl Client {
     /// A client of the cluster reachable at `seeds`, as user `user` (its certificate in
     /// `certs`). Connects lazily.
     pub fn new(
-        certs: &CertsDir,
+        security: &quic::Security,
         user: &str,
         seeds: Vec<SocketAddr>,
         options: ClientOptions,
@@ -100,7 +109,8 @@ impl Client {
         if seeds.is_empty() {
             return Err(ClientError::Setup("no node address given".to_string()));
         }
-        let endpoint = quic::client_endpoint(certs, &Identity::Client(user.to_string()))
+        let endpoint = security
+            .client_endpoint(&Identity::Client(user.to_string()))
             .map_err(|error| ClientError::Setup(error.to_string()))?;
         Ok(Client {
             endpoint,
@@ -234,9 +244,12 @@ impl Client {
         let response = self
             .call(address, &ApiRequest::NodeStatus)
             .await
-            .map_err(|error| ClientError::Unavailable {
-                attempts: 1,
-                last: call_error_text(&error),
+            .map_err(|error| match error {
+                CallError::Untrusted(error) => ClientError::Untrusted(error),
+                error => ClientError::Unavailable {
+                    attempts: 1,
+                    last: call_error_text(&error),
+                },
             })?;
         match response {
             ApiResponse::NodeStatus(status) => Ok(status),
@@ -244,13 +257,22 @@ impl Client {
         }
     }
 
-    /// Sends `request` to the seeds in turn until one answers.
+    /// Sends `request` to the seeds in turn until one answers. A node that cannot answer
+    /// yet (it just joined and knows no shards, or is busy) passes to the next seed; if
+    /// none can, the caller gets `Unavailable` and may retry.
     async fn any_node(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let mut last = String::new();
         for &seed in &self.seeds {
             match self.call(seed, &request).await {
+                Ok(ApiResponse::Error(
+                    error @ (ApiError::ShardUnavailable { .. }
+                    | ApiError::Busy(_)
+                    | ApiError::Unavailable(_)
+                    | ApiError::Timeout(_)),
+                )) => last = format!("{seed}: {error}"),
                 Ok(ApiResponse::Error(error)) => return Err(ClientError::Refused(error)),
                 Ok(response) => return Ok(response),
+                Err(CallError::Untrusted(error)) => return Err(ClientError::Untrusted(error)),
                 Err(error) => last = call_error_text(&error),
             }
         }
@@ -338,6 +360,7 @@ impl Client {
             let error = match self.call(target, &request).await {
                 Ok(ApiResponse::Error(error)) => error,
                 Ok(response) => return Ok(response),
+                Err(CallError::Untrusted(error)) => return Err(ClientError::Untrusted(error)),
                 Err(CallError::NotSent(error)) => {
                     last = format!("{target}: {error}");
                     self.forget_leader(key);
@@ -396,16 +419,17 @@ impl Client {
             let connecting = self
                 .endpoint
                 .connect(address, &quic::server_name(&address))
-                .map_err(|error| error.to_string())?;
-            tokio::time::timeout(self.options.connect_timeout, connecting)
-                .await
-                .map_err(|_| "connecting timed out".to_string())?
-                .map_err(|error| error.to_string())
+                .map_err(|error| CallError::NotSent(error.to_string()))?;
+            match tokio::time::timeout(self.options.connect_timeout, connecting).await {
+                Ok(Ok(connection)) => Ok(connection),
+                Ok(Err(error)) if quic::is_handshake_refusal(&error) => {
+                    Err(CallError::Untrusted(format!("{address}: {error}")))
+                }
+                Ok(Err(error)) => Err(CallError::NotSent(error.to_string())),
+                Err(_) => Err(CallError::NotSent("connecting timed out".to_string())),
+            }
         };
-        self.connections
-            .connection(address, dial)
-            .await
-            .map_err(CallError::NotSent)
+        self.connections.connection(address, dial).await
     }
 
     /// One request to `address` and its answer.
@@ -431,9 +455,18 @@ impl Client {
                 .map_err(|error| CallError::Lost(error.to_string()))?
                 .ok_or_else(|| CallError::Lost("no answer".to_string()))
         };
-        match tokio::time::timeout(self.options.deadline, exchange).await {
+        let result = match tokio::time::timeout(self.options.deadline, exchange).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Lost("no answer in time".to_string())),
+        };
+        match connection.close_reason() {
+            // In TLS 1.3 the node checks the client's certificate after the client thinks
+            // the handshake is done, so the refusal shows on the first request. The node
+            // took no request on a connection it refused.
+            Some(reason) if result.is_err() && quic::is_handshake_refusal(&reason) => {
+                Err(CallError::Untrusted(format!("{address}: {reason}")))
+            }
+            _ => result,
         }
     }
 }
@@ -446,7 +479,9 @@ enum Retry {
 
 fn call_error_text(error: &CallError) -> String {
     match error {
-        CallError::NotSent(text) | CallError::Lost(text) => text.clone(),
+        CallError::NotSent(text) | CallError::Lost(text) | CallError::Untrusted(text) => {
+            text.clone()
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests one client connection may have in flight.
 pub const MAX_CONCURRENT_BI_STREAMS: u32 = 1024;
+/// Unread bytes one connection may buffer over all its streams.
+pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 32 << 20;
 /// Raft and snapshot streams one peer may open at once.
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 16;
 
@@ -33,22 +35,74 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     if let Ok(timeout) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         transport.max_idle_timeout(Some(timeout));
     }
+    // Unread bytes buffered per connection over all its streams (quinn's default is
+    // unbounded); a stream alone keeps quinn's default window.
+    transport.receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES));
     transport.max_concurrent_bidi_streams(MAX_CONCURRENT_BI_STREAMS.into());
     transport.max_concurrent_uni_streams(MAX_CONCURRENT_UNI_STREAMS.into());
     Arc::new(transport)
 }
 
+/// How a node or client secures its connections.
+#[derive(Clone, Debug)]
+pub enum Security {
+    /// Mutual TLS against the cluster CA of this directory (the default).
+    Certs(CertsDir),
+    /// `--insecure`: encrypted, but nobody is authenticated (see
+    /// [`tls::insecure_server_config`]). Nodes refuse it on non-loopback addresses unless
+    /// forced. Secure and insecure ends cannot talk: each side's handshake fails.
+    Insecure,
+}
+
+impl Security {
+    pub fn is_insecure(&self) -> bool {
+        matches!(self, Security::Insecure)
+    }
+
+    /// A node's endpoint: accepts nodes ([`ALPN_RAFT`]) and clients ([`ALPN_CLIENT`]) and
+    /// dials other nodes as a node.
+    pub fn node_endpoint(&self, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
+        match self {
+            Security::Certs(certs) => node_endpoint(certs, listen),
+            Security::Insecure => {
+                let server = tls::insecure_server_config(&[ALPN_RAFT, ALPN_CLIENT])?;
+                let client = tls::insecure_client_config(ALPN_RAFT)?;
+                endpoint_with(server, client, listen)
+            }
+        }
+    }
+
+    /// A client's endpoint, dialling as `identity`.
+    pub fn client_endpoint(&self, identity: &Identity) -> Result<quinn::Endpoint, TlsError> {
+        match self {
+            Security::Certs(certs) => client_endpoint(certs, identity),
+            Security::Insecure => dialling_endpoint(quic_client_config(
+                tls::insecure_client_config(ALPN_CLIENT)?,
+            )?),
+        }
+    }
+}
+
 /// A node's endpoint: accepts nodes ([`ALPN_RAFT`]) and clients ([`ALPN_CLIENT`]) whose
 /// certificates the cluster CA signed, and dials other nodes as a node.
 pub fn node_endpoint(certs: &CertsDir, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {
-    let tls = tls::server_config(certs, &[ALPN_RAFT, ALPN_CLIENT])?;
-    let crypto = QuicServerConfig::try_from((*tls).clone())
+    let server = tls::server_config(certs, &[ALPN_RAFT, ALPN_CLIENT])?;
+    let client = tls::client_config(certs, &Identity::Node, ALPN_RAFT)?;
+    endpoint_with(server, client, listen)
+}
+
+fn endpoint_with(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    listen: SocketAddr,
+) -> Result<quinn::Endpoint, TlsError> {
+    let crypto = QuicServerConfig::try_from((*server).clone())
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config());
     let mut endpoint = quinn::Endpoint::server(server, listen)
         .map_err(|error| TlsError::Config(format!("cannot listen on {listen}: {error}")))?;
-    endpoint.set_default_client_config(client_config(certs, &Identity::Node, ALPN_RAFT)?);
+    endpoint.set_default_client_config(quic_client_config(client)?);
     Ok(endpoint)
 }
 
@@ -58,7 +112,10 @@ pub fn client_config(
     identity: &Identity,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = tls::client_config(certs, identity, alpn)?;
+    quic_client_config(tls::client_config(certs, identity, alpn)?)
+}
+
+fn quic_client_config(tls: Arc<rustls::ClientConfig>) -> Result<quinn::ClientConfig, TlsError> {
     let crypto = QuicClientConfig::try_from((*tls).clone())
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -68,11 +125,27 @@ pub fn client_config(
 
 /// An endpoint for a client: dials only.
 pub fn client_endpoint(certs: &CertsDir, identity: &Identity) -> Result<quinn::Endpoint, TlsError> {
+    dialling_endpoint(client_config(certs, identity, ALPN_CLIENT)?)
+}
+
+fn dialling_endpoint(config: quinn::ClientConfig) -> Result<quinn::Endpoint, TlsError> {
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut endpoint = quinn::Endpoint::client(bind)
         .map_err(|error| TlsError::Config(format!("cannot open a UDP socket: {error}")))?;
-    endpoint.set_default_client_config(client_config(certs, identity, ALPN_CLIENT)?);
+    endpoint.set_default_client_config(config);
     Ok(endpoint)
+}
+
+/// True if the connection failed in the TLS handshake (either side refused the other's
+/// certificate): retrying cannot help, the configuration must change.
+pub fn is_handshake_refusal(error: &quinn::ConnectionError) -> bool {
+    // QUIC carries TLS alerts as transport error codes 0x100 to 0x1ff (RFC 9001, 4.8).
+    let is_crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match error {
+        quinn::ConnectionError::TransportError(error) => is_crypto(error.code),
+        quinn::ConnectionError::ConnectionClosed(close) => is_crypto(close.error_code),
+        _ => false,
+    }
 }
 
 /// The name to check a node's certificate against when dialing `address`.
@@ -117,36 +190,53 @@ pub fn peer_is_node(connection: &quinn::Connection) -> bool {
 pub const REDIAL_AFTER: Duration = Duration::from_millis(250);
 
 /// Connections by address, dialled on first use. Each address has its own slot, so a dial
-/// to a dead node holds up only the calls to that node; a failed dial is remembered for
-/// [`REDIAL_AFTER`]. Holds one slot per address ever dialled (the cluster's nodes).
-#[derive(Debug, Default)]
-pub struct ConnectionPool {
-    slots: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+/// to a dead node holds up only the calls to that node; a failed dial (its `Error`) is
+/// remembered for [`REDIAL_AFTER`]. Holds one slot per address ever dialled (the cluster's
+/// nodes).
+#[derive(Debug)]
+pub struct ConnectionPool<Error> {
+    slots: std::sync::Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot<Error>>>>>,
 }
 
-#[derive(Debug, Default)]
-struct Slot {
+impl<Error> Default for ConnectionPool<Error> {
+    fn default() -> Self {
+        ConnectionPool {
+            slots: std::sync::Mutex::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot<Error> {
     connection: Option<quinn::Connection>,
-    failed: Option<(Instant, String)>,
+    failed: Option<(Instant, Error)>,
 }
 
-impl ConnectionPool {
+impl<Error: Clone> ConnectionPool<Error> {
     /// The open connection to `address`, or a new one from `dial`.
     pub async fn connection<Dial, Dialling>(
         &self,
         address: SocketAddr,
         dial: Dial,
-    ) -> Result<quinn::Connection, String>
+    ) -> Result<quinn::Connection, Error>
     where
         Dial: FnOnce() -> Dialling,
-        Dialling: std::future::Future<Output = Result<quinn::Connection, String>>,
+        Dialling: std::future::Future<Output = Result<quinn::Connection, Error>>,
     {
         let slot = {
             let mut slots = match self.slots.lock() {
                 Ok(slots) => slots,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            slots.entry(address).or_default().clone()
+            slots
+                .entry(address)
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(Slot {
+                        connection: None,
+                        failed: None,
+                    }))
+                })
+                .clone()
         };
         let mut slot = slot.lock().await;
         if let Some(connection) = &slot.connection {

@@ -61,24 +61,47 @@ pub async fn read_frame<T: DeserializeOwned>(
     stream: &mut quinn::RecvStream,
     max_bytes: usize,
 ) -> Result<Option<T>, WireError> {
+    match read_length(stream, max_bytes).await? {
+        Some(bytes) => read_body(stream, bytes).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The length of the next frame's body (checked against `max_bytes`), or `None` if the
+/// stream ended cleanly between frames. Lets a reader reserve memory before the body.
+pub async fn read_length(
+    stream: &mut quinn::RecvStream,
+    max_bytes: usize,
+) -> Result<Option<usize>, WireError> {
     let mut prefix = [0; LENGTH_PREFIX_BYTES];
     match stream.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
-        Err(quinn::ReadExactError::ReadError(error)) => {
-            return Err(WireError::Stream(error.to_string()))
+        Ok(()) => body_length(prefix, max_bytes).map(Some),
+        Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(WireError::Truncated),
+        Err(quinn::ReadExactError::ReadError(error)) => Err(WireError::Stream(error.to_string())),
+    }
+}
+
+/// Bytes a frame body's buffer starts with: it grows as the bytes arrive, so a prefix
+/// that announces a large frame costs nothing until the peer sends it.
+const INITIAL_BODY_BYTES: usize = 64 << 10;
+
+/// Reads and decodes a body of `bytes` bytes (from [`read_length`]).
+pub async fn read_body<T: DeserializeOwned>(
+    stream: &mut quinn::RecvStream,
+    bytes: usize,
+) -> Result<T, WireError> {
+    let mut body = Vec::with_capacity(bytes.min(INITIAL_BODY_BYTES));
+    while body.len() < bytes {
+        let wanted = bytes - body.len();
+        match stream.read_chunk(wanted, true).await {
+            // `read_chunk` returns at most `wanted` bytes.
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(WireError::Truncated),
+            Err(error) => return Err(WireError::Stream(error.to_string())),
         }
     }
-    let mut body = vec![0; body_length(prefix, max_bytes)?];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|error| match error {
-            quinn::ReadExactError::FinishedEarly(_) => WireError::Truncated,
-            quinn::ReadExactError::ReadError(error) => WireError::Stream(error.to_string()),
-        })?;
-    decode_body(&body).map(Some)
+    decode_body(&body)
 }
 
 /// Writes an encoded frame (from [`encode_frame`]).

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rshard_common::api::{NodeInfo, ShardRoute};
 use rshard_common::certs::CertsDir;
 use rshard_common::client::{Client, ClientOptions};
+use rshard_common::quic;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_rshard");
 /// How long a node may take to print that it listens.
@@ -239,7 +240,13 @@ impl Cluster {
 
     pub fn client(&self, seeds: Vec<SocketAddr>) -> Client {
         let certs = CertsDir::new(&self.certs(), None);
-        Client::new(&certs, "root", seeds, ClientOptions::default()).expect("a client")
+        Client::new(
+            &quic::Security::Certs(certs),
+            "root",
+            seeds,
+            ClientOptions::default(),
+        )
+        .expect("a client")
     }
 
     /// The cluster view of the node at `seed`.

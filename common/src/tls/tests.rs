@@ -9,6 +9,18 @@ fn handshake(
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 ) -> Result<Option<Vec<u8>>, String> {
+    match exchange(client, server)? {
+        (alpn, true) => Ok(alpn),
+        (_, false) => Err("the server saw no client certificate".to_string()),
+    }
+}
+
+/// A TLS handshake in memory: the ALPN protocol the server chose and whether it saw a
+/// client certificate, or the first error, prefixed by the side that raised it.
+fn exchange(
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> Result<(Option<Vec<u8>>, bool), String> {
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
     let mut client = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;
     let mut server = rustls::ServerConnection::new(server).map_err(|e| e.to_string())?;
@@ -30,10 +42,11 @@ fn handshake(
             .process_new_packets()
             .map_err(|e| format!("client: {e}"))?;
         if !client.is_handshaking() && !server.is_handshaking() {
-            if server.peer_certificates().is_none_or(|c| c.is_empty()) {
-                return Err("the server saw no client certificate".to_string());
-            }
-            return Ok(server.alpn_protocol().map(<[u8]>::to_vec));
+            let client_certificate = server.peer_certificates().is_some_and(|c| !c.is_empty());
+            return Ok((
+                server.alpn_protocol().map(<[u8]>::to_vec),
+                client_certificate,
+            ));
         }
     }
     Err("the handshake never finished".to_string())
@@ -104,4 +117,26 @@ fn missing_or_garbage_files_name_the_file() {
         matches!(&garbage, Err(TlsError::Load { path, .. }) if path.ends_with("ca.crt")),
         "{garbage:?}"
     );
+}
+
+#[test]
+fn insecure_ends_talk_only_to_each_other() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let certs = cluster(&dir);
+    let insecure_server = insecure_server_config(&[ALPN_RAFT, ALPN_CLIENT]).expect("config");
+    let insecure_client = insecure_client_config(ALPN_CLIENT).expect("config");
+    assert_eq!(
+        exchange(insecure_client.clone(), insecure_server.clone()),
+        Ok((Some(ALPN_CLIENT.to_vec()), false)),
+        "encrypted, with no client certificate"
+    );
+    // A secure client trusts only the cluster CA, not a throwaway certificate.
+    let secure_client =
+        client_config(&certs, &Identity::Client("root".into()), ALPN_CLIENT).expect("config");
+    let refused = exchange(secure_client, insecure_server).expect_err("refused");
+    assert!(refused.starts_with("client:"), "{refused}");
+    // A secure node demands a client certificate.
+    let secure_server = server_config(&certs, &[ALPN_CLIENT]).expect("config");
+    let refused = exchange(insecure_client, secure_server).expect_err("refused");
+    assert!(refused.starts_with("server:"), "{refused}");
 }

@@ -42,16 +42,15 @@ pub async fn serve_connection(
         };
         let context = context.clone();
         tokio::spawn(async move {
-            let response =
-                match wire::read_frame::<ApiRequest>(&mut receive, MAX_API_FRAME_BYTES).await {
-                    Ok(Some(request)) => handle(&context, request, caller).await,
-                    Ok(None) => return,
-                    Err(error) => {
-                        tracing::warn!(%error, "bad request frame; stream closed");
-                        let _stopped = receive.stop(codes::BAD_FRAME.into());
-                        ApiResponse::Error(ApiError::Malformed(error.to_string()))
-                    }
-                };
+            let response = match read_request(&context, &mut receive).await {
+                Ok(Some((request, _reserved))) => handle(&context, request, caller).await,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "bad request frame; stream closed");
+                    let _stopped = receive.stop(codes::BAD_FRAME.into());
+                    ApiResponse::Error(ApiError::Malformed(error.to_string()))
+                }
+            };
             match wire::encode_frame(&response, MAX_API_FRAME_BYTES) {
                 Ok(frame) => {
                     if wire::write_frame(&mut send, &frame).await.is_ok() {
@@ -62,6 +61,27 @@ pub async fn serve_connection(
             }
         });
     }
+}
+
+/// Reads one request, first reserving its bytes from the node-wide budget for request
+/// bodies (held until the answer is sent): however many streams clients open, requests
+/// never hold more than that in memory; the others wait, and QUIC flow control holds
+/// their senders back.
+async fn read_request<'context>(
+    context: &'context NodeContext,
+    receive: &mut quinn::RecvStream,
+) -> Result<Option<(ApiRequest, tokio::sync::SemaphorePermit<'context>)>, wire::WireError> {
+    let Some(bytes) = wire::read_length(receive, MAX_API_FRAME_BYTES).await? else {
+        return Ok(None);
+    };
+    let kibibytes = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let reserved = context
+        .request_budget
+        .acquire_many(kibibytes)
+        .await
+        .map_err(|_| wire::WireError::Stream("the node is stopping".to_string()))?;
+    let request = wire::read_body(receive, bytes).await?;
+    Ok(Some((request, reserved)))
 }
 
 /// Answers one request.

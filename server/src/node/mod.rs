@@ -56,6 +56,11 @@ pub struct ServeConfig {
     /// Nodes of the cluster to join (ignored once this node has an identity).
     pub join: Vec<SocketAddr>,
     pub certs_dir: PathBuf,
+    /// No certificates: encrypted but unauthenticated connections (see
+    /// [`quic::Security::Insecure`]); loopback addresses only unless
+    /// `allow_insecure_remote`.
+    pub insecure: bool,
+    pub allow_insecure_remote: bool,
     pub http_listen: Option<SocketAddr>,
     /// One driver tick of wall-clock time.
     pub tick: Duration,
@@ -81,6 +86,8 @@ impl ServeConfig {
             advertise: None,
             join: Vec::new(),
             certs_dir,
+            insecure: false,
+            allow_insecure_remote: false,
             http_listen: None,
             tick: Duration::from_millis(50),
             election_timeout_ticks: 10,
@@ -121,12 +128,18 @@ pub struct NodeContext {
     network: Arc<Network>,
     cluster: RwLock<(Vec<NodeInfo>, Vec<ShardRoute>)>,
     placement: Mutex<PlacementMemory>,
-    connections: quic::ConnectionPool,
+    connections: quic::ConnectionPool<String>,
     store: NodeStore,
     known_peers: Mutex<Vec<(NodeId, String)>>,
     ready: AtomicBool,
     draining: AtomicBool,
+    /// KiB of request bodies being read or served, at most [`MAX_REQUEST_KIBIBYTES_IN_FLIGHT`].
+    request_budget: tokio::sync::Semaphore,
 }
+
+/// Request bytes (KiB) a node holds at once over all connections: 256 MiB, sixteen of the
+/// largest requests.
+pub const MAX_REQUEST_KIBIBYTES_IN_FLIGHT: usize = 256 << 10;
 
 impl NodeContext {
     pub fn is_ready(&self) -> bool {
@@ -295,7 +308,7 @@ pub struct Node {
 impl Node {
     /// Starts a node (see the module documentation); returns once it listens.
     pub async fn start(config: ServeConfig) -> Result<Node, ServeError> {
-        let certs = CertsDir::new(&config.certs_dir, None);
+        let security = security(&config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|error| {
             ServeError::Io(format!(
                 "cannot create {}: {error}",
@@ -303,7 +316,7 @@ impl Node {
             ))
         })?;
         let store = NodeStore::open(&config.data_dir)?;
-        let endpoint = quic::node_endpoint(&certs, config.listen)?;
+        let endpoint = security.node_endpoint(config.listen)?;
         let local = endpoint
             .local_addr()
             .map_err(|error| ServeError::Io(error.to_string()))?;
@@ -386,6 +399,7 @@ impl Node {
             known_peers: Mutex::new(known_peers),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            request_budget: tokio::sync::Semaphore::new(MAX_REQUEST_KIBIBYTES_IN_FLIGHT),
         });
         tokio::spawn(accept(context.clone(), endpoint.clone()));
         tokio::spawn(placement::run(context.clone()));
@@ -457,6 +471,39 @@ impl Node {
         }
         tracing::info!(stopped, still_leading, "node stopped");
     }
+}
+
+/// The node's certificates, or insecure mode after its checks: refused on an address other
+/// machines can reach unless forced, and announced loudly either way.
+fn security(config: &ServeConfig) -> Result<quic::Security, ServeError> {
+    if !config.insecure {
+        return Ok(quic::Security::Certs(CertsDir::new(
+            &config.certs_dir,
+            None,
+        )));
+    }
+    let exposed = [Some(config.listen), config.advertise]
+        .into_iter()
+        .flatten()
+        .find(|address| !address.ip().is_loopback());
+    match exposed {
+        Some(address) if !config.allow_insecure_remote => {
+            return Err(ServeError::Config(format!(
+                "--insecure refuses {address}: anyone who can reach it could read and write \
+                 every key and join as a node. Listen on a loopback address, use certificates \
+                 (rshard cert), or pass --allow-insecure-remote if you mean it"
+            )));
+        }
+        Some(address) => tracing::warn!(
+            %address,
+            "INSECURE MODE ON A REACHABLE ADDRESS: no authentication; anyone who can reach \
+             this address can read and write every key and join as a node"
+        ),
+        None => tracing::warn!(
+            "INSECURE MODE: no certificates, no authentication; for local experiments only"
+        ),
+    }
+    Ok(quic::Security::Insecure)
 }
 
 /// Asks the nodes at `seeds` for an id, presenting this store's join token.
@@ -565,7 +612,9 @@ async fn accept(context: Arc<NodeContext>, endpoint: quinn::Endpoint) {
                 }
             };
             match quic::alpn(&connection).as_deref() {
-                Some(tls::ALPN_RAFT) if quic::peer_is_node(&connection) => {
+                Some(tls::ALPN_RAFT)
+                    if context.config.insecure || quic::peer_is_node(&connection) =>
+                {
                     tokio::spawn(receive_node_streams(context.clone(), connection.clone()));
                     api::serve_connection(context, connection, Caller::Node).await;
                 }
@@ -583,10 +632,12 @@ async fn accept(context: Arc<NodeContext>, endpoint: quinn::Endpoint) {
 }
 
 async fn receive_node_streams(context: Arc<NodeContext>, connection: quinn::Connection) {
+    let speaks_for = Arc::new(std::sync::OnceLock::new());
     while let Ok(stream) = connection.accept_uni().await {
         tokio::spawn(network::receive_stream(
             stream,
             connection.remote_address(),
+            speaks_for.clone(),
             context.network.clone(),
             context.driver.clone(),
         ));

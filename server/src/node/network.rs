@@ -307,9 +307,12 @@ async fn connection(context: &LinkContext) -> Result<quinn::Connection, String> 
 }
 
 /// Reads one node-to-node stream: its hello, then frames from that node into the driver.
+/// `speaks_for` is the node the connection's first hello named: every later stream of the
+/// connection must name it too.
 pub async fn receive_stream(
     mut stream: quinn::RecvStream,
     remote: SocketAddr,
+    speaks_for: Arc<std::sync::OnceLock<NodeId>>,
     network: Arc<Network>,
     driver: DriverHandle,
 ) {
@@ -325,6 +328,12 @@ pub async fn receive_stream(
     if hello.cluster != cluster {
         tracing::warn!(from = hello.from, theirs = %hello.cluster, "a node of another cluster");
         let _stopped = stream.stop(codes::WRONG_CLUSTER.into());
+        return;
+    }
+    let pinned = *speaks_for.get_or_init(|| hello.from);
+    if pinned != hello.from {
+        tracing::warn!(pinned, claimed = hello.from, %remote, "a connection changed the node it speaks for");
+        let _stopped = stream.stop(codes::BAD_FRAME.into());
         return;
     }
     if network.address(hello.from).is_none() {
