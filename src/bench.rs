@@ -66,6 +66,8 @@ struct Recorded {
     puts: Histogram<u64>,
     gets: Histogram<u64>,
     errors: u64,
+    /// The first error seen (warmup included), to say what went wrong.
+    first_error: Option<String>,
 }
 
 impl Recorded {
@@ -75,6 +77,7 @@ impl Recorded {
             puts: histogram().context("histogram")?,
             gets: histogram().context("histogram")?,
             errors: 0,
+            first_error: None,
         })
     }
 }
@@ -128,6 +131,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 } else {
                     client.get(&key).await.map(|_| ())
                 };
+                if let (Err(error), None) = (&result, &recorded.first_error) {
+                    recorded.first_error = Some(error.to_string());
+                }
                 if began < measure_from {
                     continue;
                 }
@@ -166,6 +172,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         total.puts.add(&recorded.puts).context("merging")?;
         total.gets.add(&recorded.gets).context("merging")?;
         total.errors += recorded.errors;
+        total.first_error = total.first_error.or(recorded.first_error);
     }
     let seconds = args.duration.as_secs_f64();
     println!(
@@ -187,7 +194,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             histogram.len()
         );
     }
-    println!("errors: {}", total.errors);
+    match &total.first_error {
+        Some(error) => println!("errors: {} (first: {error})", total.errors),
+        None => println!("errors: 0"),
+    }
     Ok(u8::from(total.errors > 0))
 }
 

@@ -100,8 +100,11 @@ fn endpoint_with(
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config());
-    let mut endpoint = quinn::Endpoint::server(server, listen)
-        .map_err(|error| TlsError::Config(format!("cannot listen on {listen}: {error}")))?;
+    let mut endpoint =
+        quinn::Endpoint::server(server, listen).map_err(|error| TlsError::Listen {
+            address: listen,
+            detail: error.to_string(),
+        })?;
     endpoint.set_default_client_config(quic_client_config(client)?);
     Ok(endpoint)
 }

@@ -30,6 +30,11 @@ pub enum TlsError {
     Load { path: PathBuf, detail: String },
     #[error("TLS configuration refused: {0}")]
     Config(String),
+    #[error("cannot listen on {address}: {detail}")]
+    Listen {
+        address: std::net::SocketAddr,
+        detail: String,
+    },
 }
 
 /// Whose certificate to present.

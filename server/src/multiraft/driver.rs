@@ -225,6 +225,18 @@ impl<T: Transport> MultiRaft<T> {
 
     /// A one-line account of this node's replica of `shard`, for operators and failing
     /// tests: role, term, indexes, and as leader each follower's progress.
+    /// As leader of `shard`: how replication to `node` stands (its progress state, the
+    /// index it matches, and the commit index).
+    pub fn follower_progress(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+    ) -> Option<(rshard_raft::progress::ProgressState, u64, u64)> {
+        let raft = &self.replicas.get(&shard)?.raft;
+        let progress = raft.progress(node)?;
+        Some((progress.state, progress.matched, raft.commit_index()))
+    }
+
     pub fn replica_status(&self, shard: ShardId) -> Option<String> {
         let replica = self.replicas.get(&shard)?;
         let raft = &replica.raft;

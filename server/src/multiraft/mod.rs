@@ -33,6 +33,7 @@ mod counters;
 mod driver;
 mod frame;
 mod replica;
+pub use replica::LEARNER_CATCH_UP_SLACK_ENTRIES;
 mod snapshot;
 mod transport;
 

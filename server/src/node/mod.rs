@@ -105,9 +105,9 @@ impl ServeConfig {
 
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("storage: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("TLS: {0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot join the cluster: {0}")]
     Join(String),
