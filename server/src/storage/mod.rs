@@ -37,7 +37,7 @@ use thiserror::Error;
 
 pub use batch::NodeBatch;
 pub use engine::{
-    Durability, Engine, EngineView, FjallEngine, KeyRange, MemEngine, ScanOrder, Space, SyncAll,
+    Durability, Engine, EngineView, FjallEngine, KeyRange, MemEngine, ScanOrder, Space, SyncData,
     Write,
 };
 pub use group::{AppliedState, GroupStorage};
@@ -111,9 +111,9 @@ impl std::fmt::Debug for NodeStore {
 }
 
 impl NodeStore {
-    /// Opens (or creates) the fjall store in `path`, syncing with fsync.
+    /// Opens (or creates) the fjall store in `path`, syncing with fdatasync.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_durability(path, Box::new(SyncAll))
+        Self::open_with_durability(path, Box::new(SyncData))
     }
 
     pub fn open_with_durability(
