@@ -14,7 +14,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rshard_common::api::{ApiRequest, ApiResponse, FIRST_DATA_SHARD, MAX_API_FRAME_BYTES};
+use rshard_common::api::{ApiRequest, ApiResponse, WriteOp, FIRST_DATA_SHARD, MAX_API_FRAME_BYTES};
 use rshard_common::certs::CertsDir;
 use rshard_common::client::ClientError;
 use rshard_common::linearizability::{self, Event, Operation, Outcome, Verdict};
@@ -51,6 +51,54 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
             let client = cluster.client(vec![address]);
             let items = client.scan(b"user/", b"user0", 1000).await.expect("a scan");
             assert_eq!(items.len(), 60, "every write, read back through {address}");
+        }
+        // An atomic batch: all of it, or (a condition fails) none of it.
+        let client = cluster.client(cluster.addresses());
+        let put = |key: &str, value: &str| WriteOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        };
+        let cas = |key: &str, expected: &str, new: &str| WriteOp::CompareAndSwap {
+            key: key.as_bytes().to_vec(),
+            expected: Some(expected.as_bytes().to_vec()),
+            new: Some(new.as_bytes().to_vec()),
+        };
+        let refused = client
+            .write(vec![
+                put("batch/a", "1"),
+                cas("user/0/00", "not v", "x"),
+                put("batch/b", "1"),
+            ])
+            .await
+            .expect("answered");
+        assert_eq!(
+            refused,
+            Some((1, Some(b"v".to_vec()))),
+            "op 1 failed, seeing v"
+        );
+        assert_eq!(
+            client.get(b"batch/a").await,
+            Ok(None),
+            "nothing of it applied"
+        );
+        let applied = client
+            .write(vec![
+                put("batch/a", "2"),
+                cas("user/0/00", "v", "w"),
+                put("batch/b", "2"),
+            ])
+            .await
+            .expect("answered");
+        assert_eq!(applied, None);
+        for &address in &cluster.addresses() {
+            let reader = cluster.client(vec![address]);
+            for (key, value) in [("batch/a", "2"), ("batch/b", "2"), ("user/0/00", "w")] {
+                assert_eq!(
+                    reader.get(key.as_bytes()).await,
+                    Ok(Some(value.as_bytes().to_vec())),
+                    "{key} through {address}"
+                );
+            }
         }
         // The scripting CLI, as a user runs it.
         let host = cluster.addresses()[2].to_string();
@@ -467,4 +515,38 @@ fn a_secure_cluster_refuses_an_insecure_client() {
         !ok && stderr.contains("no trusted connection"),
         "an insecure client and a secure node: {stderr}"
     );
+}
+
+#[test]
+fn a_node_without_placement_quorum_is_not_ready() {
+    runtime().block_on(async {
+        let mut cluster = formed_cluster(&["--http-listen", "127.0.0.1:0"]).await;
+        for index in 0..3 {
+            cluster.kill(index);
+        }
+        // Alone, the node cannot reach a placement leader (no quorum), so it does not serve.
+        cluster.restart(0);
+        let http = cluster.nodes[0].http.expect("an HTTP address");
+        assert_eq!(http_get(http, "/livez").0, 200, "alive all the same");
+        let alone_until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < alone_until {
+            assert_eq!(
+                http_get(http, "/readyz"),
+                (503, "not ready\n".to_string()),
+                "ready without a placement quorum"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster.restart(1);
+        let deadline = Instant::now() + FORMATION_TIMEOUT;
+        while http_get(http, "/readyz").0 != 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            http_get(http, "/readyz"),
+            (200, "ready\n".to_string()),
+            "a quorum is back\n{}",
+            cluster.logs()
+        );
+    });
 }

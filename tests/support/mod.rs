@@ -219,8 +219,8 @@ impl Cluster {
     pub fn restart(&mut self, index: usize) {
         self.kill(index);
         let node = &self.nodes[index];
-        let (child, id, address) = self
-            .spawn(&node.data_dir, &node.log, node.address, None)
+        let (child, id, address, http) = self
+            .spawn_with_http(&node.data_dir, &node.log, node.address, None)
             .unwrap_or_else(|error| panic!("node {index} did not restart: {error}"));
         assert_eq!(
             (id, address),
@@ -228,6 +228,7 @@ impl Cluster {
             "same identity and address"
         );
         self.nodes[index].child = Some(child);
+        self.nodes[index].http = http;
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
