@@ -52,6 +52,27 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
             let items = client.scan(b"user/", b"user0", 1000).await.expect("a scan");
             assert_eq!(items.len(), 60, "every write, read back through {address}");
         }
+        // A scan larger than one answer page (4 MiB) comes back whole, in order; a limit
+        // stops it exactly.
+        let client = cluster.client(cluster.addresses());
+        let big = vec![b'x'; 100 << 10];
+        for index in 0..48u8 {
+            client
+                .put(&[b"big/", &[index][..]].concat(), &big)
+                .await
+                .expect("a put");
+        }
+        let items = client.scan(b"big/", b"big0", 1_000).await.expect("a scan");
+        let indexes: Vec<u8> = items.iter().map(|(key, _)| key[4]).collect();
+        assert_eq!(
+            indexes,
+            (0..48).collect::<Vec<u8>>(),
+            "every page, in order"
+        );
+        assert!(items.iter().all(|(_, value)| value == &big));
+        let limited = client.scan(b"big/", b"big0", 7).await.expect("a scan");
+        assert_eq!(limited.len(), 7);
+
         // An atomic batch: all of it, or (a condition fails) none of it.
         let client = cluster.client(cluster.addresses());
         let put = |key: &str, value: &str| WriteOp::Put {
