@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RSHARD_INSECURE")]
     insecure: bool,
     /// Let --insecure listen on an address other machines can reach.
-    #[arg(long, env = "RSHARD_ALLOW_INSECURE_REMOTE", requires = "insecure")]
+    #[arg(long, env = "RSHARD_ALLOW_INSECURE_REMOTE")]
     allow_insecure_remote: bool,
     /// TCP address of the HTTP status listener (/metrics, /livez, /readyz).
     #[arg(long, env = "RSHARD_HTTP_LISTEN")]
@@ -162,15 +162,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             signal?;
             None
         }
-        reason = node.storage_failure() => Some(reason),
+        reason = node.failure() => Some(reason),
     };
     if let Some(reason) = failure {
         // Like a failed fsync in PostgreSQL or etcd: the data on disk is in doubt, so the
         // node stops serving at once. A restart replays the log from what is durable.
-        tracing::error!(%reason, "storage failed; stopping the node to protect the data");
+        tracing::error!(%reason, "the node failed; stopping it to protect the data");
         node.shutdown().await;
         anyhow::bail!(
-            "storage failed ({reason}); the node stopped. Check the disk, then restart it"
+            "the node failed ({reason}) and stopped. Check the disk and the log, then restart it"
         );
     }
     tracing::warn!("shutting down; signal again to exit at once");

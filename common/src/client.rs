@@ -171,9 +171,9 @@ impl Client {
                 "no operations".to_string(),
             )));
         };
-        let route = self.route(&first).await?;
+        let route = self.route_retrying(&first).await?;
         if let Some(outside) = ops.iter().find(|op| !route.descriptor.contains(op.key())) {
-            let other = self.route(outside.key()).await?;
+            let other = self.route_retrying(outside.key()).await?;
             return Err(ClientError::CrossShard(
                 route.descriptor.id,
                 other.descriptor.id,
@@ -207,7 +207,7 @@ impl Client {
                 end: end.to_vec(),
                 limit: page,
             };
-            let route = self.route(&from).await?;
+            let route = self.route_retrying(&from).await?;
             let (got, more) = match self.shard_call(&from, op, Retry::Always).await? {
                 ApiResponse::Items { items, more } => (items, more),
                 other => return Err(unexpected(other)),
@@ -262,6 +262,7 @@ impl Client {
     /// none can, the caller gets `Unavailable` and may retry.
     async fn any_node(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let mut last = String::new();
+        let mut refusals = 0;
         for &seed in &self.seeds {
             match self.call(seed, &request).await {
                 Ok(ApiResponse::Error(
@@ -272,14 +273,41 @@ impl Client {
                 )) => last = format!("{seed}: {error}"),
                 Ok(ApiResponse::Error(error)) => return Err(ClientError::Refused(error)),
                 Ok(response) => return Ok(response),
-                Err(CallError::Untrusted(error)) => return Err(ClientError::Untrusted(error)),
+                Err(CallError::Untrusted(error)) => {
+                    last = error;
+                    refusals += 1;
+                }
                 Err(error) => last = call_error_text(&error),
             }
+        }
+        // Only if every seed refused us is it our configuration, not one odd node.
+        if refusals == self.seeds.len() {
+            return Err(ClientError::Untrusted(last));
         }
         Err(ClientError::Unavailable {
             attempts: self.seeds.len() as u32,
             last,
         })
+    }
+
+    /// [`Client::route`], retried with backoff while no seed can answer yet (a node that
+    /// just joined knows no shard; a cluster may be electing), within the client's limits.
+    async fn route_retrying(&self, key: &[u8]) -> Result<ShardRoute, ClientError> {
+        let deadline = Instant::now() + self.options.deadline;
+        let mut backoff = self.options.first_backoff;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.route(key).await {
+                Err(ClientError::Unavailable { last, .. })
+                    if attempts >= self.options.max_attempts || Instant::now() >= deadline =>
+                {
+                    return Err(ClientError::Unavailable { attempts, last });
+                }
+                Err(ClientError::Unavailable { .. }) => self.sleep(&mut backoff).await,
+                answered => return answered,
+            }
+        }
     }
 
     /// The cached route of `key`, or one asked of the seeds.

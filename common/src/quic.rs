@@ -139,14 +139,18 @@ fn dialling_endpoint(config: quinn::ClientConfig) -> Result<quinn::Endpoint, Tls
     Ok(endpoint)
 }
 
-/// True if the connection failed in the TLS handshake (either side refused the other's
-/// certificate): retrying cannot help, the configuration must change.
+/// True if the connection failed because one side refused the other's certificate:
+/// retrying cannot help, the configuration must change.
 pub fn is_handshake_refusal(error: &quinn::ConnectionError) -> bool {
-    // QUIC carries TLS alerts as transport error codes 0x100 to 0x1ff (RFC 9001, 4.8).
-    let is_crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    // QUIC carries a TLS alert as transport error 0x100 + the alert (RFC 9001, 4.8). The
+    // certificate alerts: bad_certificate (42) to access_denied (49), and
+    // certificate_required (116). Others (a protocol mismatch) are not about trust.
+    let is_certificate_alert = |code: quinn::TransportErrorCode| {
+        matches!(u64::from(code).checked_sub(0x100), Some(42..=49 | 116))
+    };
     match error {
-        quinn::ConnectionError::TransportError(error) => is_crypto(error.code),
-        quinn::ConnectionError::ConnectionClosed(close) => is_crypto(close.error_code),
+        quinn::ConnectionError::TransportError(error) => is_certificate_alert(error.code),
+        quinn::ConnectionError::ConnectionClosed(close) => is_certificate_alert(close.error_code),
         _ => false,
     }
 }

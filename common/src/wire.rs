@@ -91,15 +91,22 @@ pub async fn read_body<T: DeserializeOwned>(
     stream: &mut quinn::RecvStream,
     bytes: usize,
 ) -> Result<T, WireError> {
-    let mut body = Vec::with_capacity(bytes.min(INITIAL_BODY_BYTES));
+    let mut body: Vec<u8> = Vec::with_capacity(bytes.min(INITIAL_BODY_BYTES));
     while body.len() < bytes {
         let wanted = bytes - body.len();
-        match stream.read_chunk(wanted, true).await {
-            // `read_chunk` returns at most `wanted` bytes.
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+        // `read_chunk` returns at most `wanted` bytes.
+        let chunk = match stream.read_chunk(wanted, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
             Ok(None) => return Err(WireError::Truncated),
             Err(error) => return Err(WireError::Stream(error.to_string())),
+        };
+        let needed = body.len() + chunk.len();
+        if needed > body.capacity() {
+            // Double, but never past the announced size.
+            let target = (body.capacity() * 2).max(needed).min(bytes);
+            body.reserve_exact(target - body.len());
         }
+        body.extend_from_slice(&chunk);
     }
     decode_body(&body)
 }

@@ -103,7 +103,7 @@ fn a_learner_a_few_entries_behind_under_load_counts_as_caught_up() {
     // Writes every step, as under a steady load. Whenever the leader streams to the learner
     // and it trails the commit index by a few entries in flight, it counts as caught up
     // (requiring it to match the commit index exactly never promoted it under load).
-    let mut trailing = 0;
+    let (mut trailing, mut not_yet) = (0, 0);
     for i in 20..1_020 {
         for j in 0..4 {
             let op = KvOp::Put {
@@ -121,17 +121,24 @@ fn a_learner_a_few_entries_behind_under_load_counts_as_caught_up() {
             continue;
         };
         let slack = rshard_server::multiraft::LEARNER_CATCH_UP_SLACK_ENTRIES;
-        if state == rshard_raft::progress::ProgressState::Replicate
-            && matched < commit
-            && matched + slack >= commit
-        {
+        let streaming = state == rshard_raft::progress::ProgressState::Replicate;
+        let caught_up = driver.learner_caught_up(SHARD, NEW_NODE);
+        if streaming && matched < commit && matched + slack >= commit {
             trailing += 1;
             assert!(
-                driver.learner_caught_up(SHARD, NEW_NODE),
+                caught_up,
                 "{matched} of {commit}: {:?}",
                 driver.replica_status(SHARD)
             );
+        } else if !streaming || matched + slack < commit {
+            // Still probing or taking its snapshot, or too far behind.
+            not_yet += 1;
+            assert!(!caught_up, "{state:?} {matched} of {commit}");
         }
     }
     assert!(trailing > 0, "the learner never trailed under this load");
+    assert!(
+        not_yet > 0,
+        "the learner was never seen before it caught up"
+    );
 }

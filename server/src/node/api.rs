@@ -42,13 +42,23 @@ pub async fn serve_connection(
         };
         let context = context.clone();
         tokio::spawn(async move {
-            let response = match read_request(&context, &mut receive).await {
-                Ok(Some((request, _reserved))) => handle(&context, request, caller).await,
+            // The reservation lives until the answer is written.
+            let (response, _reserved) = match read_request(&context, &mut receive, caller).await {
+                Ok(Some((request, reserved))) => {
+                    (handle(&context, request, caller).await, reserved)
+                }
                 Ok(None) => return,
-                Err(error) => {
+                Err(RequestReadError::Wire(error)) => {
                     tracing::warn!(%error, "bad request frame; stream closed");
                     let _stopped = receive.stop(codes::BAD_FRAME.into());
-                    ApiResponse::Error(ApiError::Malformed(error.to_string()))
+                    (
+                        ApiResponse::Error(ApiError::Malformed(error.to_string())),
+                        None,
+                    )
+                }
+                Err(RequestReadError::Refused(error)) => {
+                    let _stopped = receive.stop(codes::BAD_FRAME.into());
+                    (ApiResponse::Error(error), None)
                 }
             };
             match wire::encode_frame(&response, MAX_API_FRAME_BYTES) {
@@ -63,24 +73,61 @@ pub async fn serve_connection(
     }
 }
 
-/// Reads one request, first reserving its bytes from the node-wide budget for request
-/// bodies (held until the answer is sent): however many streams clients open, requests
-/// never hold more than that in memory; the others wait, and QUIC flow control holds
-/// their senders back.
+enum RequestReadError {
+    Wire(wire::WireError),
+    /// Not read: an answer for the caller.
+    Refused(ApiError),
+}
+
+/// Reads one request within the request timeout. A client's request first reserves its
+/// bytes from the node-wide budget for request bodies (held until the answer is written):
+/// however many streams clients open, their requests never hold more than that in memory;
+/// the others wait, and QUIC flow control holds their senders back. A request that cannot
+/// reserve in time is refused `Busy`, and one whose body does not arrive in time ends its
+/// stream, so a client that announces large requests and never sends them cannot hold
+/// the budget. Nodes (trusted, small requests) do not draw on it.
 async fn read_request<'context>(
     context: &'context NodeContext,
     receive: &mut quinn::RecvStream,
-) -> Result<Option<(ApiRequest, tokio::sync::SemaphorePermit<'context>)>, wire::WireError> {
-    let Some(bytes) = wire::read_length(receive, MAX_API_FRAME_BYTES).await? else {
+    caller: Caller,
+) -> Result<Option<(ApiRequest, Option<tokio::sync::SemaphorePermit<'context>>)>, RequestReadError>
+{
+    let timeout = context.config.request_timeout;
+    let Some(bytes) = wire::read_length(receive, MAX_API_FRAME_BYTES)
+        .await
+        .map_err(RequestReadError::Wire)?
+    else {
         return Ok(None);
     };
-    let kibibytes = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    let reserved = context
-        .request_budget
-        .acquire_many(kibibytes)
-        .await
-        .map_err(|_| wire::WireError::Stream("the node is stopping".to_string()))?;
-    let request = wire::read_body(receive, bytes).await?;
+    let reserved = match caller {
+        Caller::Node => None,
+        Caller::Client => {
+            let kibibytes = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+            match tokio::time::timeout(timeout, context.request_budget.acquire_many(kibibytes))
+                .await
+            {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) => {
+                    return Err(RequestReadError::Refused(ApiError::Unavailable(
+                        "the node is stopping".to_string(),
+                    )))
+                }
+                Err(_) => {
+                    return Err(RequestReadError::Refused(ApiError::Busy(format!(
+                        "requests of {bytes} bytes wait for memory; retry later"
+                    ))))
+                }
+            }
+        }
+    };
+    let request = match tokio::time::timeout(timeout, wire::read_body(receive, bytes)).await {
+        Ok(request) => request.map_err(RequestReadError::Wire)?,
+        Err(_) => {
+            return Err(RequestReadError::Wire(wire::WireError::Stream(format!(
+                "the {bytes}-byte request did not arrive within {timeout:?}"
+            ))))
+        }
+    };
     Ok(Some((request, reserved)))
 }
 

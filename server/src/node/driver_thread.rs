@@ -11,6 +11,7 @@
 //! the API, placement and metrics to read without touching the driver.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +29,11 @@ type Reply = oneshot::Sender<Result<Response, RequestError>>;
 /// What the thread takes.
 #[derive(Debug)]
 pub enum Command {
-    Input(Input),
+    /// An input and the bytes it holds (counted against the queue's byte limit).
+    Input {
+        input: Input,
+        bytes: usize,
+    },
     Request {
         request: Request,
         reply: Reply,
@@ -69,6 +74,11 @@ impl NodeView {
 pub struct DriverHandle {
     sender: SyncSender<Command>,
     view: Arc<Mutex<NodeView>>,
+    /// Bytes of network inputs queued for the thread, at most `max_queued_bytes`.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
+    /// False once the thread has ended, however it ended (a panic included).
+    running: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -76,13 +86,35 @@ pub struct ThreadConfig {
     pub tick: Duration,
     /// Commands the channel holds; more are refused.
     pub max_queued_commands: usize,
+    /// Bytes of network inputs (frames, snapshot chunks) the channel holds; more are
+    /// refused.
+    pub max_queued_bytes: usize,
     pub view_interval: Duration,
 }
 
 impl DriverHandle {
     /// Queues an input; false if the channel is full (the input is dropped).
     pub fn offer(&self, input: Input) -> bool {
-        self.sender.try_send(Command::Input(input)).is_ok()
+        self.offer_sized(input, 0)
+    }
+
+    /// Queues an input that arrived as `bytes` bytes; false (the input is dropped) if the
+    /// channel is full or holds `max_queued_bytes` already.
+    pub fn offer_sized(&self, input: Input, bytes: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.max_queued_bytes && bytes > 0 {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        if self
+            .sender
+            .try_send(Command::Input { input, bytes })
+            .is_err()
+        {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Sends `request` and waits for its answer, at most `timeout`.
@@ -111,12 +143,17 @@ impl DriverHandle {
         }
     }
 
-    /// Why the driver stopped (storage failed), as of the last published view.
+    /// Why the driver stopped (storage failed, or its thread ended), as of the last
+    /// published view.
     pub fn failure(&self) -> Option<String> {
-        match self.view.lock() {
+        let stopped = match self.view.lock() {
             Ok(view) => view.stopped.clone(),
             Err(poisoned) => poisoned.into_inner().stopped.clone(),
-        }
+        };
+        stopped.or_else(|| {
+            (!self.running.load(Ordering::Relaxed))
+                .then(|| "the driver thread ended unexpectedly".to_string())
+        })
     }
 
     /// Asks the thread to stop; false if it already has.
@@ -134,7 +171,7 @@ pub enum RequestFailure {
     Timeout,
     /// The thread had ended; the request was not taken.
     NotTaken,
-    /// The thread ended after taking the request without answering it; a write may apply.
+    /// The thread ended (or panicked) without answering; a write may have been proposed.
     Dropped,
 }
 
@@ -149,22 +186,38 @@ pub fn spawn<T: Transport + Send + 'static>(
         node: driver.node(),
         ..NodeView::default()
     }));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(AtomicBool::new(true));
     let handle = DriverHandle {
         sender,
         view: view.clone(),
+        queued_bytes: queued_bytes.clone(),
+        max_queued_bytes: config.max_queued_bytes,
+        running: running.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("raft-driver".to_string())
         .spawn(move || {
+            let _running = Running(running);
             let mut state = ThreadState {
                 driver,
                 waiting: HashMap::new(),
                 next_request: 1,
                 view,
+                queued_bytes,
             };
             state.run(receiver, config);
         })?;
     Ok((handle, thread))
+}
+
+/// Clears the flag when the thread ends, by return or by panic (drop runs on unwinding).
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 struct ThreadState<T: Transport> {
@@ -172,6 +225,7 @@ struct ThreadState<T: Transport> {
     waiting: HashMap<RequestId, Reply>,
     next_request: RequestId,
     view: Arc<Mutex<NodeView>>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl<T: Transport> ThreadState<T> {
@@ -216,6 +270,14 @@ impl<T: Transport> ThreadState<T> {
                 next_view = Instant::now() + config.view_interval;
             }
         }
+        // Requests still in the channel never reached the driver: nothing of them applied.
+        while let Ok(command) = receiver.try_recv() {
+            if let Command::Request { reply, .. } = command {
+                let _gone = reply.send(Err(RequestError::Stopped(
+                    "the node is shutting down".to_string(),
+                )));
+            }
+        }
         let answers = self.driver.shut_down("the node is shutting down");
         self.answer(answers);
         // Anything left was taken by the driver and may have been proposed.
@@ -227,7 +289,8 @@ impl<T: Transport> ThreadState<T> {
 
     fn take(&mut self, command: Command) {
         match command {
-            Command::Input(input) => {
+            Command::Input { input, bytes } => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 let _full = self.driver.offer(input);
             }
             Command::Request { request, reply } => {
@@ -294,5 +357,35 @@ impl<T: Transport> ThreadState<T> {
             Ok(mut slot) => *slot = view,
             Err(poisoned) => *poisoned.into_inner() = view,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_inputs_past_the_byte_limit_are_refused_without_leaking_the_count() {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(8);
+        let handle = DriverHandle {
+            sender,
+            view: Arc::default(),
+            queued_bytes: Arc::default(),
+            max_queued_bytes: 100,
+            running: Arc::new(AtomicBool::new(true)),
+        };
+        assert!(handle.offer_sized(Input::Tick, 60));
+        assert!(!handle.offer_sized(Input::Tick, 60), "160 bytes > 100");
+        assert_eq!(handle.queued_bytes.load(Ordering::Relaxed), 60);
+        assert!(handle.offer(Input::Tick), "local inputs carry no bytes");
+        assert!(handle.offer_sized(Input::Tick, 40), "exactly the limit");
+        let queued: Vec<usize> = receiver
+            .try_iter()
+            .map(|command| match command {
+                Command::Input { bytes, .. } => bytes,
+                _ => usize::MAX,
+            })
+            .collect();
+        assert_eq!(queued, vec![60, 0, 40]);
     }
 }

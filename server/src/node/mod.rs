@@ -137,6 +137,10 @@ pub struct NodeContext {
     request_budget: tokio::sync::Semaphore,
 }
 
+/// Bytes of frames and snapshot chunks from peers waiting for the driver thread: 256 MiB
+/// (four of the largest frames). Beyond it inputs are dropped and Raft retries them.
+pub const MAX_QUEUED_INPUT_BYTES: usize = 256 << 20;
+
 /// Request bytes (KiB) a node holds at once over all connections: 256 MiB, sixteen of the
 /// largest requests.
 pub const MAX_REQUEST_KIBIBYTES_IN_FLIGHT: usize = 256 << 10;
@@ -382,6 +386,7 @@ impl Node {
             ThreadConfig {
                 tick: config.tick,
                 max_queued_commands: config.max_queued_commands,
+                max_queued_bytes: MAX_QUEUED_INPUT_BYTES,
                 view_interval: Duration::from_millis(20),
             },
         )
@@ -420,9 +425,10 @@ impl Node {
         self.endpoint.local_addr().ok()
     }
 
-    /// Resolves once storage has failed and the driver stopped, with the reason. Such a
-    /// node serves nothing and must not pretend to: the caller shuts it down.
-    pub async fn storage_failure(&self) -> String {
+    /// Resolves once the driver has stopped on its own (storage failed, or its thread
+    /// ended), with the reason. Such a node serves nothing and must not pretend to: the
+    /// caller shuts it down.
+    pub async fn failure(&self) -> String {
         let mut poll = tokio::time::interval(Duration::from_millis(100));
         loop {
             poll.tick().await;

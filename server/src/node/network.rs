@@ -347,17 +347,24 @@ pub async fn receive_stream(
         StreamKind::Snapshot => MAX_SNAPSHOT_MESSAGE_BYTES,
     };
     loop {
+        let bytes = match wire::read_length(&mut stream, max_bytes).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(error) => {
+                reject_stream(&mut stream, codes::BAD_FRAME, "bad frame", &error);
+                return;
+            }
+        };
         let input = match hello.kind {
-            StreamKind::Raft => wire::read_frame::<Frame>(&mut stream, max_bytes)
+            StreamKind::Raft => wire::read_body::<Frame>(&mut stream, bytes)
                 .await
-                .map(|frame| frame.map(|f| (f.from, f.to, Input::Frame(f)))),
-            StreamKind::Snapshot => wire::read_frame::<SnapshotMessage>(&mut stream, max_bytes)
+                .map(|f| (f.from, f.to, Input::Frame(f))),
+            StreamKind::Snapshot => wire::read_body::<SnapshotMessage>(&mut stream, bytes)
                 .await
-                .map(|m| m.map(|m| (m.from(), m.to(), Input::Snapshot(m)))),
+                .map(|m| (m.from(), m.to(), Input::Snapshot(m))),
         };
         match input {
-            Ok(None) => return,
-            Ok(Some((from, to, input))) => {
+            Ok((from, to, input)) => {
                 if from != hello.from || to != node {
                     let error = WireError::Malformed(format!(
                         "a frame from {from} to {to} on a stream of node {} to {node}",
@@ -366,8 +373,8 @@ pub async fn receive_stream(
                     reject_stream(&mut stream, codes::BAD_FRAME, "forged frame", &error);
                     return;
                 }
-                // A full driver drops the input; Raft retries.
-                let _dropped = driver.offer(input);
+                // A full driver (in inputs or in bytes) drops the input; Raft retries.
+                let _dropped = driver.offer_sized(input, bytes);
             }
             Err(error) => {
                 reject_stream(&mut stream, codes::BAD_FRAME, "bad frame", &error);
