@@ -160,9 +160,24 @@ pub async fn run_node(args: &ClientArgs, action: NodeAction) -> anyhow::Result<u
     match action {
         NodeAction::Ls => {
             let (nodes, shards) = client.cluster().await?;
-            println!("{:<6} {:<24} LIVE", "NODE", "ADDRESS");
+            println!(
+                "{:<6} {:<24} {:<6} {:<9} {:>10} {:>10}",
+                "NODE", "ADDRESS", "LIVE", "REPLICAS", "DISK FREE", "DISK SIZE"
+            );
+            let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30));
             for node in nodes {
-                println!("{:<6} {:<24} {}", node.id, node.address, node.live);
+                let (replicas, free, size) = match node.capacity {
+                    Some(c) => (
+                        c.replicas.to_string(),
+                        gib(c.disk_available_bytes),
+                        gib(c.disk_total_bytes),
+                    ),
+                    None => ("-".to_string(), "-".to_string(), "-".to_string()),
+                };
+                println!(
+                    "{:<6} {:<24} {:<6} {:<9} {:>10} {:>10}",
+                    node.id, node.address, node.live, replicas, free, size
+                );
             }
             println!();
             println!(

@@ -40,6 +40,18 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
                 nodes.len() == 3 && nodes.iter().all(|n| n.live)
             })
             .await;
+        // The registry has each node's capacity: both replicas, and its disk.
+        cluster
+            .wait_for("capacity reports", FORMATION_TIMEOUT, |nodes, _| {
+                nodes.iter().all(|n| {
+                    n.capacity.is_some_and(|c| {
+                        c.replicas == 2
+                            && c.disk_total_bytes > 0
+                            && c.disk_available_bytes <= c.disk_total_bytes
+                    })
+                })
+            })
+            .await;
         for (index, &address) in cluster.addresses().iter().enumerate() {
             let client = cluster.client(vec![address]);
             for key in 0..20 {
@@ -132,6 +144,10 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
         assert!(!ok && stderr.contains("reserved"), "{stderr}");
         let (ok, stdout, _) = rshard(&[&["node", "ls"][..], &common].concat());
         assert!(ok && stdout.lines().filter(|l| l.contains("127.0.0.1")).count() == 3);
+        assert!(
+            stdout.contains("DISK FREE") && stdout.contains(" GiB"),
+            "{stdout}"
+        );
     });
 }
 

@@ -148,11 +148,21 @@ pub struct NodeReport {
     pub address: String,
     /// Descriptors of the shards this node leads.
     pub leading: Vec<ShardDescriptor>,
-    /// Replicas this node holds.
-    pub replicas: u64,
+    pub capacity: NodeCapacity,
     /// (shard, learner) pairs of shards this node leads whose learner holds every committed
     /// entry: ready to be promoted.
     pub caught_up_learners: Vec<(ShardId, NodeId)>,
+}
+
+/// What a node holds and has room for, as of its last report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    /// Replicas (of any shard) on the node.
+    pub replicas: u64,
+    /// Size of the file system holding the node's data directory.
+    pub disk_total_bytes: u64,
+    /// Bytes of that file system an unprivileged writer may still use.
+    pub disk_available_bytes: u64,
 }
 
 /// A node as the cluster knows it.
@@ -162,6 +172,9 @@ pub struct NodeInfo {
     pub address: String,
     /// Heard from by the placement leader recently (false if unknown).
     pub live: bool,
+    /// From the node's last report to placement; `None` if placement has none (yet).
+    #[serde(default)]
+    pub capacity: Option<NodeCapacity>,
 }
 
 /// A shard and its leader, as a node knows them.

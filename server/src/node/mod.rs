@@ -206,6 +206,7 @@ impl NodeContext {
                 id: node,
                 address: self.address.clone(),
                 live: true,
+                capacity: None,
             });
         }
         let (nodes, _) = self.cluster_snapshot();
@@ -215,6 +216,7 @@ impl NodeContext {
                 id: node,
                 address: address.to_string(),
                 live: false,
+                capacity: None,
             })
         })
     }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rshard_common::api::{
-    ApiError, ApiRequest, ApiResponse, NodeId, NodeInfo, NodeReport, ReplicaChange, ShardRoute,
-    PLACEMENT_SHARD,
+    ApiError, ApiRequest, ApiResponse, NodeCapacity, NodeId, NodeInfo, NodeReport, ReplicaChange,
+    ShardRoute, PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_placement::replication::{plan_replication, Operator, ShardState};
@@ -55,6 +55,8 @@ pub struct PlacementMemory {
     last_heard: BTreeMap<NodeId, Instant>,
     leaders: BTreeMap<ShardId, NodeId>,
     caught_up: BTreeMap<ShardId, Vec<NodeId>>,
+    /// Each node's capacity, from its last report.
+    capacity: BTreeMap<NodeId, NodeCapacity>,
     /// Shards with a replication operator under way: at most one each, so rounds never
     /// pile operators (and tasks) onto a slow shard.
     operating: BTreeSet<ShardId>,
@@ -252,6 +254,7 @@ pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiR
             ));
         };
         memory.last_heard.insert(report.node, Instant::now());
+        memory.capacity.insert(report.node, report.capacity);
         memory.leaders.retain(|_, leader| *leader != report.node);
         for descriptor in &report.leading {
             memory.leaders.insert(descriptor.id, report.node);
@@ -282,6 +285,7 @@ async fn cluster_view(
                 .last_heard
                 .get(&record.id)
                 .is_some_and(|heard| heard.elapsed() < dead_after),
+            capacity: memory.capacity.get(&record.id).copied(),
             id: record.id,
             address: record.address,
         })
@@ -396,6 +400,24 @@ impl NodeContext {
     }
 }
 
+/// This node's replicas and the room on its data directory's file system (zero if the
+/// file system cannot say).
+pub fn capacity(context: &NodeContext, replicas: u64) -> NodeCapacity {
+    let (disk_total_bytes, disk_available_bytes) = rustix::fs::statvfs(&context.config.data_dir)
+        .map(|fs| {
+            (
+                fs.f_blocks.saturating_mul(fs.f_frsize),
+                fs.f_bavail.saturating_mul(fs.f_frsize),
+            )
+        })
+        .unwrap_or((0, 0));
+    NodeCapacity {
+        replicas,
+        disk_total_bytes,
+        disk_available_bytes,
+    }
+}
+
 /// This node's report to placement.
 pub fn report(context: &NodeContext) -> NodeReport {
     let view = context.driver.view();
@@ -412,7 +434,7 @@ pub fn report(context: &NodeContext) -> NodeReport {
             })
             .collect(),
         leading: leading.into_iter().map(|r| r.descriptor.clone()).collect(),
-        replicas: view.replicas.len() as u64,
+        capacity: capacity(context, view.replicas.len() as u64),
     }
 }
 
