@@ -505,7 +505,8 @@ fn sigterm_hands_leadership_away_and_exits_and_the_status_listener_answers() {
         );
         let log = std::fs::read_to_string(&cluster.nodes[index].log).unwrap_or_default();
         assert!(
-            log.contains("draining") && log.contains("node stopped stopped=true still_leading=0"),
+            log.contains("draining")
+                && log.contains("node stopped stopped=true still_leading=0 unanswered=0"),
             "{log}"
         );
         // Leadership moved before it left: the survivors serve at once.

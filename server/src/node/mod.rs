@@ -467,7 +467,16 @@ impl Node {
             }
             tokio::time::sleep(context.config.tick * 4).await;
         }
-        let still_leading = context.driver.view().leading().count();
+        // Finish what is in flight: requests the driver already took get their answers
+        // (applied, or refused by a replica that is no longer leader) before it stops.
+        while Instant::now() < deadline
+            && context.driver.failure().is_none()
+            && context.driver.view().pending_requests > 0
+        {
+            tokio::time::sleep(context.config.tick).await;
+        }
+        let view = context.driver.view();
+        let (still_leading, unanswered) = (view.leading().count(), view.pending_requests);
         let stopped = context.driver.stop();
         self.endpoint
             .close(network::codes::SHUTDOWN.into(), b"node shutting down");
@@ -477,7 +486,7 @@ impl Node {
                 tracing::error!("the driver thread ended abnormally");
             }
         }
-        tracing::info!(stopped, still_leading, "node stopped");
+        tracing::info!(stopped, still_leading, unanswered, "node stopped");
     }
 }
 
