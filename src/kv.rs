@@ -166,14 +166,12 @@ pub async fn run_node(args: &ClientArgs, action: NodeAction) -> anyhow::Result<u
             );
             let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30));
             for node in nodes {
-                let (replicas, free, size) = match node.capacity {
-                    Some(c) => (
-                        c.replicas.to_string(),
-                        gib(c.disk_available_bytes),
-                        gib(c.disk_total_bytes),
-                    ),
-                    None => ("-".to_string(), "-".to_string(), "-".to_string()),
-                };
+                let replicas = node.capacity.map(|c| c.replicas.to_string());
+                let disk = node.capacity.and_then(|c| c.disk);
+                let free = disk.map(|d| gib(d.available_bytes));
+                let size = disk.map(|d| gib(d.total_bytes));
+                let [replicas, free, size] =
+                    [replicas, free, size].map(|text| text.unwrap_or_else(|| "-".to_string()));
                 println!(
                     "{:<6} {:<24} {:<6} {:<9} {:>10} {:>10}",
                     node.id, node.address, node.live, replicas, free, size

@@ -46,8 +46,9 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
                 nodes.iter().all(|n| {
                     n.capacity.is_some_and(|c| {
                         c.replicas == 2
-                            && c.disk_total_bytes > 0
-                            && c.disk_available_bytes <= c.disk_total_bytes
+                            && c.disk.is_some_and(|d| {
+                                d.total_bytes > 0 && d.available_bytes <= d.total_bytes
+                            })
                     })
                 })
             })
@@ -395,8 +396,9 @@ fn bad_input_is_refused_clearly_and_the_cluster_serves_on() {
             }
         }
         // Requests announced at the largest size whose bodies never come, more than the
-        // node's request memory holds: they time out and free it, and a small request
-        // from another client is served meanwhile (without the timeouts it waited forever).
+        // node's request memory holds: one connection holds at most 24 MiB of it and its
+        // waits end with the request timeout, so another client is served meanwhile
+        // (without these bounds it waited forever).
         let mut announced = Vec::new();
         for _ in 0..20 {
             let (mut send, receive) = connection.open_bi().await.expect("a stream");
@@ -408,6 +410,21 @@ fn bad_input_is_refused_clearly_and_the_cluster_serves_on() {
         let other = cluster.client(vec![address]);
         assert_eq!(other.get(b"anything").await, Ok(None));
         assert!(started.elapsed() < Duration::from_secs(9), "{:?}", started.elapsed());
+        // Those that could not reserve in time are told so (nothing was written), before
+        // their streams are refused.
+        let mut busy = 0;
+        for (_, receive) in &mut announced {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(15),
+                wire::read_frame::<ApiResponse>(receive, MAX_API_FRAME_BYTES),
+            )
+            .await;
+            if let Ok(Ok(Some(ApiResponse::Error(error)))) = answer {
+                assert!(error.wrote_nothing(), "{error}");
+                busy += usize::from(error.to_string().contains("busy"));
+            }
+        }
+        assert!(busy > 0, "no request was refused as busy");
         drop(announced);
 
         // Node-only requests from a client certificate.

@@ -148,10 +148,23 @@ pub struct NodeReport {
     pub address: String,
     /// Descriptors of the shards this node leads.
     pub leading: Vec<ShardDescriptor>,
-    pub capacity: NodeCapacity,
+    /// Replicas this node holds.
+    pub replicas: u64,
     /// (shard, learner) pairs of shards this node leads whose learner holds every committed
     /// entry: ready to be promoted.
     pub caught_up_learners: Vec<(ShardId, NodeId)>,
+    /// The data directory's file system; `None` if it could not be read. (Fields added
+    /// after the first release go last, with a default, so older senders still decode.)
+    #[serde(default)]
+    pub disk: Option<DiskSpace>,
+}
+
+/// The file system holding a node's data directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    /// Bytes an unprivileged writer may still use.
+    pub available_bytes: u64,
 }
 
 /// What a node holds and has room for, as of its last report.
@@ -159,10 +172,8 @@ pub struct NodeReport {
 pub struct NodeCapacity {
     /// Replicas (of any shard) on the node.
     pub replicas: u64,
-    /// Size of the file system holding the node's data directory.
-    pub disk_total_bytes: u64,
-    /// Bytes of that file system an unprivileged writer may still use.
-    pub disk_available_bytes: u64,
+    /// `None` if the node could not read its file system.
+    pub disk: Option<DiskSpace>,
 }
 
 /// A node as the cluster knows it.
@@ -173,7 +184,8 @@ pub struct NodeInfo {
     /// Heard from by the placement leader recently (false if unknown).
     pub live: bool,
     /// From the node's last report to placement; `None` if placement has none (yet).
-    #[serde(default)]
+    /// Last, defaulted and skipped when absent, so the other fields keep their places.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<NodeCapacity>,
 }
 
@@ -320,6 +332,33 @@ pub fn check_user_op(op: &ShardOp) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_added_later_leave_the_earlier_layout_readable_both_ways() {
+        // The layout before capacity existed: (id, address, live).
+        let old = rmp_serde::to_vec(&(7u64, "127.0.0.1:7001", true)).expect("encodes");
+        let read: NodeInfo = rmp_serde::from_slice(&old).expect("an old sender decodes");
+        assert_eq!(read.capacity, None);
+        let without = NodeInfo {
+            id: 7,
+            address: "127.0.0.1:7001".to_string(),
+            live: true,
+            capacity: None,
+        };
+        let encoded = rmp_serde::to_vec(&without).expect("encodes");
+        assert_eq!(encoded, old, "absent capacity is not written at all");
+        // A report from before disk space: (node, address, leading, replicas, learners).
+        let old = rmp_serde::to_vec(&(
+            2u64,
+            "a",
+            Vec::<ShardDescriptor>::new(),
+            5u64,
+            Vec::<(u64, u64)>::new(),
+        ))
+        .expect("encodes");
+        let report: NodeReport = rmp_serde::from_slice(&old).expect("an old report decodes");
+        assert_eq!((report.replicas, report.disk), (5, None));
+    }
 
     #[test]
     fn user_requests_for_system_keys_or_over_the_limits_are_refused() {

@@ -85,6 +85,9 @@ enum CallError {
     Untrusted(String),
 }
 
+/// How long a client whose request could not be written waits for the node's refusal.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct Client {
     endpoint: quinn::Endpoint,
@@ -474,9 +477,21 @@ impl Client {
                 .open_bi()
                 .await
                 .map_err(|error| CallError::NotSent(error.to_string()))?;
-            wire::write_frame(&mut send, &frame)
-                .await
-                .map_err(|error| CallError::Lost(error.to_string()))?;
+            if let Err(error) = wire::write_frame(&mut send, &frame).await {
+                // A node that refuses a request before reading it (busy) answers, then
+                // stops the stream: the answer says nothing was written.
+                let answer = tokio::time::timeout(
+                    REFUSAL_READ_TIMEOUT,
+                    wire::read_frame::<ApiResponse>(&mut receive, MAX_API_FRAME_BYTES),
+                )
+                .await;
+                return match answer {
+                    Ok(Ok(Some(ApiResponse::Error(refusal)))) if refusal.wrote_nothing() => {
+                        Ok(ApiResponse::Error(refusal))
+                    }
+                    _ => Err(CallError::Lost(error.to_string())),
+                };
+            }
             let _finished = send.finish();
             wire::read_frame::<ApiResponse>(&mut receive, MAX_API_FRAME_BYTES)
                 .await

@@ -35,15 +35,23 @@ pub async fn serve_connection(
     connection: quinn::Connection,
     caller: Caller,
 ) {
+    // What this connection's requests may reserve at once: below its receive window, so
+    // the streams holding reservations can always receive their bodies, and one client
+    // cannot take the whole node's budget.
+    let connection_budget = Arc::new(tokio::sync::Semaphore::new(
+        MAX_CONNECTION_REQUEST_KIBIBYTES,
+    ));
     loop {
         let (mut send, mut receive) = match connection.accept_bi().await {
             Ok(streams) => streams,
             Err(_) => return, // Closed or timed out: nothing to answer.
         };
         let context = context.clone();
+        let connection_budget = connection_budget.clone();
         tokio::spawn(async move {
             // The reservation lives until the answer is written.
-            let (response, _reserved) = match read_request(&context, &mut receive, caller).await {
+            let read = read_request(&context, &connection_budget, &mut receive, caller).await;
+            let (response, _reserved) = match read {
                 Ok(Some((request, reserved))) => {
                     (handle(&context, request, caller).await, reserved)
                 }
@@ -56,15 +64,23 @@ pub async fn serve_connection(
                         None,
                     )
                 }
-                Err(RequestReadError::Refused(error)) => {
-                    let _stopped = receive.stop(codes::BAD_FRAME.into());
-                    (ApiResponse::Error(error), None)
-                }
+                // Answered first; the unread body is refused when `receive` drops.
+                Err(RequestReadError::Refused(error)) => (ApiResponse::Error(error), None),
             };
             match wire::encode_frame(&response, MAX_API_FRAME_BYTES) {
                 Ok(frame) => {
-                    if wire::write_frame(&mut send, &frame).await.is_ok() {
-                        let _finished = send.finish();
+                    // A client that does not read its answer does not keep it (nor the
+                    // reservation) past the request timeout.
+                    let timeout = context.config.request_timeout;
+                    match tokio::time::timeout(timeout, wire::write_frame(&mut send, &frame)).await
+                    {
+                        Ok(Ok(())) => {
+                            let _finished = send.finish();
+                        }
+                        Ok(Err(_)) => {}
+                        Err(_) => {
+                            let _reset = send.reset(codes::BAD_FRAME.into());
+                        }
                     }
                 }
                 Err(error) => tracing::error!(%error, "response not encodable"),
@@ -72,6 +88,16 @@ pub async fn serve_connection(
         });
     }
 }
+
+/// Request memory held for one request: its share of its connection's and of the node's.
+struct Reservation<'context> {
+    _connection: tokio::sync::OwnedSemaphorePermit,
+    _node: tokio::sync::SemaphorePermit<'context>,
+}
+
+/// KiB of request bodies one connection may hold at once: 24 MiB, under its 32 MiB
+/// receive window, and above the largest request (16 MiB).
+const MAX_CONNECTION_REQUEST_KIBIBYTES: usize = 24 << 10;
 
 enum RequestReadError {
     Wire(wire::WireError),
@@ -88,10 +114,10 @@ enum RequestReadError {
 /// the budget. Nodes (trusted, small requests) do not draw on it.
 async fn read_request<'context>(
     context: &'context NodeContext,
+    connection_budget: &Arc<tokio::sync::Semaphore>,
     receive: &mut quinn::RecvStream,
     caller: Caller,
-) -> Result<Option<(ApiRequest, Option<tokio::sync::SemaphorePermit<'context>>)>, RequestReadError>
-{
+) -> Result<Option<(ApiRequest, Option<Reservation<'context>>)>, RequestReadError> {
     let timeout = context.config.request_timeout;
     let Some(bytes) = wire::read_length(receive, MAX_API_FRAME_BYTES)
         .await
@@ -103,10 +129,19 @@ async fn read_request<'context>(
         Caller::Node => None,
         Caller::Client => {
             let kibibytes = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-            match tokio::time::timeout(timeout, context.request_budget.acquire_many(kibibytes))
-                .await
-            {
-                Ok(Ok(permit)) => Some(permit),
+            let reserve = async {
+                let connection = connection_budget
+                    .clone()
+                    .acquire_many_owned(kibibytes)
+                    .await?;
+                let node = context.request_budget.acquire_many(kibibytes).await?;
+                Ok::<_, tokio::sync::AcquireError>(Reservation {
+                    _connection: connection,
+                    _node: node,
+                })
+            };
+            match tokio::time::timeout(timeout, reserve).await {
+                Ok(Ok(reservation)) => Some(reservation),
                 Ok(Err(_)) => {
                     return Err(RequestReadError::Refused(ApiError::Unavailable(
                         "the node is stopping".to_string(),

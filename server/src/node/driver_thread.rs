@@ -79,6 +79,9 @@ pub struct DriverHandle {
     max_queued_bytes: usize,
     /// False once the thread has ended, however it ended (a panic included).
     running: Arc<AtomicBool>,
+    /// Set by [`DriverHandle::stop`]; the thread checks it every loop, so a stop is never
+    /// lost to a full channel.
+    stop_requested: Arc<AtomicBool>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -156,9 +159,13 @@ impl DriverHandle {
         })
     }
 
-    /// Asks the thread to stop; false if it already has.
+    /// Asks the thread to stop; false if it already has. It stops within a tick.
     pub fn stop(&self) -> bool {
-        self.sender.try_send(Command::Stop).is_ok()
+        self.stop_requested.store(true, Ordering::Relaxed);
+        // Wakes the thread if it waits; a full channel means it is busy and will see the
+        // flag anyway.
+        let _woken = self.sender.try_send(Command::Stop);
+        self.running.load(Ordering::Relaxed)
     }
 }
 
@@ -188,12 +195,14 @@ pub fn spawn<T: Transport + Send + 'static>(
     }));
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicBool::new(true));
+    let stop_requested = Arc::new(AtomicBool::new(false));
     let handle = DriverHandle {
         sender,
         view: view.clone(),
         queued_bytes: queued_bytes.clone(),
         max_queued_bytes: config.max_queued_bytes,
         running: running.clone(),
+        stop_requested: stop_requested.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("raft-driver".to_string())
@@ -205,6 +214,7 @@ pub fn spawn<T: Transport + Send + 'static>(
                 next_request: 1,
                 view,
                 queued_bytes,
+                stop_requested,
             };
             state.run(receiver, config);
         })?;
@@ -226,6 +236,7 @@ struct ThreadState<T: Transport> {
     next_request: RequestId,
     view: Arc<Mutex<NodeView>>,
     queued_bytes: Arc<AtomicUsize>,
+    stop_requested: Arc<AtomicBool>,
 }
 
 impl<T: Transport> ThreadState<T> {
@@ -251,7 +262,7 @@ impl<T: Transport> ThreadState<T> {
                     Err(_) => break,
                 }
             }
-            if stop {
+            if stop || self.stop_requested.load(Ordering::Relaxed) {
                 break;
             }
             if self.driver.has_work() {
@@ -373,6 +384,7 @@ mod tests {
             queued_bytes: Arc::default(),
             max_queued_bytes: 100,
             running: Arc::new(AtomicBool::new(true)),
+            stop_requested: Arc::default(),
         };
         assert!(handle.offer_sized(Input::Tick, 60));
         assert!(!handle.offer_sized(Input::Tick, 60), "160 bytes > 100");

@@ -137,6 +137,9 @@ pub struct NodeContext {
     request_budget: tokio::sync::Semaphore,
 }
 
+/// How long a stopping node waits for its driver thread to end.
+const DRIVER_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Bytes of frames and snapshot chunks from peers waiting for the driver thread: 256 MiB
 /// (four of the largest frames). Beyond it inputs are dropped and Raft retries them.
 pub const MAX_QUEUED_INPUT_BYTES: usize = 256 << 20;
@@ -481,9 +484,12 @@ impl Node {
         self.endpoint
             .close(network::codes::SHUTDOWN.into(), b"node shutting down");
         if let Some(thread) = self.driver_thread.take() {
-            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                tracing::error!("the driver thread ended abnormally");
+            // It stops within a tick, or an iteration (one sync) later; never wait forever.
+            let join = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(DRIVER_JOIN_TIMEOUT, join).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => tracing::error!("the driver thread ended abnormally"),
+                Err(_) => tracing::error!("the driver thread did not stop in time"),
             }
         }
         tracing::info!(stopped, still_leading, unanswered, "node stopped");

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rshard_common::api::{
-    ApiError, ApiRequest, ApiResponse, NodeCapacity, NodeId, NodeInfo, NodeReport, ReplicaChange,
-    ShardRoute, PLACEMENT_SHARD,
+    ApiError, ApiRequest, ApiResponse, DiskSpace, NodeCapacity, NodeId, NodeInfo, NodeReport,
+    ReplicaChange, ShardRoute, PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_placement::replication::{plan_replication, Operator, ShardState};
@@ -254,7 +254,13 @@ pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiR
             ));
         };
         memory.last_heard.insert(report.node, Instant::now());
-        memory.capacity.insert(report.node, report.capacity);
+        memory.capacity.insert(
+            report.node,
+            NodeCapacity {
+                replicas: report.replicas,
+                disk: report.disk,
+            },
+        );
         memory.leaders.retain(|_, leader| *leader != report.node);
         for descriptor in &report.leading {
             memory.leaders.insert(descriptor.id, report.node);
@@ -400,22 +406,14 @@ impl NodeContext {
     }
 }
 
-/// This node's replicas and the room on its data directory's file system (zero if the
-/// file system cannot say).
-pub fn capacity(context: &NodeContext, replicas: u64) -> NodeCapacity {
-    let (disk_total_bytes, disk_available_bytes) = rustix::fs::statvfs(&context.config.data_dir)
-        .map(|fs| {
-            (
-                fs.f_blocks.saturating_mul(fs.f_frsize),
-                fs.f_bavail.saturating_mul(fs.f_frsize),
-            )
-        })
-        .unwrap_or((0, 0));
-    NodeCapacity {
-        replicas,
-        disk_total_bytes,
-        disk_available_bytes,
-    }
+/// The size of, and room on, the file system of this node's data directory; `None` if it
+/// cannot be read. (One `statvfs`, once per report.)
+pub fn disk_space(context: &NodeContext) -> Option<DiskSpace> {
+    let fs = rustix::fs::statvfs(&context.config.data_dir).ok()?;
+    Some(DiskSpace {
+        total_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
+        available_bytes: fs.f_bavail.saturating_mul(fs.f_frsize),
+    })
 }
 
 /// This node's report to placement.
@@ -434,7 +432,8 @@ pub fn report(context: &NodeContext) -> NodeReport {
             })
             .collect(),
         leading: leading.into_iter().map(|r| r.descriptor.clone()).collect(),
-        capacity: capacity(context, view.replicas.len() as u64),
+        replicas: view.replicas.len() as u64,
+        disk: disk_space(context),
     }
 }
 
