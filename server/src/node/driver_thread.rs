@@ -161,11 +161,13 @@ impl DriverHandle {
 
     /// Asks the thread to stop; false if it already has. It stops within a tick.
     pub fn stop(&self) -> bool {
+        // Read first: once asked, the thread may end at any moment.
+        let was_running = self.running.load(Ordering::Relaxed);
         self.stop_requested.store(true, Ordering::Relaxed);
         // Wakes the thread if it waits; a full channel means it is busy and will see the
         // flag anyway.
         let _woken = self.sender.try_send(Command::Stop);
-        self.running.load(Ordering::Relaxed)
+        was_running
     }
 }
 
