@@ -265,12 +265,16 @@ impl<T: Transport> MultiRaft<T> {
         Some(status)
     }
 
-    /// True if this node leads `shard` and `node`, a learner of it, holds every committed
-    /// entry (it may be promoted to voter).
+    /// True if this node leads `shard` and `node`, a learner of it, is close enough to
+    /// the commit index to be promoted (see [`super::LEARNER_CATCH_UP_SLACK_ENTRIES`]) and
+    /// its node is alive (node-level liveness: a learner that died a moment ago can still
+    /// look caught up to its group, which may be quiet).
     pub fn learner_caught_up(&self, shard: ShardId, node: NodeId) -> bool {
-        self.replicas
-            .get(&shard)
-            .is_some_and(|replica| replica.learner_caught_up(node))
+        self.peers.get(&node).is_some_and(|peer| !peer.dead)
+            && self
+                .replicas
+                .get(&shard)
+                .is_some_and(|replica| replica.learner_caught_up(node))
     }
 
     pub fn descriptor(&self, shard: ShardId) -> Option<&ShardDescriptor> {

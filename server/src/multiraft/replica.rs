@@ -202,10 +202,7 @@ impl Replica {
         self.raft.role() == Role::Leader
             && self.raft.conf_state().learners.contains(&node)
             && self.raft.progress(node).is_some_and(|progress| {
-                // Heard from within the last election timeout: a learner that died a moment
-                // ago can still be in Replicate and a few entries behind.
-                progress.recent_active
-                    && progress.state == rshard_raft::progress::ProgressState::Replicate
+                progress.state == rshard_raft::progress::ProgressState::Replicate
                     && progress.matched + LEARNER_CATCH_UP_SLACK_ENTRIES >= self.raft.commit_index()
             })
     }
