@@ -126,7 +126,8 @@ impl Client {
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let op = ShardOp::Get { key: key.to_vec() };
-        match self.shard_call(key, op, Retry::Always).await? {
+        let deadline = Instant::now() + self.options.deadline;
+        match self.shard_call(key, op, Retry::Always, deadline).await? {
             ApiResponse::Value(value) => Ok(value),
             other => Err(unexpected(other)),
         }
@@ -174,16 +175,23 @@ impl Client {
                 "no operations".to_string(),
             )));
         };
-        let route = self.route_retrying(&first).await?;
+        // One deadline for the route lookups and the write together.
+        let deadline = Instant::now() + self.options.deadline;
+        let route = self.route_retrying(&first, deadline).await?;
         if let Some(outside) = ops.iter().find(|op| !route.descriptor.contains(op.key())) {
-            let other = self.route_retrying(outside.key()).await?;
+            let other = self.route_retrying(outside.key(), deadline).await?;
             return Err(ClientError::CrossShard(
                 route.descriptor.id,
                 other.descriptor.id,
             ));
         }
         match self
-            .shard_call(&first, ShardOp::Write { ops }, Retry::IfNothingWritten)
+            .shard_call(
+                &first,
+                ShardOp::Write { ops },
+                Retry::IfNothingWritten,
+                deadline,
+            )
             .await?
         {
             ApiResponse::Written { failed_condition } => {
@@ -210,8 +218,10 @@ impl Client {
                 end: end.to_vec(),
                 limit: page,
             };
-            let route = self.route_retrying(&from).await?;
-            let (got, more) = match self.shard_call(&from, op, Retry::Always).await? {
+            // Each page has the whole deadline: a long scan is many requests.
+            let deadline = Instant::now() + self.options.deadline;
+            let route = self.route_retrying(&from, deadline).await?;
+            let (got, more) = match self.shard_call(&from, op, Retry::Always, deadline).await? {
                 ApiResponse::Items { items, more } => (items, more),
                 other => return Err(unexpected(other)),
             };
@@ -295,8 +305,11 @@ impl Client {
 
     /// [`Client::route`], retried with backoff while no seed can answer yet (a node that
     /// just joined knows no shard; a cluster may be electing), within the client's limits.
-    async fn route_retrying(&self, key: &[u8]) -> Result<ShardRoute, ClientError> {
-        let deadline = Instant::now() + self.options.deadline;
+    async fn route_retrying(
+        &self,
+        key: &[u8],
+        deadline: Instant,
+    ) -> Result<ShardRoute, ClientError> {
         let mut backoff = self.options.first_backoff;
         let mut attempts = 0;
         loop {
@@ -358,10 +371,10 @@ impl Client {
         key: &[u8],
         op: ShardOp,
         retry: Retry,
+        deadline: Instant,
     ) -> Result<ApiResponse, ClientError> {
         crate::api::check_user_op(&op).map_err(ClientError::Refused)?;
         let mut attempts = 0;
-        let deadline = Instant::now() + self.options.deadline;
         let mut backoff = self.options.first_backoff;
         let mut last = String::from("no attempt made");
         for attempt in 0..self.options.max_attempts {
