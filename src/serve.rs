@@ -146,7 +146,9 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
 /// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully; a second signal
 /// exits at once.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    // Watched once the node runs: until then a signal ends the process the default way.
     let node = Node::start(config).await?;
+    let mut signals = Signals::watch()?;
     if let Some(address) = node.local_address() {
         // One line for scripts and tests to wait for.
         println!(
@@ -158,10 +160,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         );
     }
     let failure = tokio::select! {
-        signal = wait_for_signal() => {
-            signal?;
-            None
-        }
+        () = signals.next() => None,
         reason = node.failure() => Some(reason),
     };
     if let Some(reason) = failure {
@@ -173,26 +172,39 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             "the node failed ({reason}) and stopped. Check the disk and the log, then restart it"
         );
     }
-    tracing::warn!("shutting down; signal again to exit at once");
-    tokio::spawn(async {
-        if wait_for_signal().await.is_ok() {
-            tracing::error!("second signal: exiting now");
-            std::process::exit(130);
-        }
+    // The same listeners wait for the second signal: one that arrives at any moment after
+    // the first is kept by them, never lost between two registrations.
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::error!("second signal: exiting now");
+        std::process::exit(130);
     });
+    tracing::warn!("shutting down; signal again to exit at once");
     node.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT, watched from start-up to exit.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]
