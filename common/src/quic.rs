@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls_pki_types::CertificateDer;
+use tokio::time::Instant;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::certs::CertsDir;
@@ -216,6 +217,7 @@ impl<Error> Default for ConnectionPool<Error> {
 #[derive(Debug)]
 struct Slot<Error> {
     connection: Option<quinn::Connection>,
+    /// When the last dial failed (tokio's clock, so tests can pause it), and why.
     failed: Option<(Instant, Error)>,
 }
 
@@ -268,5 +270,60 @@ impl<Error: Clone> ConnectionPool<Error> {
                 Err(error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+    }
+
+    #[test]
+    fn a_slow_dial_holds_up_only_its_own_address_and_a_failure_is_remembered_briefly() {
+        runtime().block_on(async {
+            let pool: ConnectionPool<String> = ConnectionPool::default();
+            let dead: SocketAddr = ([127, 0, 0, 1], 1).into();
+            let other: SocketAddr = ([127, 0, 0, 1], 2).into();
+            let dials = AtomicUsize::new(0);
+            let slow_failure = || async {
+                dials.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err::<quinn::Connection, _>("connecting timed out".to_string())
+            };
+            let started = tokio::time::Instant::now();
+            let (slow, fast) = tokio::join!(
+                pool.connection(dead, slow_failure),
+                pool.connection(other, || async {
+                    let elapsed = started.elapsed();
+                    Err::<quinn::Connection, _>(format!("refused after {elapsed:?}"))
+                }),
+            );
+            assert_eq!(slow.err().as_deref(), Some("connecting timed out"));
+            assert_eq!(
+                fast.err().as_deref(),
+                Some("refused after 0ns"),
+                "not queued behind"
+            );
+            // Within REDIAL_AFTER the failure is answered without dialling again.
+            let again = pool.connection(dead, slow_failure).await;
+            assert_eq!(again.err().as_deref(), Some("connecting timed out"));
+            assert_eq!(dials.load(Ordering::Relaxed), 1);
+            tokio::time::sleep(REDIAL_AFTER).await;
+            let _ = pool.connection(dead, slow_failure).await;
+            assert_eq!(
+                dials.load(Ordering::Relaxed),
+                2,
+                "dialled again after the pause"
+            );
+        });
     }
 }
