@@ -56,10 +56,6 @@ pub enum Security {
 }
 
 impl Security {
-    pub fn is_insecure(&self) -> bool {
-        matches!(self, Security::Insecure)
-    }
-
     /// A node's endpoint: accepts nodes ([`ALPN_RAFT`]) and clients ([`ALPN_CLIENT`]) and
     /// dials other nodes as a node.
     pub fn node_endpoint(&self, listen: SocketAddr) -> Result<quinn::Endpoint, TlsError> {

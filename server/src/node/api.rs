@@ -106,12 +106,12 @@ enum RequestReadError {
 }
 
 /// Reads one request within the request timeout. A client's request first reserves its
-/// bytes from the node-wide budget for request bodies (held until the answer is written):
-/// however many streams clients open, their requests never hold more than that in memory;
-/// the others wait, and QUIC flow control holds their senders back. A request that cannot
-/// reserve in time is refused `Busy`, and one whose body does not arrive in time ends its
-/// stream, so a client that announces large requests and never sends them cannot hold
-/// the budget. Nodes (trusted, small requests) do not draw on it.
+/// bytes from its connection's budget and from the node's (held until the answer is
+/// written): however many streams clients open, their requests never hold more than that
+/// in memory; the others wait, and QUIC flow control holds their senders back. A request
+/// that cannot reserve in time is refused `Busy`, and one whose body does not arrive in
+/// time ends its stream, so a client that announces large requests and never sends them
+/// cannot hold the budget. Nodes (trusted, small requests) do not draw on it.
 async fn read_request<'context>(
     context: &'context NodeContext,
     connection_budget: &Arc<tokio::sync::Semaphore>,

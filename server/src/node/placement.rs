@@ -408,7 +408,7 @@ impl NodeContext {
 
 /// The size of, and room on, the file system of this node's data directory; `None` if it
 /// cannot be read. (One `statvfs`, once per report.)
-pub fn disk_space(context: &NodeContext) -> Option<DiskSpace> {
+fn disk_space(context: &NodeContext) -> Option<DiskSpace> {
     let fs = rustix::fs::statvfs(&context.config.data_dir).ok()?;
     Some(DiskSpace {
         total_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
