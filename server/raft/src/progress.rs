@@ -76,6 +76,8 @@ pub struct Progress {
     pub snapshot_elapsed_ticks: u32,
     /// In `Probe` state: an append is out; wait for an answer or a heartbeat interval.
     pub probe_sent: bool,
+    /// Ticks the probe has been out unanswered; past a limit it is presumed lost.
+    pub probe_elapsed_ticks: u32,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
     /// The highest commit index this node has told us it knows (for quiescence).
@@ -94,6 +96,7 @@ impl Progress {
             pending_snapshot: 0,
             snapshot_elapsed_ticks: 0,
             probe_sent: false,
+            probe_elapsed_ticks: 0,
             recent_active: false,
             commit_known: 0,
             round_acked: 0,
@@ -103,6 +106,7 @@ impl Progress {
 
     fn reset_state(&mut self, state: ProgressState) {
         self.probe_sent = false;
+        self.probe_elapsed_ticks = 0;
         self.pending_snapshot = 0;
         self.snapshot_elapsed_ticks = 0;
         self.state = state;
@@ -150,7 +154,10 @@ impl Progress {
                     self.inflights.add(last_index);
                 }
             }
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe => {
+                self.probe_sent = true;
+                self.probe_elapsed_ticks = 0;
+            }
             ProgressState::Snapshot => {
                 unreachable!("append sent to a follower awaiting a snapshot")
             }

@@ -251,6 +251,7 @@ impl<S: Storage> Raft<S> {
             self.lead_transferee = None;
         }
         self.expire_snapshots();
+        self.expire_probes()?;
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat();

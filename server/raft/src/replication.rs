@@ -15,6 +15,9 @@ pub(crate) enum EmptyAppend {
     Send,
     /// Only send if there are entries.
     Skip,
+    /// Send no entries, only find where the follower's log ends (a repeated probe to a
+    /// follower that may be gone, so it costs little).
+    ProbeOnly,
 }
 
 impl<S: Storage> Raft<S> {
@@ -55,9 +58,13 @@ impl<S: Storage> Raft<S> {
         }
         let next = progress.next;
         let previous_term = self.log.term(next - 1);
-        let entries = self
-            .log
-            .slice(next, self.log.last_index() + 1, self.config.max_msg_bytes);
+        let entries = match empty {
+            EmptyAppend::ProbeOnly => Ok(Vec::new()),
+            EmptyAppend::Send | EmptyAppend::Skip => {
+                self.log
+                    .slice(next, self.log.last_index() + 1, self.config.max_msg_bytes)
+            }
+        };
         let (previous_term, entries) = match (previous_term, entries) {
             (Ok(term), Ok(entries)) => (term, entries),
             (Err(StorageError::Compacted), _) | (_, Err(StorageError::Compacted)) => {
@@ -306,7 +313,12 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         };
         let was_paused = progress.is_paused();
-        if !progress.maybe_update(match_index) {
+        // A probe that confirms the index already matched tells where the log ends just as
+        // well: stream from there (else an empty probe to an up-to-date follower would
+        // leave it paused).
+        let confirms_probe =
+            progress.state == ProgressState::Probe && progress.matched == match_index;
+        if !progress.maybe_update(match_index) && !confirms_probe {
             return Ok(());
         }
         match progress.state {
@@ -369,6 +381,28 @@ impl<S: Storage> Raft<S> {
                 }
             }
         }
+    }
+
+    /// Probes unanswered for an election timeout are presumed lost and sent again. A
+    /// follower's heartbeat answer resumes probing sooner; this covers one that answers no
+    /// heartbeat, such as a node that holds no replica of the group yet and answers only
+    /// appends. Without it, one lost probe would leave that follower behind for good.
+    pub(crate) fn expire_probes(&mut self) -> Result<(), Error> {
+        let limit = self.config.election_timeout_ticks;
+        let mut lost = Vec::new();
+        for (&member, progress) in self.progress.iter_mut() {
+            if progress.state == ProgressState::Probe && progress.probe_sent {
+                progress.probe_elapsed_ticks += 1;
+                if progress.probe_elapsed_ticks > limit {
+                    progress.probe_sent = false;
+                    lost.push(member);
+                }
+            }
+        }
+        for member in lost {
+            self.send_append(member, EmptyAppend::ProbeOnly)?;
+        }
+        Ok(())
     }
 
     /// The driver could not deliver to `to` (connection lost): stop streaming optimistically.

@@ -476,6 +476,38 @@ fn a_probing_follower_gets_at_most_one_append_per_heartbeat_interval() {
     }
 }
 
+/// §5.3: the leader retries an unanswered append indefinitely. A probe to a follower that
+/// answers nothing, heartbeats included (as a node that holds no replica of the group yet,
+/// which answers only appends), is sent again once an election timeout has passed without
+/// an answer; otherwise the lost probe would leave that follower behind for good.
+#[test]
+fn a_lost_probe_to_a_follower_that_answers_no_heartbeat_is_sent_again() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    let election_timeout_ticks = support::test_config(1).election_timeout_ticks;
+    // Elected by 2; the new leader's first append to 3 is lost.
+    cluster.node_mut(1).campaign().expect("campaign");
+    cluster.stabilize_losing(|m| m.to == 3);
+    let progress = cluster.node(1).progress(3).expect("3 is a member");
+    assert!(progress.state == ProgressState::Probe && progress.probe_sent);
+
+    // From now on 3 gets appends but no heartbeat, so it never answers one.
+    let heartbeat_to_3 = |m: &Message| m.to == 3 && matches!(m.kind, MessageKind::Heartbeat { .. });
+    cluster
+        .node_mut(1)
+        .propose(b"after".to_vec())
+        .expect("leader");
+    cluster.stabilize_losing(heartbeat_to_3);
+    assert!(!cluster.holds(3, b"after"), "the probe is still out");
+    for _ in 0..=election_timeout_ticks {
+        cluster.tick(1, 1);
+        cluster.stabilize_losing(heartbeat_to_3);
+    }
+    assert!(
+        cluster.holds(3, b"after"),
+        "3 caught up once the lost probe was sent again"
+    );
+}
+
 /// The crate's ordering rule applied to §5.3: a follower acknowledges entries only once they
 /// are durable, so its AppendResponse leaves only after the Ready that carries the entries
 /// is persisted.
