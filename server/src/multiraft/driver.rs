@@ -34,7 +34,8 @@ pub struct MultiRaft<T: Transport> {
     /// Groups that took input or still have work: the only ones asked for a Ready.
     dirty: BTreeSet<GroupId>,
     peers: BTreeMap<NodeId, Peer>,
-    /// Messages that needed the last sync, sent with the next iteration's frames.
+    /// Messages for the next frames: those that waited for the sync (sent at the end of the
+    /// iteration), liveness frames and rejections (sent with the iteration's first frames).
     held: BTreeMap<NodeId, Frame>,
     answers: Vec<Answer>,
     /// Answers of commands applied into the batch being built: released only once it is
@@ -283,12 +284,22 @@ impl<T: Transport> MultiRaft<T> {
 
     /// One iteration; returns the requests answered in it.
     pub fn iterate(&mut self) -> Vec<Answer> {
+        let mut early = Vec::new();
+        let mut answers = self.iterate_releasing(&mut |answers| early.extend(answers));
+        early.append(&mut answers);
+        early
+    }
+
+    /// One iteration, handing `release` the answers of applied commands as soon as their
+    /// batch is written, before its sync (see the module documentation); returns the other
+    /// requests answered in it.
+    pub fn iterate_releasing(&mut self, release: &mut dyn FnMut(Vec<Answer>)) -> Vec<Answer> {
         if let Some(reason) = self.stopped.clone() {
             self.refuse_inbox(&reason);
             return std::mem::take(&mut self.answers);
         }
         self.counters.iterations += 1;
-        if let Err(error) = self.run_iteration() {
+        if let Err(error) = self.run_iteration(release) {
             self.stop(error);
         }
         self.counters.ticking_groups = self.ticking.len() as u64;
@@ -296,7 +307,7 @@ impl<T: Transport> MultiRaft<T> {
         std::mem::take(&mut self.answers)
     }
 
-    fn run_iteration(&mut self) -> Result<(), StoreError> {
+    fn run_iteration(&mut self, release: &mut dyn FnMut(Vec<Answer>)) -> Result<(), StoreError> {
         let mut batch = self.store.batch();
         let installed = self.snapshots.step_installs(
             &self.store,
@@ -378,13 +389,23 @@ impl<T: Transport> MultiRaft<T> {
             }
         }
         applier.finish(&mut batch);
-        if !batch.is_empty() {
-            self.store.commit(batch)?;
+        let write = !batch.is_empty();
+        if write {
+            self.store.write(batch)?;
+        }
+        // The commands applied in this batch were committed, so their entries are already
+        // durable on a quorum (and here: the core hands out only entries persisted here);
+        // a crash before the sync below loses the applied state, never the entries, and the
+        // restart applies them again with the same results.
+        let applied_answers = std::mem::take(&mut self.unsynced_answers);
+        if !applied_answers.is_empty() {
+            release(applied_answers);
+        }
+        if write {
+            self.store.sync()?;
             self.counters.syncs += 1;
             self.counters.entries_persisted += entries as u64;
         }
-        // Durable: answers and the messages that waited for the sync may go.
-        self.answers.append(&mut self.unsynced_answers);
         self.snapshots.finish_installs(&installed);
         self.counters.snapshots_installed += installed.len() as u64;
         for group in installed {
@@ -404,6 +425,10 @@ impl<T: Transport> MultiRaft<T> {
             self.serve_reads(group)?;
             self.note_quiescence(group);
         }
+        // Durable: the messages that waited for the sync go now rather than with the next
+        // iteration's frames, since a follower's acknowledgement is on every write's path.
+        let held = std::mem::take(&mut self.held);
+        self.send_frames(held);
         Ok(())
     }
 

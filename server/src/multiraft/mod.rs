@@ -6,18 +6,24 @@
 //!    frames from peers, snapshot chunks, client requests, admin commands; step or tick the
 //!    groups they name, stage the chunks;
 //! 2. collect a Ready from each group with work (only those: an idle group costs nothing);
-//! 3. send one frame per peer with every message that may go before the sync, plus the
-//!    messages held back from the previous iteration's sync; heartbeats are coalesced;
-//!    snapshots stream in bounded chunks beside the frames (see the `snapshot` module);
+//! 3. send one frame per peer with every message that may go before the sync (a leader's
+//!    appends: it counts itself toward a commit only once its own sync is done); heartbeats
+//!    are coalesced; snapshots stream in bounded chunks beside the frames (see the
+//!    `snapshot` module);
 //! 4. build ONE storage batch with every group's entries, hard state, snapshot install and
-//!    applied commands, and commit it with ONE sync (group commit across groups);
-//! 5. advance the groups, hold the messages that needed the sync for the next iteration's
-//!    frames, and answer the requests whose commands applied or whose reads are now served.
+//!    applied commands, write it, answer the commands it applied, and sync it with ONE sync
+//!    (group commit across groups);
+//! 5. advance the groups, send at once the messages that needed the sync (a follower's
+//!    acknowledgements, which are on every write's path), and answer the reads now served.
 //!
-//! Durability: nothing is answered, and no message that depends on a write is sent, before the
-//! sync that makes the write durable. A failed sync poisons the store and stops the driver: the
-//! writes it had proposed are answered [`RequestError::OutcomeUnknown`] (they may be on a
-//! quorum already), every later request [`RequestError::Stopped`], and it never syncs again.
+//! Durability: no message that depends on a write is sent before the sync that makes the
+//! write durable. A command is answered only once it applied, so once its entry committed:
+//! durable on a quorum, and here (the core hands out only entries persisted here). Its
+//! answer goes before the sync of the batch that applied it, since a crash there loses only
+//! the applied state, which the restart rebuilds from the log with the same results. A
+//! failed sync poisons the store and stops the driver: the writes it had proposed and not
+//! answered are answered [`RequestError::OutcomeUnknown`] (they may be on a quorum already),
+//! every later request [`RequestError::Stopped`], and it never syncs again.
 //!
 //! Quiescence: a leader whose followers all acknowledged its last index and commit, with no
 //! pending proposals or reads, stops ticking and tells its followers to stop too. Node-level

@@ -239,8 +239,11 @@ fn requests_past_the_pending_limit_are_refused_busy() {
     assert_eq!(crate::kv::read_committed(driver.store(), b"c"), Ok(None));
 }
 
+/// A command is answered once its apply is written, before that batch's sync: its entry was
+/// durable before it could commit, so a crash that loses the applied state loses nothing the
+/// answer promised, and the restart applies the entry again.
 #[test]
-fn a_write_whose_apply_batch_fails_to_sync_is_answered_outcome_unknown() {
+fn a_write_whose_apply_batch_fails_to_sync_is_answered_and_survives_the_crash() {
     let (engine, mut driver) = single_node();
     elect(&mut driver, 1);
     driver
@@ -253,7 +256,33 @@ fn a_write_whose_apply_batch_fails_to_sync_is_answered_outcome_unknown() {
     assert!(driver.iterate().is_empty());
     assert!(driver.has_work(), "the committed entry waits to apply");
     engine.fail_syncs();
-    assert_eq!(answer(&mut driver, 5), Err(RequestError::OutcomeUnknown));
+    assert_eq!(
+        answer(&mut driver, 5),
+        Ok(Response::Written(KvOutcome::Applied))
+    );
+    assert!(
+        driver.stopped().is_some(),
+        "the failed sync stops the driver"
+    );
+
+    engine.crash();
+    let store = NodeStore::with_engine(engine.clone());
+    assert_eq!(
+        crate::kv::read_committed(&store, b"b"),
+        Ok(None),
+        "the crash lost the applied write"
+    );
+    let mut driver =
+        MultiRaft::open(DriverConfig::new(1), store, QueueTransport::new(4)).expect("reopens");
+    elect(&mut driver, 1);
+    for _ in 0..100 {
+        if crate::kv::read_committed(driver.store(), b"b") == Ok(Some(b"1".to_vec())) {
+            return;
+        }
+        driver.offer(Input::Tick).expect("room");
+        driver.iterate();
+    }
+    panic!("the restarted node never applied the acknowledged write again");
 }
 
 #[test]

@@ -223,6 +223,19 @@ pub fn spawn<T: Transport + Send + 'static>(
     Ok((handle, thread))
 }
 
+/// Hands each answer to the request waiting for it.
+fn answer(
+    waiting: &mut HashMap<RequestId, Reply>,
+    answers: Vec<(RequestId, Result<Response, RequestError>)>,
+) {
+    for (id, answer) in answers {
+        if let Some(reply) = waiting.remove(&id) {
+            // The caller may have given up (timeout); nothing to do then.
+            let _gone = reply.send(answer);
+        }
+    }
+}
+
 /// Clears the flag when the thread ends, by return or by panic (drop runs on unwinding).
 struct Running(Arc<AtomicBool>);
 
@@ -268,8 +281,11 @@ impl<T: Transport> ThreadState<T> {
                 break;
             }
             if self.driver.has_work() {
-                let answers = self.driver.iterate();
-                self.answer(answers);
+                let waiting = &mut self.waiting;
+                let answers = self
+                    .driver
+                    .iterate_releasing(&mut |early| answer(waiting, early));
+                answer(&mut self.waiting, answers);
             } else {
                 let wait = next_tick.saturating_duration_since(Instant::now());
                 match receiver.recv_timeout(wait) {
@@ -292,7 +308,7 @@ impl<T: Transport> ThreadState<T> {
             }
         }
         let answers = self.driver.shut_down("the node is shutting down");
-        self.answer(answers);
+        answer(&mut self.waiting, answers);
         // Anything left was taken by the driver and may have been proposed.
         for (_, reply) in self.waiting.drain() {
             let _gone = reply.send(Err(RequestError::OutcomeUnknown));
@@ -319,15 +335,6 @@ impl<T: Transport> ThreadState<T> {
                 }
             }
             Command::Stop => {}
-        }
-    }
-
-    fn answer(&mut self, answers: Vec<(RequestId, Result<Response, RequestError>)>) {
-        for (id, answer) in answers {
-            if let Some(reply) = self.waiting.remove(&id) {
-                // The caller may have given up (timeout); nothing to do then.
-                let _gone = reply.send(answer);
-            }
         }
     }
 

@@ -148,6 +148,13 @@ impl NodeStore {
     /// Makes `batch` atomic and durable: one engine write, one sync. On failure the store
     /// is poisoned and the error says so; nothing is retried.
     pub fn commit(&self, batch: NodeBatch) -> Result<(), StoreError> {
+        self.write(batch)?;
+        self.sync()
+    }
+
+    /// Applies `batch` atomically: visible to reads at once, durable only after the next
+    /// [`NodeStore::sync`]. A failure poisons the store.
+    pub fn write(&self, batch: NodeBatch) -> Result<(), StoreError> {
         self.check_poison()?;
         let (writes, touched) = batch.into_writes();
         let written = self.inner.engine.write(writes);
@@ -160,6 +167,12 @@ impl NodeStore {
         if let Err(error) = written {
             return Err(self.poison(format!("write failed: {error}")));
         }
+        Ok(())
+    }
+
+    /// Makes every write so far durable. A failure poisons the store.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.check_poison()?;
         if let Err(error) = self.inner.engine.sync() {
             return Err(self.poison(format!("sync failed: {error}")));
         }

@@ -199,9 +199,24 @@ impl World {
             node.driver = Some(world.open_driver(&node));
             world.nodes.push(node);
         }
-        for node in 0..world.nodes.len() {
-            for shard in world.shards.clone() {
-                world.offer(node, Input::CreateShard(shard));
+        // The initial replicas exist before any fault: creations still in an inbox would be
+        // lost by a crash, leaving a node without its replicas for good.
+        for node in &mut world.nodes {
+            let Some(driver) = node.driver.as_mut() else {
+                continue;
+            };
+            let own: Vec<&ShardDescriptor> = world
+                .shards
+                .iter()
+                .filter(|shard| shard.replicas.contains(&node.id))
+                .collect();
+            for shard in &own {
+                while driver.offer(Input::CreateShard((*shard).clone())).is_err() {
+                    driver.iterate();
+                }
+            }
+            while own.iter().any(|shard| driver.descriptor(shard.id).is_none()) {
+                driver.iterate();
             }
         }
         world
