@@ -80,6 +80,15 @@ impl KvCommand {
         rmp_serde::from_slice(bytes).map_err(|e| KvError::Malformed(e.to_string()))
     }
 
+    /// Bytes this command adds to a log entry, about (keys, values, and a little framing).
+    pub fn size_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| 16 + op.key().len() + op.written_value().map_or(0, <[u8]>::len))
+            .sum::<usize>()
+            + 16
+    }
+
     /// The checks that need no data: shard, epoch, range, sizes. Also used before proposing,
     /// to refuse bad commands without a trip through Raft.
     pub fn check(&self, descriptor: &ShardDescriptor) -> Result<(), KvError> {
@@ -102,6 +111,26 @@ impl KvCommand {
             check_in_shard(descriptor, key)?;
         }
         Ok(())
+    }
+}
+
+/// The payload of one log entry of a data shard: commands applied in order, each all or none
+/// on its own. A leader proposes the writes it takes in one iteration as one entry, so the
+/// log, the messages and the storage batch carry one entry instead of one per write.
+pub fn encode_commands(commands: &[KvCommand]) -> Vec<u8> {
+    // Plain data into a Vec: MessagePack encoding cannot fail.
+    rmp_serde::to_vec(commands).expect("commands always encode")
+}
+
+/// Decodes an entry written by [`encode_commands`], or by earlier versions, which wrote one
+/// command per entry (a MessagePack array of commands never decodes as one command, nor the
+/// reverse, so the two cannot be confused).
+pub fn decode_commands(bytes: &[u8]) -> Result<Vec<KvCommand>, KvError> {
+    match rmp_serde::from_slice::<Vec<KvCommand>>(bytes) {
+        Ok(commands) => Ok(commands),
+        Err(error) => KvCommand::decode(bytes)
+            .map(|command| vec![command])
+            .map_err(|_| KvError::Malformed(error.to_string())),
     }
 }
 

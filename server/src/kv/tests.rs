@@ -196,6 +196,22 @@ fn commands_round_trip_and_garbage_is_a_typed_error() {
     ));
 }
 
+/// An entry holds a list of commands; entries written one command each (before writes
+/// were batched) still decode, as a list of one.
+#[test]
+fn entries_of_several_commands_and_of_one_legacy_command_decode() {
+    let first = command(vec![put(b"c", b"1")]);
+    let second = command(vec![cas(b"d", None, Some(b"2"))]);
+    let both = vec![first.clone(), second];
+    assert_eq!(decode_commands(&encode_commands(&both)), Ok(both));
+    assert_eq!(decode_commands(&first.encode()), Ok(vec![first]));
+    assert_eq!(decode_commands(&encode_commands(&[])), Ok(Vec::new()));
+    assert!(matches!(
+        decode_commands(b"\xc1garbage"),
+        Err(KvError::Malformed(_))
+    ));
+}
+
 #[test]
 fn data_and_applied_index_are_durable_together() {
     let dir = tempfile::tempdir().expect("temp dir");

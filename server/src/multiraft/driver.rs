@@ -332,6 +332,7 @@ impl<T: Transport> MultiRaft<T> {
             if self.snapshots.is_installing(group) {
                 continue;
             }
+            replica.propose_batched(&mut self.answers)?;
             if self.config.quiesce
                 && replica.raft.role() == Role::Leader
                 && !replica.raft.is_quiesced()
@@ -558,6 +559,9 @@ impl<T: Transport> MultiRaft<T> {
         match replica.take_request(id, request)? {
             Ok(()) => self.pending_requests = Some(pending + 1),
             Err(error) => self.answers.push((id, Err(error))),
+        }
+        if replica.batch_is_full() {
+            replica.propose_batched(&mut self.answers)?;
         }
         self.dirty.insert(shard);
         Ok(())

@@ -5,7 +5,9 @@
 //! 1. drain at most `max_inputs_per_iteration` inputs from the bounded inbox: ticks,
 //!    frames from peers, snapshot chunks, client requests, admin commands; step or tick the
 //!    groups they name, stage the chunks;
-//! 2. collect a Ready from each group with work (only those: an idle group costs nothing);
+//! 2. propose each group's writes taken in step 1 as ONE entry (the commands apply in order,
+//!    each all or none on its own, and each is answered for itself), then collect a Ready
+//!    from each group with work (only those: an idle group costs nothing);
 //! 3. send one frame per peer with every message that may go before the sync (a leader's
 //!    appends: it counts itself toward a commit only once its own sync is done); heartbeats
 //!    are coalesced; snapshots stream in bounded chunks beside the frames (see the

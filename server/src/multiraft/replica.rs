@@ -30,19 +30,31 @@ pub(super) enum ReadKind {
     },
 }
 
-/// What applying one entry produced, for the proposal waiting on it.
+/// What applying one entry produced, for the proposals waiting on it.
 enum Applied {
     Nothing,
-    Command(Result<crate::kv::KvOutcome, crate::kv::KvError>),
+    /// One result per command of the entry, in order.
+    Commands(Vec<Result<crate::kv::KvOutcome, crate::kv::KvError>>),
+    /// The entry did not decode: every command of it is refused alike.
+    Malformed(crate::kv::KvError),
     Membership(Result<ShardDescriptor, String>),
 }
+
+/// Writes proposed as one entry: at most this many bytes of commands (a larger command goes
+/// alone), so an entry stays well under a Raft message.
+pub const MAX_BATCHED_COMMAND_BYTES: usize = 256 << 10;
 
 #[derive(Debug)]
 pub(super) struct Replica {
     pub raft: Raft<GroupStorage>,
     pub descriptor: ShardDescriptor,
-    /// Proposals waiting to apply: log index -> (term, request).
-    pub proposals: BTreeMap<Index, (Term, RequestId)>,
+    /// Proposals waiting to apply: log index -> (term, the requests of the entry's commands
+    /// in order; one for a membership change).
+    pub proposals: BTreeMap<Index, (Term, Vec<RequestId>)>,
+    /// Writes taken since the last proposal, proposed together as one entry before the
+    /// group's next Ready (see [`Replica::propose_batched`]).
+    batched: Vec<(RequestId, KvCommand)>,
+    batched_bytes: usize,
     /// Reads handed to ReadIndex, by request id (the read's context).
     pub unconfirmed_reads: BTreeMap<RequestId, PendingRead>,
     /// Confirmed reads: serve each once the applied index reaches its index.
@@ -62,13 +74,21 @@ impl Replica {
             raft,
             descriptor,
             proposals: BTreeMap::new(),
+            batched: Vec::new(),
+            batched_bytes: 0,
             unconfirmed_reads: BTreeMap::new(),
             confirmed_reads: Vec::new(),
         }
     }
 
     pub fn pending_requests(&self) -> usize {
-        self.proposals.len() + self.unconfirmed_reads.len() + self.confirmed_reads.len()
+        self.proposals
+            .values()
+            .map(|(_, requests)| requests.len())
+            .sum::<usize>()
+            + self.batched.len()
+            + self.unconfirmed_reads.len()
+            + self.confirmed_reads.len()
     }
 
     fn not_leader(&self) -> RequestError {
@@ -83,23 +103,43 @@ impl Replica {
     /// the next leader, so their outcome is unknown.
     pub fn lost_leadership(&mut self, answers: &mut Vec<Answer>) {
         let error = self.not_leader();
-        for (request, _) in std::mem::take(&mut self.unconfirmed_reads) {
-            answers.push((request, Err(error.clone())));
+        let never_proposed = std::mem::take(&mut self.unconfirmed_reads)
+            .into_keys()
+            .chain(self.take_batched());
+        answers.extend(never_proposed.map(|request| (request, Err(error.clone()))));
+        for (_, (_, requests)) in std::mem::take(&mut self.proposals) {
+            answers.extend(
+                requests
+                    .into_iter()
+                    .map(|request| (request, Err(RequestError::OutcomeUnknown))),
+            );
         }
-        for (_, (_, request)) in std::mem::take(&mut self.proposals) {
-            answers.push((request, Err(RequestError::OutcomeUnknown)));
-        }
+    }
+
+    fn take_batched(&mut self) -> Vec<RequestId> {
+        self.batched_bytes = 0;
+        std::mem::take(&mut self.batched)
+            .into_iter()
+            .map(|(request, _)| request)
+            .collect()
     }
 
     /// Every request waiting here, answered because the node stops: proposed writes with
     /// `OutcomeUnknown` (their entries may already sit on a quorum and apply without this
     /// node), reads with `read_error` (a read changes nothing, so it is safe to retry).
     pub fn fail_all(&mut self, read_error: &RequestError, answers: &mut Vec<Answer>) {
-        for (_, (_, request)) in std::mem::take(&mut self.proposals) {
-            answers.push((request, Err(RequestError::OutcomeUnknown)));
+        for (_, (_, requests)) in std::mem::take(&mut self.proposals) {
+            answers.extend(
+                requests
+                    .into_iter()
+                    .map(|request| (request, Err(RequestError::OutcomeUnknown))),
+            );
         }
-        let reads = std::mem::take(&mut self.unconfirmed_reads)
-            .into_keys()
+        // Batched writes never reached Raft: as safe to retry as a read.
+        let reads = self
+            .take_batched()
+            .into_iter()
+            .chain(std::mem::take(&mut self.unconfirmed_reads).into_keys())
             .chain(
                 std::mem::take(&mut self.confirmed_reads)
                     .into_iter()
@@ -123,9 +163,9 @@ impl Replica {
                 if let Err(refusal) = command.check(&self.descriptor) {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.propose(command.encode()).map(|position| {
-                    self.proposals.insert(position.index, (position.term, id));
-                })
+                self.batched_bytes += command.size_bytes();
+                self.batched.push((id, command));
+                Ok(())
             }
             Request::Read { shard, epoch, key } => {
                 if let Err(refusal) = crate::kv::check_read(&self.descriptor, shard, epoch, &key) {
@@ -167,10 +207,49 @@ impl Replica {
                     ))));
                 }
                 self.raft.propose_conf_change(change).map(|position| {
-                    self.proposals.insert(position.index, (position.term, id));
+                    self.proposals
+                        .insert(position.index, (position.term, vec![id]));
                 })
             }
         };
+        self.answer_proposal(outcome)
+    }
+
+    /// True if the writes batched so far should be proposed now rather than with the rest
+    /// of the iteration's.
+    pub fn batch_is_full(&self) -> bool {
+        self.batched_bytes >= MAX_BATCHED_COMMAND_BYTES
+    }
+
+    /// Proposes the writes taken since the last call as one entry, in the order taken. A
+    /// refusal (no longer leader, too many uncommitted bytes) answers each of them; a
+    /// storage failure is returned as `Err`.
+    pub fn propose_batched(&mut self, answers: &mut Vec<Answer>) -> Result<(), StoreError> {
+        if self.batched.is_empty() {
+            return Ok(());
+        }
+        self.batched_bytes = 0;
+        let (requests, commands): (Vec<RequestId>, Vec<KvCommand>) =
+            std::mem::take(&mut self.batched).into_iter().unzip();
+        match self.raft.propose(crate::kv::encode_commands(&commands)) {
+            Ok(position) => {
+                self.proposals
+                    .insert(position.index, (position.term, requests));
+            }
+            Err(refusal) => {
+                if let Err(error) = self.answer_proposal(Err(refusal))? {
+                    answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a proposal's outcome means for the requests behind it.
+    fn answer_proposal(
+        &self,
+        outcome: Result<(), rshard_raft::Error>,
+    ) -> Result<Result<(), RequestError>, StoreError> {
         match outcome {
             Ok(()) => Ok(Ok(())),
             Err(rshard_raft::Error::Storage(error)) => Err(StoreError::Engine(error.to_string())),
@@ -257,8 +336,12 @@ impl Replica {
             let covered = snapshot.metadata.index;
             let skipped: Vec<Index> = self.proposals.range(..=covered).map(|(i, _)| *i).collect();
             for index in skipped {
-                if let Some((_, request)) = self.proposals.remove(&index) {
-                    answers.push((request, Err(RequestError::OutcomeUnknown)));
+                if let Some((_, requests)) = self.proposals.remove(&index) {
+                    answers.extend(
+                        requests
+                            .into_iter()
+                            .map(|request| (request, Err(RequestError::OutcomeUnknown))),
+                    );
                 }
             }
         }
@@ -288,6 +371,7 @@ impl Replica {
         applier: &mut Applier<'_>,
         answers: &mut Vec<Answer>,
     ) -> Result<(), StoreError> {
+        let (entry_index, entry_term) = (entry.index, entry.term);
         let result = match &entry.payload {
             Payload::Empty => Applied::Nothing,
             Payload::ConfChange(change) => {
@@ -306,32 +390,62 @@ impl Replica {
                     Err(refusal) => Applied::Membership(Err(refusal.to_string())),
                 }
             }
-            Payload::Normal(bytes) => Applied::Command(match KvCommand::decode(bytes) {
-                Ok(command) => applier.apply(&self.descriptor, &command)?,
-                Err(refusal) => Err(refusal),
-            }),
+            Payload::Normal(bytes) => match crate::kv::decode_commands(bytes) {
+                Ok(commands) => Applied::Commands(
+                    commands
+                        .iter()
+                        .map(|command| applier.apply(&self.descriptor, command))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Err(refusal) => Applied::Malformed(refusal),
+            },
         };
         // Proposals below this index were overwritten by other entries: never applied.
-        while let Some((&index, &(_, request))) = self.proposals.first_key_value() {
-            if index >= entry.index {
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() >= entry_index {
                 break;
             }
-            self.proposals.remove(&index);
-            answers.push((request, Err(self.not_leader())));
+            let (_, requests) = entry.remove();
+            let error = self.not_leader();
+            answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
         }
-        if let Some((term, request)) = self.proposals.remove(&entry.index) {
-            let answer = match (term == entry.term, result) {
-                (true, Applied::Command(Ok(outcome))) => Ok(Response::Written(outcome)),
-                (true, Applied::Command(Err(refusal))) => Err(RequestError::Refused(refusal)),
-                (true, Applied::Membership(Ok(descriptor))) => {
-                    Ok(Response::MembershipChanged(descriptor))
+        let Some((term, requests)) = self.proposals.remove(&entry_index) else {
+            return Ok(());
+        };
+        if term != entry_term {
+            // Another leader's entry took the index: ours never applied.
+            let error = self.not_leader();
+            answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+            return Ok(());
+        }
+        match result {
+            Applied::Commands(results) => {
+                for (position, request) in requests.into_iter().enumerate() {
+                    let answer = match results.get(position) {
+                        Some(Ok(outcome)) => Ok(Response::Written(outcome.clone())),
+                        Some(Err(refusal)) => Err(RequestError::Refused(refusal.clone())),
+                        // Never: the entry holds the commands these requests proposed.
+                        None => Err(RequestError::OutcomeUnknown),
+                    };
+                    answers.push((request, answer));
                 }
-                (true, Applied::Membership(Err(reason))) => {
-                    Err(RequestError::MembershipRefused(reason))
-                }
-                _ => Err(self.not_leader()),
-            };
-            answers.push((request, answer));
+            }
+            Applied::Malformed(refusal) => answers.extend(
+                requests
+                    .into_iter()
+                    .map(|r| (r, Err(RequestError::Refused(refusal.clone())))),
+            ),
+            Applied::Membership(outcome) => {
+                let answer = match outcome {
+                    Ok(descriptor) => Ok(Response::MembershipChanged(descriptor)),
+                    Err(reason) => Err(RequestError::MembershipRefused(reason)),
+                };
+                answers.extend(requests.into_iter().map(|r| (r, answer.clone())));
+            }
+            Applied::Nothing => {
+                let error = self.not_leader();
+                answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+            }
         }
         Ok(())
     }

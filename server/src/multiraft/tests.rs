@@ -1,12 +1,13 @@
 //! Unit tests of the driver on the in-memory engine and transport.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rshard_common::shard::{Epoch, ShardDescriptor};
 use rshard_raft::{Message, MessageKind};
 
 use super::*;
-use crate::kv::{KvCommand, KvOp, KvOutcome};
+use crate::kv::{KvCommand, KvError, KvOp, KvOutcome};
 use crate::storage::{MemEngine, NodeStore};
 
 fn single_node() -> (Arc<MemEngine>, MultiRaft<QueueTransport>) {
@@ -237,6 +238,74 @@ fn requests_past_the_pending_limit_are_refused_busy() {
         Ok(Response::Written(KvOutcome::Applied))
     );
     assert_eq!(crate::kv::read_committed(driver.store(), b"c"), Ok(None));
+}
+
+/// Writes taken in one iteration are proposed as one entry, applied in the order taken, each
+/// all or none on its own, and each answered for itself.
+#[test]
+fn writes_taken_together_share_one_entry_and_get_their_own_answers() {
+    let (_, mut driver) = single_node();
+    elect(&mut driver, 1);
+    let applied_before = driver.applied_index(1).expect("replica");
+    let cas = |expected: &[u8], new: &[u8]| {
+        Request::Write(KvCommand {
+            shard: 1,
+            epoch: Epoch::default(),
+            ops: vec![KvOp::CompareAndSwap {
+                key: b"b".to_vec(),
+                expected: Some(expected.to_vec()),
+                new: Some(new.to_vec()),
+            }],
+        })
+    };
+    let mut stale = put(b"c", b"stale");
+    if let Request::Write(command) = &mut stale {
+        command.epoch.version += 1;
+    }
+    let requests = [
+        (1, put(b"b", b"1")),
+        (2, cas(b"0", b"x")),
+        (3, cas(b"1", b"2")),
+        (4, stale),
+        (5, put(b"c", b"3")),
+    ];
+    for (id, request) in requests {
+        driver.offer(Input::Request { id, request }).expect("room");
+    }
+    let mut answers = BTreeMap::new();
+    for _ in 0..100 {
+        answers.extend(driver.iterate());
+        if answers.len() == 5 {
+            break;
+        }
+    }
+    let written = |outcome| Some(Ok(Response::Written(outcome)));
+    assert_eq!(answers.get(&1).cloned(), written(KvOutcome::Applied));
+    assert_eq!(
+        answers.get(&2).cloned(),
+        written(KvOutcome::ConditionFailed {
+            op: 0,
+            current: Some(b"1".to_vec())
+        })
+    );
+    assert_eq!(answers.get(&3).cloned(), written(KvOutcome::Applied));
+    assert!(
+        matches!(
+            answers.get(&4),
+            Some(Err(RequestError::Refused(KvError::StaleEpoch { .. })))
+        ),
+        "{:?}",
+        answers.get(&4)
+    );
+    assert_eq!(answers.get(&5).cloned(), written(KvOutcome::Applied));
+    assert_eq!(
+        driver.applied_index(1),
+        Some(applied_before + 1),
+        "one entry for the five writes"
+    );
+    let read = |key: &[u8]| crate::kv::read_committed(driver.store(), key);
+    assert_eq!(read(b"b"), Ok(Some(b"2".to_vec())));
+    assert_eq!(read(b"c"), Ok(Some(b"3".to_vec())));
 }
 
 /// A command is answered once its apply is written, before that batch's sync: its entry was

@@ -215,7 +215,10 @@ impl World {
                     driver.iterate();
                 }
             }
-            while own.iter().any(|shard| driver.descriptor(shard.id).is_none()) {
+            while own
+                .iter()
+                .any(|shard| driver.descriptor(shard.id).is_none())
+            {
                 driver.iterate();
             }
         }
