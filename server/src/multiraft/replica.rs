@@ -106,13 +106,9 @@ impl Replica {
         let never_proposed = std::mem::take(&mut self.unconfirmed_reads)
             .into_keys()
             .chain(self.take_batched());
-        answers.extend(never_proposed.map(|request| (request, Err(error.clone()))));
+        answer_each(answers, never_proposed, Err(error));
         for (_, (_, requests)) in std::mem::take(&mut self.proposals) {
-            answers.extend(
-                requests
-                    .into_iter()
-                    .map(|request| (request, Err(RequestError::OutcomeUnknown))),
-            );
+            answer_each(answers, requests, Err(RequestError::OutcomeUnknown));
         }
     }
 
@@ -129,14 +125,10 @@ impl Replica {
     /// node), reads with `read_error` (a read changes nothing, so it is safe to retry).
     pub fn fail_all(&mut self, read_error: &RequestError, answers: &mut Vec<Answer>) {
         for (_, (_, requests)) in std::mem::take(&mut self.proposals) {
-            answers.extend(
-                requests
-                    .into_iter()
-                    .map(|request| (request, Err(RequestError::OutcomeUnknown))),
-            );
+            answer_each(answers, requests, Err(RequestError::OutcomeUnknown));
         }
         // Batched writes never reached Raft: as safe to retry as a read.
-        let reads = self
+        let never_proposed = self
             .take_batched()
             .into_iter()
             .chain(std::mem::take(&mut self.unconfirmed_reads).into_keys())
@@ -145,7 +137,7 @@ impl Replica {
                     .into_iter()
                     .map(|(_, read)| read.request),
             );
-        answers.extend(reads.map(|request| (request, Err(read_error.clone()))));
+        answer_each(answers, never_proposed, Err(read_error.clone()));
     }
 
     /// Takes a request for this shard: proposes a write or registers a read. Errors are
@@ -238,7 +230,7 @@ impl Replica {
             }
             Err(refusal) => {
                 if let Err(error) = self.answer_proposal(Err(refusal))? {
-                    answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+                    answer_each(answers, requests, Err(error));
                 }
             }
         }
@@ -337,11 +329,7 @@ impl Replica {
             let skipped: Vec<Index> = self.proposals.range(..=covered).map(|(i, _)| *i).collect();
             for index in skipped {
                 if let Some((_, requests)) = self.proposals.remove(&index) {
-                    answers.extend(
-                        requests
-                            .into_iter()
-                            .map(|request| (request, Err(RequestError::OutcomeUnknown))),
-                    );
+                    answer_each(answers, requests, Err(RequestError::OutcomeUnknown));
                 }
             }
         }
@@ -406,16 +394,14 @@ impl Replica {
                 break;
             }
             let (_, requests) = entry.remove();
-            let error = self.not_leader();
-            answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+            answer_each(answers, requests, Err(self.not_leader()));
         }
         let Some((term, requests)) = self.proposals.remove(&entry_index) else {
             return Ok(());
         };
         if term != entry_term {
             // Another leader's entry took the index: ours never applied.
-            let error = self.not_leader();
-            answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+            answer_each(answers, requests, Err(self.not_leader()));
             return Ok(());
         }
         match result {
@@ -430,23 +416,33 @@ impl Replica {
                     answers.push((request, answer));
                 }
             }
-            Applied::Malformed(refusal) => answers.extend(
-                requests
-                    .into_iter()
-                    .map(|r| (r, Err(RequestError::Refused(refusal.clone())))),
-            ),
+            Applied::Malformed(refusal) => {
+                answer_each(answers, requests, Err(RequestError::Refused(refusal)))
+            }
             Applied::Membership(outcome) => {
                 let answer = match outcome {
                     Ok(descriptor) => Ok(Response::MembershipChanged(descriptor)),
                     Err(reason) => Err(RequestError::MembershipRefused(reason)),
                 };
-                answers.extend(requests.into_iter().map(|r| (r, answer.clone())));
+                answer_each(answers, requests, answer);
             }
             Applied::Nothing => {
-                let error = self.not_leader();
-                answers.extend(requests.into_iter().map(|r| (r, Err(error.clone()))));
+                answer_each(answers, requests, Err(self.not_leader()));
             }
         }
         Ok(())
     }
+}
+
+/// Gives each of `requests` the same answer.
+fn answer_each(
+    answers: &mut Vec<Answer>,
+    requests: impl IntoIterator<Item = RequestId>,
+    answer: Result<Response, RequestError>,
+) {
+    answers.extend(
+        requests
+            .into_iter()
+            .map(|request| (request, answer.clone())),
+    );
 }
