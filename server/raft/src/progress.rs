@@ -74,7 +74,8 @@ pub struct Progress {
     pub pending_snapshot: Index,
     /// Ticks spent in `Snapshot` state; past a limit the snapshot is presumed lost.
     pub snapshot_elapsed_ticks: u32,
-    /// In `Probe` state: an append is out; wait for an answer or a heartbeat interval.
+    /// In `Probe` state: an append is out; wait for its answer or a heartbeat answer (or,
+    /// from a follower that answers neither, an election timeout).
     pub probe_sent: bool,
     /// Ticks the probe has been out unanswered; past a limit it is presumed lost.
     pub probe_elapsed_ticks: u32,

@@ -38,9 +38,9 @@ pub struct MultiRaft<T: Transport> {
     /// iteration), liveness frames and rejections (sent with the iteration's first frames).
     held: BTreeMap<NodeId, Frame>,
     answers: Vec<Answer>,
-    /// Answers of commands applied into the batch being built: released only once it is
-    /// durable, or turned into `OutcomeUnknown` if it never is (the entries are committed,
-    /// so the other replicas apply them anyway).
+    /// Answers of commands applied into the batch being built: released once the batch is
+    /// written, before its sync (their entries are committed, so already durable), or
+    /// turned into `OutcomeUnknown` if the write fails.
     unsynced_answers: Vec<Answer>,
     /// Requests waiting for an answer: counted over all groups at the iteration's first
     /// request, plus those taken since (an overestimate within one iteration, never an
