@@ -6,6 +6,7 @@
 mod support;
 
 use rshard_server::kv::KvOp;
+use rshard_server::multiraft::DriverConfig;
 use support::{key, Faults, NodeId, World, STEPS_PER_TICK};
 
 const SEED: u64 = 11;
@@ -189,4 +190,55 @@ fn a_transfer_cut_by_a_crash_leaves_staging_that_is_discarded() {
         .driver(follower)
         .map_or(0, |d| d.counters().stagings_discarded);
     assert!(discarded >= 1, "the orphaned staging was discarded");
+}
+
+/// A voter that lost its state is never recreated by a snapshot (only a learner is), so
+/// every snapshot the leader starts toward it is refused. The leader tries again after a
+/// backoff, not at every write: each attempt reads a snapshot view and its first chunk.
+#[test]
+fn a_refused_snapshot_is_retried_after_a_backoff_not_at_every_write() {
+    let mut world = World::with_config(SEED, 3, 1, 0, Faults::none(), |config| {
+        config.max_log_entries = 4;
+    });
+    assert!(world.run_until(400 * STEPS_PER_TICK, |w| w.leaders().contains_key(&SHARD)));
+    let leader = world.leaders()[&SHARD];
+    let wiped = (1..=3).find(|&n| n != leader).expect("three nodes");
+    let ops: Vec<KvOp> = (0..40)
+        .map(|i| KvOp::Put {
+            key: key(SHARD, i),
+            value: value(i),
+        })
+        .collect();
+    write_until(&mut world, &ops, leader, 40);
+    world.wipe_and_reopen((wiped - 1) as usize);
+
+    let started = |w: &World| {
+        w.driver(leader)
+            .map_or(0, |d| d.counters().snapshot_sends_started)
+    };
+    let before = started(&world);
+    const TICKS: u64 = 200;
+    for i in 0..TICKS * STEPS_PER_TICK {
+        world.write_to_leader(
+            SHARD,
+            KvOp::Put {
+                key: key(SHARD, i % 40),
+                value: value(i),
+            },
+        );
+        world.run(1);
+    }
+    let attempts = started(&world) - before;
+    let backoff = u64::from(DriverConfig::new(1).snapshot_refusal_backoff_ticks);
+    assert!(attempts > 0, "the leader never tried the wiped voter");
+    assert!(
+        attempts <= TICKS / backoff + 2,
+        "{attempts} snapshot attempts in {TICKS} ticks with a backoff of {backoff} ticks"
+    );
+    assert!(
+        world
+            .driver(wiped)
+            .is_some_and(|d| d.descriptor(SHARD).is_none()),
+        "the wiped voter was not recreated by a snapshot"
+    );
 }

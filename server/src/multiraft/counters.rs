@@ -50,6 +50,8 @@ pub struct Counters {
     pub snapshot_sends_started: u64,
     pub snapshots_sent: u64,
     pub snapshot_sends_failed: u64,
+    /// Of those, refused by the receiver (the next waits `snapshot_refusal_backoff_ticks`).
+    pub snapshot_sends_refused: u64,
     pub snapshot_chunks_sent: u64,
     /// Keys and values sent in snapshot chunks.
     pub snapshot_bytes_sent: u64,

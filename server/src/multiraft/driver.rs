@@ -719,7 +719,7 @@ impl<T: Transport> MultiRaft<T> {
             }
             SnapshotMessage::Ack(ack) => {
                 self.snapshots
-                    .on_ack(ack, &mut self.replicas, &mut self.counters)
+                    .on_ack(ack, &mut self.replicas, &self.config, &mut self.counters)
             }
         }
         Ok(())

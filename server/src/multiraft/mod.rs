@@ -94,6 +94,9 @@ pub struct DriverConfig {
     pub max_snapshot_receives: usize,
     /// A transfer without progress for this many ticks ends (and Raft retries it).
     pub snapshot_timeout_ticks: u32,
+    /// After a receiver refuses a transfer (busy, installing, no replica to create), the
+    /// next one to it for that group starts no sooner than this many ticks later.
+    pub snapshot_refusal_backoff_ticks: u32,
     /// Bytes of snapshot install and staging cleanup written per iteration, so a large
     /// install never stalls the loop.
     pub snapshot_apply_bytes_per_iteration: usize,
@@ -121,6 +124,7 @@ impl DriverConfig {
             max_snapshot_sends: 4,
             max_snapshot_receives: 4,
             snapshot_timeout_ticks: 50,
+            snapshot_refusal_backoff_ticks: 20,
             snapshot_apply_bytes_per_iteration: 8 << 20,
             max_snapshot_inbox_bytes: 64 << 20,
             seed: 0,

@@ -7,9 +7,14 @@
 //! one item, if a single item is larger). The first chunk carries the Raft
 //! `InstallSnapshot` message; its data is a [`SnapshotManifest`] (the shard descriptor), not
 //! the shard's contents. At most `snapshot_chunks_in_flight` chunks wait for an
-//! acknowledgement; a refusal, a full transport queue, or `snapshot_timeout_ticks` without
-//! progress ends the transfer and reports the snapshot failed to Raft, which retries later
-//! with a new transfer. Memory per transfer is bounded by the window, never by the shard.
+//! acknowledgement; a chunk out of sequence, a full transport queue, or
+//! `snapshot_timeout_ticks` without progress ends the transfer and reports the snapshot
+//! failed to Raft, which retries with a new transfer. A refusal for any other reason (the
+//! receiver is busy or installing, or holds no replica and may not create one) is reported
+//! only after `snapshot_refusal_backoff_ticks`: until then Raft keeps that follower in
+//! snapshot state and sends it nothing, so a refusal that persists costs one transfer per
+//! backoff, not one per append. Memory per transfer is bounded by the window, never by the
+//! shard.
 //!
 //! The receiver checks every chunk (sequence, key order, keys within the descriptor's range,
 //! size) and stages it in the staging keyspace without touching live data (see
@@ -242,6 +247,9 @@ pub(super) struct Snapshots {
     next_session: u64,
     next_staging: StagingId,
     sending: BTreeMap<(GroupId, NodeId), OutgoingSnapshot>,
+    /// Transfers the receiver refused: ticks until Raft hears of it and may start another.
+    /// Meanwhile its progress stays in snapshot state, so nothing is sent to that follower.
+    refused: BTreeMap<(GroupId, NodeId), u32>,
     receiving: BTreeMap<GroupId, IncomingSnapshot>,
     /// Received in full this iteration and handed to Raft: staging that Raft may install.
     completed: BTreeMap<GroupId, StagingId>,
@@ -284,6 +292,7 @@ impl Snapshots {
             next_session: 1,
             next_staging,
             sending: BTreeMap::new(),
+            refused: BTreeMap::new(),
             receiving: BTreeMap::new(),
             completed: BTreeMap::new(),
             installing,
@@ -436,6 +445,7 @@ impl Snapshots {
         &mut self,
         ack: SnapshotAck,
         replicas: &mut BTreeMap<GroupId, Replica>,
+        config: &DriverConfig,
         counters: &mut Counters,
     ) {
         let key = (ack.group, ack.from);
@@ -444,6 +454,20 @@ impl Snapshots {
         };
         if ack.to != self.node || send.session != ack.session {
             return; // An answer to an earlier transfer.
+        }
+        match &ack.refused {
+            // A lost or reordered chunk (or a restarted receiver): a new transfer at once.
+            None | Some(SnapshotRefusal::OutOfSequence { .. }) => {}
+            // The receiver cannot take it now, or ever (no replica to create): retrying at
+            // every append would read a snapshot view and its first chunk each time.
+            Some(_) => {
+                self.sending.remove(&key);
+                counters.snapshot_sends_failed += 1;
+                counters.snapshot_sends_refused += 1;
+                self.refused
+                    .insert(key, config.snapshot_refusal_backoff_ticks.max(1));
+                return;
+            }
         }
         if ack.refused.is_some() || ack.seq != send.acked || ack.seq >= send.next_seq {
             self.fail_send(key, replicas, counters);
@@ -743,6 +767,16 @@ impl Snapshots {
         for key in expired {
             self.fail_send(key, replicas, counters);
         }
+        self.refused.retain(|&(group, to), ticks| {
+            *ticks -= 1;
+            if *ticks > 0 {
+                return true;
+            }
+            if let Some(replica) = replicas.get_mut(&group) {
+                replica.raft.report_snapshot_failed(to);
+            }
+            false
+        });
         let stale: BTreeSet<GroupId> = self
             .receiving
             .iter_mut()

@@ -669,6 +669,15 @@ impl World {
         self.nodes[node].driver = Some(driver);
     }
 
+    /// Crashes node index `node` and reopens it at once with an empty store: same id, every
+    /// replica lost (a wiped data directory).
+    pub fn wipe_and_reopen(&mut self, node: usize) {
+        self.crash(node, false, 0);
+        self.nodes[node].engine = Arc::new(MemEngine::new());
+        let driver = self.open_driver(&self.nodes[node]);
+        self.nodes[node].driver = Some(driver);
+    }
+
     /// Runs steps until `done` holds (true) or `max_steps` pass (false).
     pub fn run_until(&mut self, max_steps: u64, done: impl Fn(&World) -> bool) -> bool {
         for _ in 0..max_steps {
