@@ -77,7 +77,8 @@ pub struct Progress {
     /// In `Probe` state: an append is out; wait for its answer or a heartbeat answer (or,
     /// from a follower that answers neither, an election timeout).
     pub probe_sent: bool,
-    /// Ticks the probe has been out unanswered; past a limit it is presumed lost.
+    /// In `Probe` state: ticks since the last probe went out (or since entering the state);
+    /// past a limit a new probe goes out.
     pub probe_elapsed_ticks: u32,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,

@@ -383,15 +383,18 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    /// Probes unanswered for an election timeout are presumed lost and sent again. A
-    /// follower's heartbeat answer resumes probing sooner; this covers one that answers no
-    /// heartbeat, such as a node that holds no replica of the group yet and answers only
-    /// appends. Without it, one lost probe would leave that follower behind for good.
+    /// A follower in probe state that got no probe, or no answer to one, for an election
+    /// timeout gets a new probe. A follower's heartbeat answer or a new proposal resumes
+    /// probing sooner; this covers a follower that answers no heartbeat, such as a node that
+    /// holds no replica of the group yet and answers only appends, in a group with no
+    /// writes. Without it, one lost probe (or a snapshot refused, which returns the follower
+    /// to probe state without sending anything) would leave that follower behind for good.
     pub(crate) fn expire_probes(&mut self) -> Result<(), Error> {
         let limit = self.config.election_timeout_ticks;
+        let id = self.id();
         let mut lost = Vec::new();
         for (&member, progress) in self.progress.iter_mut() {
-            if progress.state == ProgressState::Probe && progress.probe_sent {
+            if member != id && progress.state == ProgressState::Probe {
                 progress.probe_elapsed_ticks += 1;
                 if progress.probe_elapsed_ticks > limit {
                     progress.probe_sent = false;

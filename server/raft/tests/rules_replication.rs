@@ -508,6 +508,32 @@ fn a_lost_probe_to_a_follower_that_answers_no_heartbeat_is_sent_again() {
     );
 }
 
+/// The same holds for a follower put back to probe state with nothing sent (as after a
+/// refused snapshot) in a group with no writes: it gets a probe within an election timeout,
+/// though it answers no heartbeat.
+#[test]
+fn a_follower_back_in_probe_state_in_an_idle_group_is_probed_again() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    let election_timeout_ticks = support::test_config(1).election_timeout_ticks;
+    cluster.campaign(1);
+    cluster.node_mut(1).report_unreachable(3);
+    let progress = cluster.node(1).progress(3).expect("3 is a member");
+    assert!(progress.state == ProgressState::Probe && !progress.probe_sent);
+
+    let heartbeat_to_3 = |m: &Message| m.to == 3 && matches!(m.kind, MessageKind::Heartbeat { .. });
+    let appends_to_3 = |cluster: &Cluster| cluster.delivered_matching(|m| is_append_to(m, 3));
+    let before = appends_to_3(&cluster);
+    for _ in 0..=election_timeout_ticks {
+        cluster.tick(1, 1);
+        cluster.stabilize_losing(heartbeat_to_3);
+    }
+    assert!(appends_to_3(&cluster) > before, "3 was never probed");
+    assert_eq!(
+        cluster.node(1).progress(3).map(|p| p.state),
+        Some(ProgressState::Replicate)
+    );
+}
+
 /// The crate's ordering rule applied to §5.3: a follower acknowledges entries only once they
 /// are durable, so its AppendResponse leaves only after the Ready that carries the entries
 /// is persisted.

@@ -40,8 +40,9 @@ enum Applied {
     Membership(Result<ShardDescriptor, String>),
 }
 
-/// Writes proposed as one entry: at most this many bytes of commands (a larger command goes
-/// alone), so an entry stays well under a Raft message.
+/// Writes taken in one iteration are proposed as one entry, and a new entry is started
+/// once the commands batched reach this many bytes. One command may be larger; it ends the
+/// entry it joins.
 pub const MAX_BATCHED_COMMAND_BYTES: usize = 256 << 10;
 
 #[derive(Debug)]
@@ -228,11 +229,15 @@ impl Replica {
                 self.proposals
                     .insert(position.index, (position.term, requests));
             }
-            Err(refusal) => {
-                if let Err(error) = self.answer_proposal(Err(refusal))? {
-                    answer_each(answers, requests, Err(error));
+            Err(refusal) => match self.answer_proposal(Err(refusal)) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => answer_each(answers, requests, Err(error)),
+                Err(storage) => {
+                    // The node stops; the entry may have been appended before the failure.
+                    answer_each(answers, requests, Err(RequestError::OutcomeUnknown));
+                    return Err(storage);
                 }
-            }
+            },
         }
         Ok(())
     }

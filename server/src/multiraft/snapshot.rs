@@ -331,6 +331,9 @@ impl Snapshots {
             return Ok(());
         };
         let index = snapshot.metadata.index;
+        // Raft asked again (a new leadership, or a follower re-added): an earlier refusal's
+        // timer must not end the transfer that starts now.
+        self.refused.remove(&(group, to));
         if self
             .sending
             .get(&(group, to))
