@@ -1,7 +1,8 @@
 //! The replicated key-value state machine of a shard.
 //!
-//! A [`KvCommand`] is what a shard's Raft log carries: put, delete and compare-and-swap
-//! operations, applied atomically (all or none), routed with the shard epoch the client saw.
+//! A [`KvCommand`] is what a shard's Raft log carries (a list of them per entry, see
+//! [`encode_commands`]): put, delete and compare-and-swap operations, applied atomically
+//! (all or none), routed with the shard epoch the client saw.
 //! Applying is deterministic, so every replica reaches the same state and the same answer:
 //! - the command's epoch version must equal the shard's (`StaleEpoch` otherwise: the range
 //!   changed under the client, which must refresh its route);
@@ -71,7 +72,10 @@ pub enum KvOutcome {
 }
 
 impl KvCommand {
-    pub fn encode(&self) -> Vec<u8> {
+    /// One command alone: the entry format from before writes were batched, which
+    /// [`decode_commands`] still reads. Nothing writes it any more but the tests.
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Vec<u8> {
         // Plain data into a Vec: MessagePack encoding cannot fail.
         rmp_serde::to_vec(self).expect("a KvCommand always encodes")
     }
