@@ -5,7 +5,12 @@
 //! key space, put (a fresh value) or get it by the mix. Latency is recorded per operation in
 //! an HDR histogram (microseconds, 3 significant digits); a progress line goes to stderr
 //! every second; the summary gives ops/s and p50/p99/p999 per kind.
-//! The first `--warmup` is run but not counted.
+//! The first `--warmup` is run but not counted, and neither is an operation that ends after
+//! the measured window: ops/s is what completed inside it.
+//!
+//! The clients run on `--threads` runtime threads, one by default: a load generator on the
+//! same machine as the cluster competes with it for cores, and one thread does the work
+//! with the fewest cross-thread wake-ups (see docs/perf.md for the measured difference).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,9 @@ pub struct BenchArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Runtime threads the clients run on (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// How long to measure, e.g. 30s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -103,6 +111,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let client = Arc::new(args.client.client()?);
     let started = Instant::now();
     let measure_from = started + args.warmup;
+    let measure_until = measure_from + args.duration;
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -134,10 +143,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 if let (Err(error), None) = (&result, &recorded.first_error) {
                     recorded.first_error = Some(error.to_string());
                 }
-                if began < measure_from {
+                let ended = Instant::now();
+                if began < measure_from || ended > measure_until {
                     continue;
                 }
-                let micros = began.elapsed().as_micros().max(1) as u64;
+                let micros = ended.duration_since(began).as_micros().max(1) as u64;
                 match result {
                     Ok(()) if is_put => recorded.puts.saturating_record(micros),
                     Ok(()) => recorded.gets.saturating_record(micros),
@@ -148,10 +158,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             recorded
         }));
     }
-    let end = measure_from + args.duration;
     let mut last = 0;
-    while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
+    while Instant::now() < measure_until {
+        tokio::time::sleep(Duration::from_secs(1).min(measure_until - Instant::now())).await;
         let done = completed.load(Ordering::Relaxed);
         let phase = if Instant::now() < measure_from {
             "warmup"

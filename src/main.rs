@@ -170,7 +170,9 @@ fn main() -> ExitCode {
         Command::Kv { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_kv(&client, action)))
         }
-        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Bench(args) => {
+            bench_runtime(args.threads).and_then(|rt| rt.block_on(bench::run(args)))
+        }
         Command::Node { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_node(&client, action)))
         }
@@ -182,6 +184,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The load generator's runtime: `threads` of 1 is a single-threaded runtime.
+fn bench_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        0 => anyhow::bail!("--threads must be at least 1"),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

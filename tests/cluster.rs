@@ -149,6 +149,40 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
             stdout.contains("DISK FREE") && stdout.contains(" GiB"),
             "{stdout}"
         );
+        // The load generator writes real keys and reports what completed in its window.
+        let bench = [
+            "bench",
+            "--clients",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--keys",
+            "50",
+        ];
+        let (ok, stdout, stderr) = rshard(&[&bench[..], &common].concat());
+        let puts: f64 = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("put: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or(0.0);
+        assert!(
+            ok && puts > 0.0 && stdout.contains("errors: 0"),
+            "{stdout} {stderr}"
+        );
+        let written = client
+            .scan(b"bench/", b"bench0", 1000)
+            .await
+            .expect("a scan");
+        assert!(
+            !written.is_empty() && written.len() <= 50,
+            "{} bench keys",
+            written.len()
+        );
+        let (ok, _, stderr) = rshard(&[&["bench", "--threads", "0"][..], &common].concat());
+        assert!(!ok && stderr.contains("--threads"), "{stderr}");
     });
 }
 
