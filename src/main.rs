@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rshard_common::certs::{self, CertKind, CertsDir};
 
+mod admin;
 mod bench;
 mod kv;
 mod serve;
@@ -39,6 +40,13 @@ enum Command {
     },
     /// Load generator: N concurrent clients for a duration; ops/s and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Ask placement for operations (split a shard) and list shards and operations.
+    Admin {
+        #[command(flatten)]
+        client: kv::ClientArgs,
+        #[command(subcommand)]
+        action: admin::AdminAction,
+    },
     /// List the cluster's nodes and shards, or show one node's status.
     Node {
         #[command(flatten)]
@@ -172,6 +180,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => {
             bench_runtime(args.threads).and_then(|rt| rt.block_on(bench::run(args)))
+        }
+        Command::Admin { client, action } => {
+            runtime().and_then(|rt| rt.block_on(admin::run(&client, action)))
         }
         Command::Node { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_node(&client, action)))

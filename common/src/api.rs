@@ -131,6 +131,61 @@ pub enum ApiRequest {
         change: ReplicaChange,
         conf_version: u64,
     },
+    /// Node only: split `shard` at `at`, the keys from `at` on going to the new shard
+    /// `new_shard`; for the shard's leader to propose, refused (`StaleEpoch`) unless the
+    /// shard's range is still at `version`. Asking again once it is done answers the same.
+    SplitShard {
+        shard: ShardId,
+        version: u64,
+        #[serde(with = "serde_bytes")]
+        at: Vec<u8>,
+        new_shard: ShardId,
+    },
+    /// Admin, for the placement leader: split `shard` at `at`, as an operation with an id.
+    /// Answered with the operation once it ended, or while it still runs when the request
+    /// timeout nears (follow it with [`ApiRequest::AdminOperations`]).
+    AdminSplit {
+        shard: ShardId,
+        #[serde(with = "serde_bytes")]
+        at: Vec<u8>,
+    },
+    /// Admin, for the placement leader: the operations it recorded, oldest first.
+    AdminOperations,
+}
+
+/// An operation placement carries out, with its id and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: u64,
+    pub kind: OperationKind,
+    pub state: OperationState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationKind {
+    /// Split `shard` at `at`; the keys from `at` on go to the new shard `new_shard`.
+    Split {
+        shard: ShardId,
+        #[serde(with = "serde_bytes")]
+        at: Vec<u8>,
+        new_shard: ShardId,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationState {
+    /// Under way; resumed by the next placement leader if this one fails.
+    Running,
+    Done,
+    Failed {
+        reason: String,
+    },
+}
+
+impl OperationState {
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, OperationState::Running)
+    }
 }
 
 /// A membership change placement asks of a shard leader.
@@ -237,6 +292,13 @@ pub enum ApiResponse {
         shards: Vec<ShardRoute>,
     },
     ReplicasChanged(ShardDescriptor),
+    /// A shard split: its descriptor after the split, and the new shard's.
+    Split {
+        left: ShardDescriptor,
+        right: ShardDescriptor,
+    },
+    Operation(Operation),
+    Operations(Vec<Operation>),
     Error(ApiError),
 }
 

@@ -20,10 +20,13 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::api::{
-    ApiError, ApiRequest, ApiResponse, NodeInfo, NodeStatus, ShardOp, ShardRoute, WriteOp,
-    MAX_API_FRAME_BYTES,
+    ApiError, ApiRequest, ApiResponse, NodeInfo, NodeStatus, Operation, ShardOp, ShardRoute,
+    WriteOp, MAX_API_FRAME_BYTES,
 };
-use crate::shard::ShardDescriptor;
+use crate::shard::{ShardDescriptor, ShardId};
+
+/// `NotLeader` answers followed to reach the placement leader (it may move meanwhile).
+const MAX_PLACEMENT_REDIRECTS: usize = 3;
 use crate::tls::Identity;
 use crate::{quic, wire};
 
@@ -252,6 +255,54 @@ impl Client {
         }
     }
 
+    /// Asks placement to split `shard` at `at`; the operation as it stands when placement
+    /// answers (ended, or still running).
+    pub async fn split_shard(&self, shard: ShardId, at: &[u8]) -> Result<Operation, ClientError> {
+        let request = ApiRequest::AdminSplit {
+            shard,
+            at: at.to_vec(),
+        };
+        match self.placement_call(request).await? {
+            ApiResponse::Operation(operation) => Ok(operation),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every operation placement recorded, oldest first.
+    pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
+        match self.placement_call(ApiRequest::AdminOperations).await? {
+            ApiResponse::Operations(operations) => Ok(operations),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `request` to the placement leader: to a seed, then to the leader it names.
+    async fn placement_call(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
+        let mut response = self.any_node(request.clone()).await;
+        for _ in 0..MAX_PLACEMENT_REDIRECTS {
+            let Err(ClientError::Refused(ApiError::NotLeader {
+                leader: Some(leader),
+                ..
+            })) = &response
+            else {
+                break;
+            };
+            let Ok(address) = leader.address.parse::<SocketAddr>() else {
+                break;
+            };
+            response = match self.call(address, &request).await {
+                Ok(ApiResponse::Error(error)) => Err(ClientError::Refused(error)),
+                Ok(answer) => Ok(answer),
+                Err(CallError::Untrusted(error)) => Err(ClientError::Untrusted(error)),
+                Err(error) => Err(ClientError::Unavailable {
+                    attempts: 1,
+                    last: call_error_text(&error),
+                }),
+            };
+        }
+        response
+    }
+
     /// The status of the node at `address`.
     pub async fn node_status(&self, address: SocketAddr) -> Result<NodeStatus, ClientError> {
         let response = self
@@ -333,6 +384,16 @@ impl Client {
         }
         let request = ApiRequest::Route { key: key.to_vec() };
         match self.any_node(request).await? {
+            ApiResponse::Route(route) if self.is_outdated(&route.descriptor) => {
+                // A node that has not applied a split yet; another answer will be newer.
+                Err(ClientError::Unavailable {
+                    attempts: 1,
+                    last: format!(
+                        "a node answered with shard {} at an epoch older than known",
+                        route.descriptor.id
+                    ),
+                })
+            }
             ApiResponse::Route(route) => {
                 self.remember(route.descriptor.clone(), route.leader.clone());
                 Ok(route)
@@ -345,6 +406,16 @@ impl Client {
         let routes = self.routes.lock().ok()?;
         let (_, route) = routes.range(..=key.to_vec()).next_back()?;
         route.descriptor.contains(key).then(|| route.clone())
+    }
+
+    /// True if a newer descriptor of the same shard is cached.
+    fn is_outdated(&self, descriptor: &ShardDescriptor) -> bool {
+        self.routes.lock().is_ok_and(|routes| {
+            routes.values().any(|route| {
+                route.descriptor.id == descriptor.id
+                    && route.descriptor.epoch.version > descriptor.epoch.version
+            })
+        })
     }
 
     /// Caches `descriptor` (dropping the routes it overlaps) with `leader`.
@@ -377,6 +448,7 @@ impl Client {
         let mut attempts = 0;
         let mut backoff = self.options.first_backoff;
         let mut last = String::from("no attempt made");
+        let mut routing_errors = 0;
         for attempt in 0..self.options.max_attempts {
             if Instant::now() >= deadline {
                 break;
@@ -432,6 +504,12 @@ impl Client {
                 }
                 ApiError::KeyNotInShard { descriptor } | ApiError::StaleEpoch { descriptor } => {
                     self.remember(*descriptor, None);
+                    // Once is a route that moved; again means the nodes answering routes
+                    // have not all caught up with the change yet: give them time.
+                    routing_errors += 1;
+                    if routing_errors > 1 {
+                        self.sleep(&mut backoff).await;
+                    }
                 }
                 ApiError::ShardUnavailable { .. }
                 | ApiError::Busy(_)

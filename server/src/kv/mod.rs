@@ -13,6 +13,11 @@
 //!
 //! A refused command changes nothing. Writes go into the same node batch as the group's
 //! applied index, so data and applied index are durable together.
+//!
+//! An entry may instead carry a [`SplitCommand`] (see [`decode_entry`]): the shard keeps
+//! `[start, at)` and a new shard takes `[at, end)` with the same members. It is checked the
+//! same way on every replica ([`SplitCommand::split`]), so all of them split at the same log
+//! index or none does.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +65,8 @@ pub enum KvError {
     Empty,
     #[error("undecodable command: {0}")]
     Malformed(String),
+    #[error("split refused: {0}")]
+    SplitRefused(String),
 }
 
 /// The answer to a command that passed the checks.
@@ -124,6 +131,77 @@ impl KvCommand {
 pub fn encode_commands(commands: &[KvCommand]) -> Vec<u8> {
     // Plain data into a Vec: MessagePack encoding cannot fail.
     rmp_serde::to_vec(commands).expect("commands always encode")
+}
+
+/// Splits shard `shard` at `at`: the shard keeps `[start, at)`, shard `new_shard` gets
+/// `[at, end)`. Routed with the epoch the caller planned with, like a write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCommand {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    #[serde(with = "serde_bytes")]
+    pub at: Vec<u8>,
+    pub new_shard: ShardId,
+}
+
+/// The first byte of an entry that holds a [`SplitCommand`]. 0xc1 is the one byte
+/// MessagePack never uses, so no entry of commands (a MessagePack value) starts with it.
+const SPLIT_ENTRY_TAG: u8 = 0xc1;
+
+/// What one log entry of a data shard carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryCommands {
+    Writes(Vec<KvCommand>),
+    Split(SplitCommand),
+}
+
+impl SplitCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![SPLIT_ENTRY_TAG];
+        // Plain data into a Vec: MessagePack encoding cannot fail.
+        bytes.extend(rmp_serde::to_vec(self).expect("a split always encodes"));
+        bytes
+    }
+
+    /// The two descriptors the split leaves, if it may happen to `descriptor` (the shard as
+    /// it is when the entry applies). Every replica decides alike.
+    pub fn split(
+        &self,
+        descriptor: &ShardDescriptor,
+    ) -> Result<(ShardDescriptor, ShardDescriptor), KvError> {
+        check_shard(descriptor, self.shard)?;
+        check_epoch(descriptor, self.epoch)?;
+        check_key_size(&self.at)?;
+        let refuse = |reason: &str| Err(KvError::SplitRefused(reason.to_string()));
+        if self.at.as_slice() <= descriptor.start_key.as_slice() || !descriptor.contains(&self.at) {
+            return refuse("the split key must lie inside the shard, after its first key");
+        }
+        if self.new_shard == descriptor.id {
+            return refuse("the new shard needs its own id");
+        }
+        let mut left = descriptor.clone();
+        left.end_key = self.at.clone();
+        left.epoch.version += 1;
+        let right = ShardDescriptor {
+            id: self.new_shard,
+            start_key: self.at.clone(),
+            end_key: descriptor.end_key.clone(),
+            epoch: left.epoch,
+            replicas: descriptor.replicas.clone(),
+            learners: descriptor.learners.clone(),
+        };
+        Ok((left, right))
+    }
+}
+
+/// Decodes one entry of a data shard: a split, or writes (see [`decode_commands`]).
+pub fn decode_entry(bytes: &[u8]) -> Result<EntryCommands, KvError> {
+    match bytes.split_first() {
+        Some((&SPLIT_ENTRY_TAG, rest)) => rmp_serde::from_slice(rest)
+            .map(EntryCommands::Split)
+            .map_err(|e| KvError::Malformed(e.to_string())),
+        _ => decode_commands(bytes).map(EntryCommands::Writes),
+    }
 }
 
 /// Decodes an entry written by [`encode_commands`], or by earlier versions, which wrote one

@@ -42,6 +42,8 @@ pub struct Counters {
     pub messages_for_unknown_groups: u64,
     /// Replicas created by the first snapshot of a group this node had no replica of.
     pub replicas_created_by_snapshot: u64,
+    /// Replicas created here by applying a split of a shard this node holds.
+    pub shards_split_off: u64,
     pub malformed_messages: u64,
     /// Peers declared dead, and groups woken because a dead peer led them.
     pub peers_declared_dead: u64,

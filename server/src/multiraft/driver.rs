@@ -366,11 +366,17 @@ impl<T: Transport> MultiRaft<T> {
         let mut applier = Applier::new(&self.store);
         let mut entries = 0;
         let mut installs = Vec::new();
+        let mut split_off = Vec::new();
         for (group, ready) in &readies {
             if let Some(replica) = self.replicas.get_mut(group) {
                 entries += ready.entries.len();
-                let install =
-                    replica.stage(ready, &mut applier, &mut batch, &mut self.unsynced_answers)?;
+                let install = replica.stage(
+                    ready,
+                    &mut applier,
+                    &mut batch,
+                    &mut self.unsynced_answers,
+                    &mut split_off,
+                )?;
                 if let Some(marker) = install {
                     self.snapshots.take_completed(*group, marker.staging)?;
                     installs.push((*group, marker));
@@ -390,10 +396,12 @@ impl<T: Transport> MultiRaft<T> {
             }
         }
         applier.finish(&mut batch);
+        let created = self.stage_split_off(split_off, &mut batch)?;
         let write = !batch.is_empty();
         if write {
             self.store.write(batch)?;
         }
+        self.start_split_off(created)?;
         // The commands applied in this batch were committed, so their entries are already
         // durable on a quorum (and here: the core hands out only entries persisted here);
         // a crash before the sync below loses the applied state, never the entries, and the
@@ -540,8 +548,59 @@ impl<T: Transport> MultiRaft<T> {
         self.load_replica(group)
     }
 
+    /// Bootstraps, in the batch that applies the split, this node's replica of each shard
+    /// split off here: the same first state on every replica (the split's membership, an
+    /// empty log), as for a shard created at bootstrap. Skipped where the replica exists.
+    /// Returns the shards to start once the batch is written.
+    fn stage_split_off(
+        &mut self,
+        split_off: Vec<super::replica::SplitOff>,
+        batch: &mut NodeBatch,
+    ) -> Result<Vec<GroupId>, StoreError> {
+        let mut created = Vec::new();
+        for (descriptor, conf_state) in split_off {
+            let group = descriptor.id;
+            if self.replicas.contains_key(&group) || created.contains(&group) {
+                continue;
+            }
+            batch.bootstrap(group, conf_state)?;
+            batch.set_descriptor(group, &descriptor)?;
+            self.counters.shards_split_off += 1;
+            created.push(group);
+        }
+        Ok(created)
+    }
+
+    /// Starts the replicas [`Self::stage_split_off`] wrote. Where this node leads the shard
+    /// that split, its new replica campaigns at once rather than after an election timeout.
+    fn start_split_off(&mut self, created: Vec<GroupId>) -> Result<(), StoreError> {
+        for group in created {
+            self.load_replica(group)?;
+            let leads_left = self.replicas.values().any(|replica| {
+                replica.raft.role() == Role::Leader
+                    && replica.descriptor.id != group
+                    && self.replicas.get(&group).is_some_and(|right| {
+                        right.descriptor.start_key == replica.descriptor.end_key
+                    })
+            });
+            if let Some(right) = self.replicas.get_mut(&group) {
+                if leads_left {
+                    // Refused only if it cannot vote here; then another member campaigns.
+                    let _refused = right.raft.campaign();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn take_request(&mut self, id: RequestId, request: Request) -> Result<(), StoreError> {
         let shard = request.shard();
+        if let Request::Split(split) = &request {
+            if let Some(done) = self.split_already_done(split) {
+                self.answers.push((id, Ok(done)));
+                return Ok(());
+            }
+        }
         let replicas = &self.replicas;
         let pending = *self
             .pending_requests
@@ -565,6 +624,20 @@ impl<T: Transport> MultiRaft<T> {
         }
         self.dirty.insert(shard);
         Ok(())
+    }
+
+    /// The answer to a split that already applied here: the shard ends at its key and this
+    /// node holds the new shard from there (a retry of the same operation).
+    fn split_already_done(&self, split: &crate::kv::SplitCommand) -> Option<Response> {
+        let left = self.replicas.get(&split.shard)?;
+        let right = self.replicas.get(&split.new_shard)?;
+        (left.raft.role() == Role::Leader
+            && left.descriptor.end_key == split.at
+            && right.descriptor.start_key == split.at)
+            .then(|| Response::Split {
+                left: left.descriptor.clone(),
+                right: right.descriptor.clone(),
+            })
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {

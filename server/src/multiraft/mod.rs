@@ -49,7 +49,7 @@ use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_raft::{ConfChange, NodeId};
 use thiserror::Error;
 
-use crate::kv::{KvCommand, KvError, KvOutcome};
+use crate::kv::{KvCommand, KvError, KvOutcome, SplitCommand};
 
 pub use counters::{Counters, PeerCounters};
 pub use driver::MultiRaft;
@@ -161,6 +161,11 @@ pub enum Request {
         change: ConfChange,
         conf_version: Option<u64>,
     },
+    /// Splits the shard (see [`SplitCommand`]), answered once the split applies. Every
+    /// replica creates the new shard's replica as it applies the split. Asking again for a
+    /// split that already happened (the shard ends at `at`, and this node holds
+    /// `new_shard` from there) is answered as done.
+    Split(SplitCommand),
 }
 
 impl Request {
@@ -170,13 +175,17 @@ impl Request {
             Request::Read { shard, .. }
             | Request::Scan { shard, .. }
             | Request::ChangeReplicas { shard, .. } => *shard,
+            Request::Split(split) => split.shard,
         }
     }
 
     /// True for requests that go through the log (writes and membership changes): once
     /// taken, losing their answer leaves their outcome unknown.
     pub fn changes_state(&self) -> bool {
-        matches!(self, Request::Write(_) | Request::ChangeReplicas { .. })
+        matches!(
+            self,
+            Request::Write(_) | Request::ChangeReplicas { .. } | Request::Split(_)
+        )
     }
 }
 
@@ -196,6 +205,11 @@ pub enum Response {
     },
     /// The change applied; the shard's descriptor after it.
     MembershipChanged(ShardDescriptor),
+    /// The split applied: the shard's descriptor after it, and the new shard's.
+    Split {
+        left: ShardDescriptor,
+        right: ShardDescriptor,
+    },
 }
 
 /// Why a request got no result. Only [`RequestError::OutcomeUnknown`] leaves a write's fate

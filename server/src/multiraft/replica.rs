@@ -9,7 +9,7 @@ use rshard_raft::{ConfState, Entry, Index, Payload, Raft, Ready, Role, Term};
 
 use super::snapshot::SnapshotManifest;
 use super::{Answer, Request, RequestError, RequestId, Response};
-use crate::kv::{Applier, KvCommand};
+use crate::kv::{Applier, EntryCommands, KvCommand};
 use crate::storage::{GroupStorage, InstallMarker, NodeBatch, StoreError};
 
 /// A read waiting for ReadIndex to confirm it, then for the applied index to reach it.
@@ -38,7 +38,12 @@ enum Applied {
     /// The entry did not decode: every command of it is refused alike.
     Malformed(crate::kv::KvError),
     Membership(Result<ShardDescriptor, String>),
+    Split(Result<(ShardDescriptor, ShardDescriptor), crate::kv::KvError>),
 }
+
+/// A shard created on this node by applying a split: its descriptor and its first
+/// membership (the split shard's, at the split's index).
+pub(super) type SplitOff = (ShardDescriptor, ConfState);
 
 /// Writes taken in one iteration are proposed as one entry, and a new entry is started
 /// once the commands batched reach this many bytes. One command may be larger; it ends the
@@ -204,6 +209,19 @@ impl Replica {
                         .insert(position.index, (position.term, vec![id]));
                 })
             }
+            Request::Split(split) => {
+                // Checked again when it applies; this refuses the hopeless at once.
+                if let Err(refusal) = split
+                    .split(&self.descriptor)
+                    .and_then(|_| self.check_splittable())
+                {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.propose(split.encode()).map(|position| {
+                    self.proposals
+                        .insert(position.index, (position.term, vec![id]));
+                })
+            }
         };
         self.answer_proposal(outcome)
     }
@@ -283,6 +301,34 @@ impl Replica {
             })
     }
 
+    /// A shard in a joint configuration is not split: the new shard would have to start in
+    /// the middle of a membership change.
+    fn check_splittable(&self) -> Result<(), crate::kv::KvError> {
+        let conf = self.raft.conf_state();
+        if conf.voters_outgoing.is_empty() && conf.learners_next.is_empty() {
+            return Ok(());
+        }
+        Err(crate::kv::KvError::SplitRefused(
+            "the shard is changing its membership; retry once that is done".to_string(),
+        ))
+    }
+
+    /// Every read waiting here, answered `StaleEpoch`: the shard's range just changed, and a
+    /// read of a key it gave away must not be served from this replica's data.
+    fn refuse_reads(&mut self, answers: &mut Vec<Answer>) {
+        let error = RequestError::Refused(crate::kv::KvError::StaleEpoch {
+            descriptor: Box::new(self.descriptor.clone()),
+        });
+        let reads = std::mem::take(&mut self.unconfirmed_reads)
+            .into_keys()
+            .chain(
+                std::mem::take(&mut self.confirmed_reads)
+                    .into_iter()
+                    .map(|(_, read)| read.request),
+            );
+        answer_each(answers, reads, Err(error));
+    }
+
     /// Brings the descriptor's members in line with `conf` (a membership change applied),
     /// bumping its conf version.
     fn set_members(&mut self, conf: &ConfState) {
@@ -298,13 +344,15 @@ impl Replica {
     /// Stages what `ready` asks to persist and apply into `batch` (with `applier` holding
     /// the data writes), and queues the answers of applied proposals into `answers`, to be
     /// released only after the batch is durable. A snapshot starts an install: its marker
-    /// goes into the batch and is returned (the data is installed in later steps).
+    /// goes into the batch and is returned (the data is installed in later steps). Shards
+    /// split off by applied splits go to `split_off`, for the driver to create.
     pub fn stage(
         &mut self,
         ready: &Ready,
         applier: &mut Applier<'_>,
         batch: &mut NodeBatch,
         answers: &mut Vec<Answer>,
+        split_off: &mut Vec<SplitOff>,
     ) -> Result<Option<InstallMarker>, StoreError> {
         let group = self.descriptor.id;
         let mut install = None;
@@ -346,12 +394,12 @@ impl Replica {
             ready.hard_state,
         )?;
         if let Some(last) = ready.committed_entries.last() {
-            let conf_version = self.descriptor.epoch.conf_version;
+            let epoch = self.descriptor.epoch;
             for entry in &ready.committed_entries {
-                self.apply(entry, applier, answers)?;
+                self.apply(entry, applier, answers, split_off)?;
             }
             batch.set_applied(group, last.index, self.raft.conf_state().clone())?;
-            if self.descriptor.epoch.conf_version != conf_version {
+            if self.descriptor.epoch != epoch {
                 batch.set_descriptor(group, &self.descriptor)?;
             }
         }
@@ -363,6 +411,7 @@ impl Replica {
         entry: &Entry,
         applier: &mut Applier<'_>,
         answers: &mut Vec<Answer>,
+        split_off: &mut Vec<SplitOff>,
     ) -> Result<(), StoreError> {
         let (entry_index, entry_term) = (entry.index, entry.term);
         let result = match &entry.payload {
@@ -383,13 +432,24 @@ impl Replica {
                     Err(refusal) => Applied::Membership(Err(refusal.to_string())),
                 }
             }
-            Payload::Normal(bytes) => match crate::kv::decode_commands(bytes) {
-                Ok(commands) => Applied::Commands(
+            Payload::Normal(bytes) => match crate::kv::decode_entry(bytes) {
+                Ok(EntryCommands::Writes(commands)) => Applied::Commands(
                     commands
                         .iter()
                         .map(|command| applier.apply(&self.descriptor, command))
                         .collect::<Result<_, _>>()?,
                 ),
+                Ok(EntryCommands::Split(split)) => {
+                    let outcome = split
+                        .split(&self.descriptor)
+                        .and_then(|halves| self.check_splittable().map(|()| halves));
+                    if let Ok((left, right)) = &outcome {
+                        self.descriptor = left.clone();
+                        self.refuse_reads(answers);
+                        split_off.push((right.clone(), self.raft.conf_state().clone()));
+                    }
+                    Applied::Split(outcome)
+                }
                 Err(refusal) => Applied::Malformed(refusal),
             },
         };
@@ -428,6 +488,13 @@ impl Replica {
                 let answer = match outcome {
                     Ok(descriptor) => Ok(Response::MembershipChanged(descriptor)),
                     Err(reason) => Err(RequestError::MembershipRefused(reason)),
+                };
+                answer_each(answers, requests, answer);
+            }
+            Applied::Split(outcome) => {
+                let answer = match outcome {
+                    Ok((left, right)) => Ok(Response::Split { left, right }),
+                    Err(refusal) => Err(RequestError::Refused(refusal)),
                 };
                 answer_each(answers, requests, answer);
             }

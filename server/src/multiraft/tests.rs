@@ -812,3 +812,113 @@ fn a_membership_change_planned_against_an_old_conf_version_is_refused() {
     ));
     assert_eq!(driver.descriptor(1).map(|d| d.epoch.conf_version), Some(1));
 }
+
+fn offer_and_answer(
+    driver: &mut MultiRaft<QueueTransport>,
+    id: RequestId,
+    request: Request,
+) -> Result<Response, RequestError> {
+    driver.offer(Input::Request { id, request }).expect("room");
+    answer(driver, id)
+}
+
+fn write_to(shard: u64, version: u64, key: &[u8]) -> Request {
+    Request::Write(KvCommand {
+        shard,
+        epoch: Epoch {
+            version,
+            conf_version: 0,
+        },
+        ops: vec![KvOp::Put {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+        }],
+    })
+}
+
+fn split(at: &[u8], new_shard: u64) -> Request {
+    Request::Split(crate::kv::SplitCommand {
+        shard: 1,
+        epoch: Epoch::default(),
+        at: at.to_vec(),
+        new_shard,
+    })
+}
+
+#[test]
+fn a_split_hands_the_upper_range_to_a_new_shard_with_its_data_and_survives_a_restart() {
+    let (engine, mut driver) = single_node();
+    elect(&mut driver, 1);
+    for (id, key) in [(1, b"b"), (2, b"k")] {
+        assert!(offer_and_answer(&mut driver, id, write_to(1, 0, key)).is_ok());
+    }
+    let refused = offer_and_answer(&mut driver, 3, split(b"a", 2));
+    assert!(
+        matches!(
+            refused,
+            Err(RequestError::Refused(KvError::SplitRefused(_)))
+        ),
+        "{refused:?}"
+    );
+    let Ok(Response::Split { left, right }) = offer_and_answer(&mut driver, 4, split(b"f", 2))
+    else {
+        panic!("the split applies");
+    };
+    assert_eq!(
+        (left.start_key.as_slice(), left.end_key.as_slice()),
+        (&b"a"[..], &b"f"[..])
+    );
+    assert_eq!((right.id, right.start_key.as_slice()), (2, &b"f"[..]));
+    assert_eq!(right.end_key, b"m");
+    assert_eq!((left.epoch.version, right.epoch.version), (1, 1));
+    assert_eq!(right.replicas, vec![1]);
+    // The same split asked again (a retried operation) is answered as done.
+    assert_eq!(
+        offer_and_answer(&mut driver, 5, split(b"f", 2)),
+        Ok(Response::Split {
+            left: left.clone(),
+            right: right.clone()
+        })
+    );
+    // The old epoch is stale; the new one no longer covers "g"; the new shard does, and
+    // serves what was written before the split.
+    assert!(matches!(
+        offer_and_answer(&mut driver, 6, write_to(1, 0, b"g")),
+        Err(RequestError::Refused(KvError::StaleEpoch { .. }))
+    ));
+    assert!(matches!(
+        offer_and_answer(&mut driver, 7, write_to(1, 1, b"g")),
+        Err(RequestError::Refused(KvError::KeyNotInShard { .. }))
+    ));
+    for _ in 0..100 {
+        if driver.is_leader(2) {
+            break;
+        }
+        driver.offer(Input::Tick).expect("room");
+        driver.iterate();
+    }
+    assert_eq!(
+        offer_and_answer(&mut driver, 8, write_to(2, 1, b"g")),
+        Ok(Response::Written(KvOutcome::Applied))
+    );
+    let read = Request::Read {
+        shard: 2,
+        epoch: right.epoch,
+        key: b"k".to_vec(),
+    };
+    assert_eq!(
+        offer_and_answer(&mut driver, 9, read),
+        Ok(Response::Value(Some(b"v".to_vec())))
+    );
+    assert_eq!(driver.counters().shards_split_off, 1);
+    // Both shards come back from the store as they were.
+    drop(driver);
+    let store = NodeStore::with_engine(engine);
+    let driver =
+        MultiRaft::open(DriverConfig::new(1), store, QueueTransport::new(4)).expect("opens");
+    assert_eq!(driver.descriptor(1), Some(&left));
+    let reopened = driver
+        .descriptor(2)
+        .map(|d| (d.start_key.clone(), d.end_key.clone()));
+    assert_eq!(reopened, Some((b"f".to_vec(), b"m".to_vec())));
+}

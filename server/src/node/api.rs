@@ -170,7 +170,10 @@ async fn read_request<'context>(
 pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) -> ApiResponse {
     let node_only = matches!(
         request,
-        ApiRequest::Join { .. } | ApiRequest::Heartbeat(_) | ApiRequest::ChangeReplicas { .. }
+        ApiRequest::Join { .. }
+            | ApiRequest::Heartbeat(_)
+            | ApiRequest::ChangeReplicas { .. }
+            | ApiRequest::SplitShard { .. }
     );
     if node_only && caller != Caller::Node {
         return ApiResponse::Error(ApiError::NotPermitted(
@@ -194,6 +197,16 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             change,
             conf_version,
         } => change_replicas(context, shard, change, conf_version).await,
+        ApiRequest::SplitShard {
+            shard,
+            version,
+            at,
+            new_shard,
+        } => split_shard(context, shard, version, at, new_shard).await,
+        ApiRequest::AdminSplit { shard, at } => {
+            super::placement::admin_split(context, shard, at).await
+        }
+        ApiRequest::AdminOperations => super::placement::operations(context).await,
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -212,7 +225,7 @@ fn status(context: &NodeContext) -> NodeStatus {
 
 /// The shard owning `key` and its leader: from the local replica if there is one, else
 /// from the cluster view.
-fn route(context: &NodeContext, key: &[u8]) -> ApiResponse {
+pub(super) fn route(context: &NodeContext, key: &[u8]) -> ApiResponse {
     let view = context.driver.view();
     if let Some(replica) = view.replicas.values().find(|r| r.descriptor.contains(key)) {
         return ApiResponse::Route(ShardRoute {
@@ -270,6 +283,41 @@ async fn shard_request(
             more,
         }),
         Response::MembershipChanged(descriptor) => Ok(ApiResponse::ReplicasChanged(descriptor)),
+        Response::Split { left, right } => Ok(ApiResponse::Split { left, right }),
+    }
+}
+
+/// Proposes a split of `shard` (this node must lead it), answered once it applied.
+pub(super) async fn split_shard(
+    context: &NodeContext,
+    shard: ShardId,
+    version: u64,
+    at: Vec<u8>,
+    new_shard: ShardId,
+) -> Result<ApiResponse, ApiError> {
+    if shard == api::PLACEMENT_SHARD || new_shard == api::PLACEMENT_SHARD {
+        return Err(ApiError::Refused(
+            "the placement shard is never split".to_string(),
+        ));
+    }
+    let conf_version = context
+        .driver
+        .view()
+        .replicas
+        .get(&shard)
+        .map_or(0, |replica| replica.descriptor.epoch.conf_version);
+    let request = Request::Split(crate::kv::SplitCommand {
+        shard,
+        epoch: Epoch {
+            version,
+            conf_version,
+        },
+        at,
+        new_shard,
+    });
+    match context.request(request).await? {
+        Response::Split { left, right } => Ok(ApiResponse::Split { left, right }),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
     }
 }
 
@@ -349,6 +397,7 @@ impl NodeContext {
                 KvError::KeyTooLarge { .. }
                 | KvError::ValueTooLarge { .. }
                 | KvError::TooManyOps { .. } => ApiError::TooLarge(refusal.to_string()),
+                KvError::SplitRefused(reason) => ApiError::Refused(reason),
                 other => ApiError::Malformed(other.to_string()),
             },
             RequestError::Busy(reason) => ApiError::Busy(reason.to_string()),

@@ -182,6 +182,12 @@ pub fn metrics(context: &NodeContext) -> String {
         counters.snapshots_installed,
     );
     metric(
+        "shards_split_off_total",
+        "counter",
+        "Replicas created here by applying a split.",
+        counters.shards_split_off,
+    );
+    metric(
         "stopped",
         "gauge",
         "1 if storage failed and the node stopped.",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rshard_common::api::{
     ApiError, ApiRequest, ApiResponse, DiskSpace, NodeCapacity, NodeId, NodeInfo, NodeReport,
-    ReplicaChange, ShardRoute, PLACEMENT_SHARD,
+    Operation, OperationKind, OperationState, ReplicaChange, ShardRoute, PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_placement::replication::{plan_replication, Operator, ShardState};
@@ -36,6 +36,14 @@ use crate::multiraft::{Request, Response};
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const NODE_PREFIX: &[u8] = b"\xff/node/";
 const SHARD_PREFIX: &[u8] = b"\xff/shard/";
+/// Operations, by id: `\xff/op/<id>` -> [`Operation`].
+const OPERATION_PREFIX: &[u8] = b"\xff/op/";
+/// The next shard and operation ids to hand out.
+const ID_COUNTER_KEY: &[u8] = b"\xff/counter/ids";
+/// Attempts at allocating ids when operations start at once.
+const MAX_ALLOCATION_ATTEMPTS: usize = 8;
+/// Attempts at reaching a shard's leader for one step of an operation.
+const MAX_LEADER_ATTEMPTS: u32 = 10;
 /// Attempts at allocating a node id when joins race.
 const MAX_JOIN_ATTEMPTS: usize = 8;
 
@@ -60,6 +68,15 @@ pub struct PlacementMemory {
     /// Shards with a replication operator under way: at most one each, so rounds never
     /// pile operators (and tasks) onto a slow shard.
     operating: BTreeSet<ShardId>,
+    /// Operations being carried out by this placement leader (not resumed again).
+    executing: BTreeSet<u64>,
+}
+
+/// The next ids placement hands out (replicated, under [`ID_COUNTER_KEY`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct IdCounters {
+    next_shard: ShardId,
+    next_operation: u64,
 }
 
 fn record_key(prefix: &[u8], id: u64) -> Vec<u8> {
@@ -349,6 +366,7 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             .collect();
         (live, shards)
     };
+    resume_operations(context).await?;
     let operators = plan_replication(&live, &shards, context.config.replication_factor);
     let count = operators.len();
     for operator in operators {
@@ -535,4 +553,390 @@ async fn send_report(context: &Arc<NodeContext>) -> Result<(), String> {
 enum Target {
     Node(NodeId),
     Address(SocketAddr),
+}
+
+/// A placement record read linearizably; `None` if absent.
+async fn read_record<T: for<'de> Deserialize<'de>>(
+    context: &NodeContext,
+    key: &[u8],
+) -> Result<Option<(T, Vec<u8>)>, ApiError> {
+    let epoch = placement_epoch(context)?;
+    let request = Request::Read {
+        shard: PLACEMENT_SHARD,
+        epoch,
+        key: key.to_vec(),
+    };
+    let Response::Value(value) = context.request(request).await? else {
+        return Err(ApiError::Refused("unexpected answer to a read".to_string()));
+    };
+    value
+        .map(|bytes| {
+            rmp_serde::from_slice(&bytes)
+                .map(|record| (record, bytes))
+                .map_err(|error| ApiError::Refused(format!("corrupt placement record: {error}")))
+        })
+        .transpose()
+}
+
+/// A new operation id and shard id, each never handed out before (a compare-and-swap on
+/// the replicated counter, so two placement leaders in a row never hand out one twice).
+async fn allocate_ids(context: &NodeContext) -> Result<(u64, ShardId), ApiError> {
+    for _ in 0..MAX_ALLOCATION_ATTEMPTS {
+        let current: Option<(IdCounters, Vec<u8>)> = read_record(context, ID_COUNTER_KEY).await?;
+        let counters = match &current {
+            Some((counters, _)) => *counters,
+            None => {
+                // First use: above every shard id known here or in the registry.
+                let stored: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+                let view = context.driver.view();
+                let highest = stored
+                    .iter()
+                    .map(|d| d.id)
+                    .chain(view.replicas.keys().copied())
+                    .max()
+                    .unwrap_or(0);
+                IdCounters {
+                    next_shard: highest + 1,
+                    next_operation: 1,
+                }
+            }
+        };
+        let next = IdCounters {
+            next_shard: counters.next_shard + 1,
+            next_operation: counters.next_operation + 1,
+        };
+        let expected = current.map(|(_, bytes)| bytes);
+        if compare_and_swap(context, ID_COUNTER_KEY.to_vec(), expected, encode(&next)?).await? {
+            return Ok((counters.next_operation, counters.next_shard));
+        }
+    }
+    Err(ApiError::Busy(
+        "too many operations starting at once".to_string(),
+    ))
+}
+
+/// Records `operation` in its new state, if its record still holds `previous`.
+async fn record_operation(
+    context: &NodeContext,
+    operation: &Operation,
+    previous: Option<&Operation>,
+) -> Result<bool, ApiError> {
+    let key = record_key(OPERATION_PREFIX, operation.id);
+    let expected = previous.map(encode).transpose()?;
+    compare_and_swap(context, key, expected, encode(operation)?).await
+}
+
+/// Every operation placement recorded, oldest first.
+pub async fn operations(context: &NodeContext) -> Result<ApiResponse, ApiError> {
+    let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+    Ok(ApiResponse::Operations(operations))
+}
+
+/// Splits `shard` at `at`, as an operation: checked against the shard's descriptor here,
+/// given ids, recorded as running, carried out by the shard's leader, then recorded as done
+/// or failed with its reason. A placement leader that fails in between leaves it running,
+/// and the next one resumes it (the split step is idempotent).
+pub async fn admin_split(
+    context: &NodeContext,
+    shard: ShardId,
+    at: Vec<u8>,
+) -> Result<ApiResponse, ApiError> {
+    if shard == PLACEMENT_SHARD {
+        return Err(ApiError::Refused(
+            "the placement shard is never split".to_string(),
+        ));
+    }
+    if at.first() == Some(&0xff) {
+        return Err(ApiError::ReservedKey);
+    }
+    let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    let Some(descriptor) = descriptors.into_iter().find(|d| d.id == shard) else {
+        return Err(ApiError::Refused(format!("there is no shard {shard}")));
+    };
+    if at.as_slice() <= descriptor.start_key.as_slice() || !descriptor.contains(&at) {
+        return Err(ApiError::Refused(format!(
+            "the split key must lie inside shard {shard}, after its first key"
+        )));
+    }
+    let (id, new_shard) = allocate_ids(context).await?;
+    let operation = Operation {
+        id,
+        kind: OperationKind::Split {
+            shard,
+            at,
+            new_shard,
+        },
+        state: OperationState::Running,
+    };
+    if !record_operation(context, &operation, None).await? {
+        return Err(ApiError::Refused(format!(
+            "operation id {id} already in use"
+        )));
+    }
+    tracing::info!(operation = id, shard, new_shard, "split started");
+    // Marked as executing here, so a scheduler round does not resume it meanwhile.
+    if let Ok(mut memory) = context.placement.lock() {
+        memory.executing.insert(id);
+    }
+    let ended = execute(context, operation, descriptor.epoch.version).await;
+    if let Ok(mut memory) = context.placement.lock() {
+        memory.executing.remove(&id);
+    }
+    Ok(ApiResponse::Operation(ended?))
+}
+
+/// Runs the operations left running by an earlier placement leader (or by a step that
+/// could not reach the shard's leader), each in its own task.
+async fn resume_operations(context: &Arc<NodeContext>) -> Result<(), ApiError> {
+    let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+    for operation in operations {
+        if operation.state.is_terminal() {
+            continue;
+        }
+        let Ok(mut memory) = context.placement.lock() else {
+            return Err(ApiError::Unavailable(
+                "placement state poisoned".to_string(),
+            ));
+        };
+        if !memory.executing.insert(operation.id) {
+            continue;
+        }
+        drop(memory);
+        let context = context.clone();
+        tokio::spawn(async move {
+            let id = operation.id;
+            // The version it was planned at is gone with the old leader; the split step
+            // recognises a split already done, and refuses one the shard outgrew.
+            let version = match &operation.kind {
+                OperationKind::Split { shard, .. } => context
+                    .cluster_snapshot()
+                    .1
+                    .iter()
+                    .find(|route| route.descriptor.id == *shard)
+                    .map(|route| route.descriptor.epoch.version),
+            };
+            let outcome = match version {
+                Some(version) => execute(&context, operation, version).await,
+                None => Err(ApiError::Unavailable(
+                    "shard not in the view yet".to_string(),
+                )),
+            };
+            if let Err(error) = outcome {
+                tracing::info!(operation = id, %error, "operation not resumed yet");
+            }
+            if let Ok(mut memory) = context.placement.lock() {
+                memory.executing.remove(&id);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Carries `operation` (recorded as running) out and records how it ended. Returns it in
+/// its new state; still running if the shard's leader could not be reached (resumed by a
+/// later round).
+async fn execute(
+    context: &NodeContext,
+    operation: Operation,
+    version: u64,
+) -> Result<Operation, ApiError> {
+    let OperationKind::Split {
+        shard,
+        at,
+        new_shard,
+    } = operation.kind.clone();
+    let request = ApiRequest::SplitShard {
+        shard,
+        version,
+        at: at.clone(),
+        new_shard,
+    };
+    let state = match call_shard_leader(context, shard, request).await {
+        Ok(ApiResponse::Split { left, right }) => {
+            store_descriptor(context, &left).await?;
+            store_descriptor(context, &right).await?;
+            tracing::info!(operation = operation.id, shard, new_shard, "split done");
+            OperationState::Done
+        }
+        Ok(ApiResponse::Error(ApiError::StaleEpoch { descriptor })) => {
+            // Done already by an earlier attempt of this operation, or the shard changed
+            // under the plan.
+            match split_of(context, shard, &at, new_shard).await {
+                Some((left, right)) => {
+                    store_descriptor(context, &left).await?;
+                    store_descriptor(context, &right).await?;
+                    OperationState::Done
+                }
+                None => OperationState::Failed {
+                    reason: format!(
+                        "shard {shard} changed since the split was planned (now epoch {:?}, \
+                         range {:?}..{:?})",
+                        descriptor.epoch, descriptor.start_key, descriptor.end_key
+                    ),
+                },
+            }
+        }
+        Ok(ApiResponse::Error(error)) if error.wrote_nothing() && !is_transient(&error) => {
+            OperationState::Failed {
+                reason: error.to_string(),
+            }
+        }
+        Ok(other) => {
+            tracing::info!(operation = operation.id, ?other, "split step not done yet");
+            OperationState::Running
+        }
+        Err(error) => {
+            tracing::info!(operation = operation.id, %error, "split step not done yet");
+            OperationState::Running
+        }
+    };
+    if state == OperationState::Running {
+        return Ok(operation);
+    }
+    let ended = Operation {
+        state,
+        ..operation.clone()
+    };
+    record_operation(context, &ended, Some(&operation)).await?;
+    Ok(ended)
+}
+
+/// Errors after which the step may succeed if tried again.
+fn is_transient(error: &ApiError) -> bool {
+    matches!(
+        error,
+        ApiError::NotLeader { .. }
+            | ApiError::ShardUnavailable { .. }
+            | ApiError::Busy(_)
+            | ApiError::Unavailable(_)
+            | ApiError::Timeout(_)
+            | ApiError::OutcomeUnknown
+    )
+}
+
+/// The two shards of a split of `shard` at `at` into `new_shard`, if it happened: asked of
+/// the node that leads `new_shard`'s range now.
+async fn split_of(
+    context: &NodeContext,
+    shard: ShardId,
+    at: &[u8],
+    new_shard: ShardId,
+) -> Option<(ShardDescriptor, ShardDescriptor)> {
+    let leader = leader_of(context, shard)?;
+    let route = |key: Vec<u8>| async {
+        match call_node_plain(context, leader, ApiRequest::Route { key }).await {
+            Ok(ApiResponse::Route(route)) => Some(route.descriptor),
+            _ => None,
+        }
+    };
+    let right = route(at.to_vec()).await?;
+    if right.id != new_shard || right.start_key != at {
+        return None;
+    }
+    let left_key = context
+        .cluster_snapshot()
+        .1
+        .into_iter()
+        .find(|r| r.descriptor.id == shard)
+        .map(|r| r.descriptor.start_key)?;
+    let left = route(left_key).await?;
+    (left.id == shard && left.end_key == at).then_some((left, right))
+}
+
+/// The node placement last heard lead `shard`.
+fn leader_of(context: &NodeContext, shard: ShardId) -> Option<NodeId> {
+    context.placement.lock().ok()?.leaders.get(&shard).copied()
+}
+
+/// `request` to the leader of `shard`, following `NotLeader` answers, a bounded number of
+/// times with backoff.
+async fn call_shard_leader(
+    context: &NodeContext,
+    shard: ShardId,
+    request: ApiRequest,
+) -> Result<ApiResponse, String> {
+    let mut leader = leader_of(context, shard);
+    let mut backoff = Duration::from_millis(50);
+    let mut last = format!("no leader of shard {shard} known");
+    for _ in 0..MAX_LEADER_ATTEMPTS {
+        let Some(node) = leader else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            leader = leader_of(context, shard);
+            continue;
+        };
+        match call_node_plain(context, node, request.clone()).await {
+            Ok(ApiResponse::Error(ApiError::NotLeader {
+                leader: Some(next), ..
+            })) if next.id != node => leader = Some(next.id),
+            Ok(ApiResponse::Error(error)) if is_transient(&error) => {
+                last = error.to_string();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                leader = leader_of(context, shard).or(leader);
+            }
+            Ok(response) => return Ok(response),
+            Err(error) => {
+                last = error;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                leader = leader_of(context, shard);
+            }
+        }
+    }
+    Err(last)
+}
+
+/// `request` to `node` over the network, or to this node's driver directly (not through
+/// [`super::api::handle`], which would make the futures recursive).
+async fn call_node_plain(
+    context: &NodeContext,
+    node: NodeId,
+    request: ApiRequest,
+) -> Result<ApiResponse, String> {
+    if node != context.identity.node {
+        let address = context
+            .node_info(node)
+            .and_then(|info| info.address.parse().ok())
+            .ok_or_else(|| format!("no address known for node {node}"))?;
+        return context.call(address, request).await;
+    }
+    match request {
+        ApiRequest::SplitShard {
+            shard,
+            version,
+            at,
+            new_shard,
+        } => Ok(
+            super::api::split_shard(context, shard, version, at, new_shard)
+                .await
+                .unwrap_or_else(ApiResponse::Error),
+        ),
+        ApiRequest::Route { key } => Ok(super::api::route(context, &key)),
+        other => Err(format!("not served locally: {other:?}")),
+    }
+}
+
+/// Stores `descriptor` in the registry unless it holds a newer one.
+async fn store_descriptor(
+    context: &NodeContext,
+    descriptor: &ShardDescriptor,
+) -> Result<(), ApiError> {
+    let key = record_key(SHARD_PREFIX, descriptor.id);
+    for _ in 0..MAX_ALLOCATION_ATTEMPTS {
+        let current: Option<(ShardDescriptor, Vec<u8>)> = read_record(context, &key).await?;
+        if current
+            .as_ref()
+            .is_some_and(|(stored, _)| stored.epoch >= descriptor.epoch)
+        {
+            return Ok(());
+        }
+        let expected = current.map(|(_, bytes)| bytes);
+        if compare_and_swap(context, key.clone(), expected, encode(descriptor)?).await? {
+            return Ok(());
+        }
+    }
+    Err(ApiError::Busy(
+        "shard record changing too often".to_string(),
+    ))
 }

@@ -1,0 +1,218 @@
+//! `rshard admin`: what an operator asks of placement (split a shard, list shards and
+//! operations). Keys are read and printed in the one escaped format the `kv` commands use
+//! (`\xNN` for any byte, `\\` for a backslash).
+//!
+//! An operation is recorded by placement with an id before it starts; the command prints
+//! that id and the state the operation ended in (done, or failed with the reason). With
+//! `--wait`, one still running when placement answered is followed until it ends.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use rshard_common::api::{Operation, OperationKind, OperationState, ShardRoute};
+
+use crate::kv::{parse_bytes, show_bytes, ClientArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminAction {
+    /// The shards in key order: range, epoch, leader, replicas.
+    Shards {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Split a shard at a key: the keys from KEY on go to a new shard.
+    Split {
+        #[arg(long)]
+        shard: u64,
+        #[arg(long)]
+        at: String,
+        /// Follow the operation until it ends if it is still running when placement answers.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait follows it.
+        #[arg(long, default_value = "60s", value_parser = crate::bench::parse_duration)]
+        timeout: Duration,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// The operations placement recorded, oldest first.
+    Ops {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+/// Exit code of an operation that failed.
+const EXIT_FAILED: u8 = 1;
+/// Exit code of an operation still running when the command stopped following it.
+const EXIT_RUNNING: u8 = 3;
+
+pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
+    let client = args.client()?;
+    match action {
+        AdminAction::Shards { format } => {
+            let (_, mut shards) = client.cluster().await?;
+            shards.sort_by(|a, b| a.descriptor.start_key.cmp(&b.descriptor.start_key));
+            print_shards(&shards, format);
+            Ok(0)
+        }
+        AdminAction::Split {
+            shard,
+            at,
+            wait,
+            timeout,
+            format,
+        } => {
+            let at = parse_bytes(&at)?;
+            if at.is_empty() {
+                bail!("--at needs a key: the first key of the new shard");
+            }
+            let mut operation = client.split_shard(shard, &at).await?;
+            if format == Format::Table {
+                println!("operation {}: {}", operation.id, describe(&operation.kind));
+            }
+            let until = Instant::now() + timeout;
+            while wait && !operation.state.is_terminal() && Instant::now() < until {
+                if format == Format::Table {
+                    eprintln!("operation {}: running...", operation.id);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Some(current) = client
+                    .operations()
+                    .await?
+                    .into_iter()
+                    .find(|o| o.id == operation.id)
+                {
+                    operation = current;
+                }
+            }
+            match format {
+                Format::Table => println!("operation {}: {}", operation.id, state(&operation)),
+                Format::Json => println!("{}", operation_json(&operation)),
+            }
+            Ok(match operation.state {
+                OperationState::Done => 0,
+                OperationState::Failed { .. } => EXIT_FAILED,
+                OperationState::Running => EXIT_RUNNING,
+            })
+        }
+        AdminAction::Ops { format } => {
+            let operations = client.operations().await?;
+            match format {
+                Format::Table => {
+                    println!("{:<6} {:<10} OPERATION", "ID", "STATE");
+                    for operation in &operations {
+                        println!(
+                            "{:<6} {:<10} {}",
+                            operation.id,
+                            state(operation),
+                            describe(&operation.kind)
+                        );
+                    }
+                }
+                Format::Json => {
+                    let all: Vec<_> = operations.iter().map(operation_json).collect();
+                    println!("{}", serde_json::Value::Array(all));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn describe(kind: &OperationKind) -> String {
+    match kind {
+        OperationKind::Split {
+            shard,
+            at,
+            new_shard,
+        } => format!(
+            "split shard {shard} at {} (new shard {new_shard})",
+            show_bytes(at)
+        ),
+    }
+}
+
+fn state(operation: &Operation) -> String {
+    match &operation.state {
+        OperationState::Running => "running".to_string(),
+        OperationState::Done => "done".to_string(),
+        OperationState::Failed { reason } => format!("failed: {reason}"),
+    }
+}
+
+fn operation_json(operation: &Operation) -> serde_json::Value {
+    let (kind, details) = match &operation.kind {
+        OperationKind::Split {
+            shard,
+            at,
+            new_shard,
+        } => (
+            "split",
+            serde_json::json!({"shard": shard, "at": show_bytes(at), "new_shard": new_shard}),
+        ),
+    };
+    let (state, reason) = match &operation.state {
+        OperationState::Running => ("running", None),
+        OperationState::Done => ("done", None),
+        OperationState::Failed { reason } => ("failed", Some(reason.clone())),
+    };
+    serde_json::json!({
+        "id": operation.id,
+        "kind": kind,
+        "details": details,
+        "state": state,
+        "reason": reason,
+    })
+}
+
+fn print_shards(shards: &[ShardRoute], format: Format) {
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    match format {
+        Format::Table => {
+            println!(
+                "{:<6} {:<24} {:<24} {:<8} {:<7} {:<12} LEARNERS",
+                "SHARD", "START", "END", "VERSION", "LEADER", "REPLICAS"
+            );
+            for route in shards {
+                let d = &route.descriptor;
+                let leader = route.leader.as_ref().map(|l| l.id.to_string());
+                println!(
+                    "{:<6} {:<24} {:<24} {:<8} {:<7} {:<12} {}",
+                    d.id,
+                    show_bytes(&d.start_key),
+                    show_bytes(&d.end_key),
+                    d.epoch.version,
+                    leader.unwrap_or_else(|| "-".to_string()),
+                    ids(&d.replicas),
+                    ids(&d.learners)
+                );
+            }
+        }
+        Format::Json => {
+            let all: Vec<_> = shards
+                .iter()
+                .map(|route| {
+                    let d = &route.descriptor;
+                    serde_json::json!({
+                        "id": d.id,
+                        "start": show_bytes(&d.start_key),
+                        "end": show_bytes(&d.end_key),
+                        "version": d.epoch.version,
+                        "conf_version": d.epoch.conf_version,
+                        "leader": route.leader.as_ref().map(|l| l.id),
+                        "replicas": d.replicas,
+                        "learners": d.learners,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(all));
+        }
+    }
+}

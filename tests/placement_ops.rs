@@ -1,0 +1,201 @@
+//! End-to-end: placement operations on a cluster of real `rshard serve` processes.
+//!
+//! - a shard split 20 times by `rshard admin split`, with every key read throughout by a
+//!   client whose cached routes go stale at each split; afterwards the shards cover the key
+//!   space with no gap and no overlap, every key reads back, and every new shard takes
+//!   writes.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rshard_common::api::FIRST_DATA_SHARD;
+use support::{fully_replicated, rshard, Cluster};
+
+const FORMATION_TIMEOUT: Duration = Duration::from_secs(30);
+const KEYS: usize = 200;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn key(index: usize) -> Vec<u8> {
+    format!("key/{index:03}").into_bytes()
+}
+
+/// `rshard admin split`, as an operator runs it: the new shard's id, or the output.
+fn split(common: &[&str], shard: u64, at: &str) -> Result<u64, String> {
+    let shard = shard.to_string();
+    let (ok, stdout, stderr) = rshard(
+        &[
+            &["admin", "split", "--shard", &shard, "--at", at, "--wait"][..],
+            common,
+        ]
+        .concat(),
+    );
+    let new_shard = stdout
+        .split("(new shard ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|id| id.parse().ok());
+    match new_shard {
+        Some(id) if ok && stdout.contains(": done") => Ok(id),
+        _ => Err(format!("{stdout}{stderr}")),
+    }
+}
+
+/// The shards as `rshard admin shards --format json` prints them: (id, start, end).
+fn shards(common: &[&str]) -> Vec<(u64, String, String)> {
+    let (ok, stdout, stderr) =
+        rshard(&[&["admin", "shards", "--format", "json"][..], common].concat());
+    assert!(ok, "{stderr}");
+    let parsed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    parsed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|shard| {
+            let text = |field: &str| shard[field].as_str().expect("a string").to_string();
+            (
+                shard["id"].as_u64().expect("an id"),
+                text("start"),
+                text("end"),
+            )
+        })
+        .collect()
+}
+
+/// True if the ranges, in the order given (`admin shards` lists them in key order), begin
+/// at the first key, end at the last, and each starts where the one before ended.
+fn cover_the_key_space(shards: &[(u64, String, String)]) -> bool {
+    let sorted = shards;
+    sorted.first().is_some_and(|first| first.1.is_empty())
+        && sorted.last().is_some_and(|last| last.2.is_empty())
+        && sorted.windows(2).all(|pair| pair[0].2 == pair[1].1)
+}
+
+#[test]
+fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_space() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(&[], 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| fully_replicated(shards, 3),
+            )
+            .await;
+        let writer = cluster.client(cluster.addresses());
+        for index in 0..KEYS {
+            writer.put(&key(index), &key(index)).await.expect("a put");
+        }
+        // A reader that keeps one client (and its cached routes) through every split.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (client, stop, reads) = (
+                cluster.client(cluster.addresses()),
+                stop.clone(),
+                reads.clone(),
+            );
+            tokio::spawn(async move {
+                let mut index = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let found = client.get(&key(index)).await;
+                    if found != Ok(Some(key(index))) {
+                        return Err(format!("key {index} read {found:?}"));
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    index = (index + 7) % KEYS;
+                }
+                Ok(())
+            })
+        };
+        let host = cluster.addresses()[1].to_string();
+        let certs = cluster.certs();
+        let certs = certs.to_str().expect("UTF-8");
+        let common = ["--host", &host, "--certs-dir", certs];
+        // Nineteen splits walking up the key space, each splitting the shard the one before
+        // made; then one in the first shard.
+        let mut upper = FIRST_DATA_SHARD;
+        let mut made = Vec::new();
+        for at in (1..20).map(|step| format!("key/{:03}", step * 10)) {
+            upper = split(&common, upper, &at)
+                .unwrap_or_else(|output| panic!("split at {at}: {output}"));
+            made.push(upper);
+        }
+        made.push(split(&common, FIRST_DATA_SHARD, "key/005").expect("the twentieth split"));
+        // A split key outside the shard is refused with the reason, and changes nothing.
+        let refused = split(&common, FIRST_DATA_SHARD, "key/150").expect_err("refused");
+        assert!(refused.contains("must lie inside"), "{refused}");
+
+        stop.store(true, Ordering::Relaxed);
+        reader
+            .await
+            .expect("the reader ran")
+            .expect("every read succeeded");
+        assert!(reads.load(Ordering::Relaxed) > 0);
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let shards = shards(&common);
+            let data_shards = shards.iter().filter(|s| s.0 != 0).count();
+            if data_shards == 21 && cover_the_key_space(&shards) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the shards never settled: {shards:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let fresh = cluster.client(vec![cluster.addresses()[2]]);
+        for index in 0..KEYS {
+            assert_eq!(
+                fresh.get(&key(index)).await,
+                Ok(Some(key(index))),
+                "key {index}"
+            );
+        }
+        // Every shard takes writes: one key just above each split point.
+        for step in 0..20 {
+            let key = format!("key/{:03}+", step * 10);
+            fresh
+                .put(key.as_bytes(), b"new")
+                .await
+                .expect("a write to a split-off shard");
+        }
+        let items = fresh
+            .scan(b"key/", b"key0", 1000)
+            .await
+            .expect("a scan over 21 shards");
+        assert_eq!(items.len(), KEYS + 20, "one scan crosses every shard");
+        let (ok, stdout, _) = rshard(&[&["admin", "ops"][..], &common].concat());
+        assert!(ok && stdout.matches(" done ").count() == 20, "{stdout}");
+        assert_eq!(made.len(), 20);
+    });
+}
+
+#[test]
+fn coverage_check_catches_gaps_and_overlaps() {
+    let shard = |id: u64, start: &str, end: &str| (id, start.to_string(), end.to_string());
+    assert!(cover_the_key_space(&[shard(1, "", "m"), shard(2, "m", "")]));
+    assert!(
+        !cover_the_key_space(&[shard(1, "", "k"), shard(2, "m", "")]),
+        "a gap"
+    );
+    assert!(
+        !cover_the_key_space(&[shard(1, "", "p"), shard(2, "m", "")]),
+        "an overlap"
+    );
+    assert!(
+        !cover_the_key_space(&[shard(1, "a", "")]),
+        "the start is missing"
+    );
+}
