@@ -7,6 +7,10 @@
 //! installed a few keys per iteration, so transfers and installs span many iterations and
 //! crashes land in the middle of both.
 //!
+//! Half the seeds split shards at random keys while clients run: clients whose routes went
+//! stale are refused and look the key up again, and every shard split off must reach every
+//! replica, elect a leader and agree like the others.
+//!
 //! `RSHARD_MULTIRAFT_SEEDS=N` runs N seeds (default 300); `RSHARD_MULTIRAFT_SEED=S` runs one.
 
 mod support;
@@ -53,6 +57,10 @@ fn scenario(seed: u64) -> World {
     if snapshots {
         world.keys_per_shard = 2 + rng.below(30);
     }
+    if rng.below(2) == 0 {
+        world.keys_per_shard = world.keys_per_shard.max(4 + rng.below(12));
+        world.split_every_steps = Some(40 + rng.below(200));
+    }
     world
 }
 
@@ -62,12 +70,21 @@ struct Exercised {
     snapshots_installed: u64,
     installs_resumed: u64,
     snapshot_chunks: u64,
+    /// Replicas created by applying a split, and voters created by a snapshot in a split gap.
+    split_off: u64,
+    created_by_snapshot: u64,
 }
 
 fn run_seed(seed: u64) -> Result<Exercised, String> {
     let mut world = scenario(seed);
-    for _ in 0..FAULTY_STEPS {
+    for step in 0..FAULTY_STEPS {
         world.drive_clients(200);
+        if world
+            .split_every_steps
+            .is_some_and(|every| step % every == every - 1)
+        {
+            world.split_random();
+        }
         world.run_step();
     }
     world.heal();
@@ -79,9 +96,11 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
         .count();
     if std::env::var("RSHARD_MULTIRAFT_SEED").is_ok() {
         eprintln!(
-            "seed {seed}: {} nodes, {} shards, {} operations ({known} answered), {} crashes, leaders {:?}, snapshots installed {}, chunks {}",
+            "seed {seed}: {} nodes, {} shards ({} split off of {} splits asked), {} operations ({known} answered), {} crashes, leaders {:?}, snapshots installed {}, chunks {}",
             world.nodes.len(),
             world.shards.len(),
+            world.all_shards().len() - world.shards.len(),
+            world.splits_requested,
             history.len(),
             world.crashes,
             world.leaders().len(),
@@ -117,6 +136,8 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
         snapshots_installed: world.total_ever(|c| c.snapshots_installed),
         installs_resumed: world.total_ever(|c| c.installs_resumed),
         snapshot_chunks: world.total_ever(|c| c.snapshot_chunks_received),
+        split_off: world.total_ever(|c| c.shards_split_off),
+        created_by_snapshot: world.total_ever(|c| c.replicas_created_by_snapshot),
     };
     match check(&world.checked_history(), 200_000) {
         Verdict::Linearizable => Ok(exercised),
@@ -139,11 +160,17 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
     }
 }
 
-/// After healing, every hot shard has one leader that every replica knows and that
-/// takes writes.
+/// After healing, every hot shard and every shard split off has one leader that every
+/// node knows.
 fn check_liveness(world: &mut World) -> Result<(), String> {
     let leaders = world.leaders();
-    for shard in world.hot_shards.clone() {
+    let split_off = world
+        .all_shards()
+        .into_iter()
+        .filter(|&s| s > world.shards.len() as u64);
+    let checked: std::collections::BTreeSet<u64> =
+        world.hot_shards.iter().copied().chain(split_off).collect();
+    for shard in checked {
         let Some(&leader) = leaders.get(&shard) else {
             return Err(format!("shard {shard} has no leader after healing"));
         };
@@ -159,8 +186,9 @@ fn check_liveness(world: &mut World) -> Result<(), String> {
     Ok(())
 }
 
-/// Every replica of a hot shard applied the same index and holds the same keys and values
-/// in the shard's range; no install is left half done and no staging is left behind.
+/// Every replica of a hot shard or of a shard split off applied the same index, has the
+/// same descriptor and holds the same keys and values in the shard's range; no install is
+/// left half done and no staging is left behind.
 fn check_agreement(world: &World) -> Result<(), String> {
     for node in world.up_nodes() {
         let Some(driver) = world.driver(node) else {
@@ -174,13 +202,23 @@ fn check_agreement(world: &World) -> Result<(), String> {
             return Err(format!("node {node} kept staging {stagings:?}"));
         }
     }
-    for &shard in &world.hot_shards {
+    let split_off = world
+        .all_shards()
+        .into_iter()
+        .filter(|&s| s > world.shards.len() as u64);
+    let checked: std::collections::BTreeSet<u64> =
+        world.hot_shards.iter().copied().chain(split_off).collect();
+    for shard in checked {
         let mut seen = None;
         for node in world.up_nodes() {
             let Some(driver) = world.driver(node) else {
                 continue;
             };
-            let state = (driver.applied_index(shard), world.shard_data(node, shard));
+            let state = (
+                driver.applied_index(shard),
+                driver.descriptor(shard).cloned(),
+                world.shard_data(node, shard),
+            );
             match &seen {
                 None => seen = Some((node, state)),
                 Some((first, expected)) if *expected != state => {
@@ -221,6 +259,8 @@ fn multiraft_histories_are_linearizable_under_faults() {
             total.snapshots_installed += exercised.snapshots_installed;
             total.installs_resumed += exercised.installs_resumed;
             total.snapshot_chunks += exercised.snapshot_chunks;
+            total.split_off += exercised.split_off;
+            total.created_by_snapshot += exercised.created_by_snapshot;
         }
         if let Err(failure) = result {
             let hint = scenario(seed).replay_hint("multiraft_sim");
@@ -233,14 +273,24 @@ fn multiraft_histories_are_linearizable_under_faults() {
     }
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
     eprintln!(
-        "{seeds} seeds: {} snapshots installed from {} chunks, {} installs resumed after a crash",
-        total.snapshots_installed, total.snapshot_chunks, total.installs_resumed
+        "{seeds} seeds: {} snapshots installed from {} chunks, {} installs resumed after a crash, \
+         {} replicas split off, {} replicas created by a snapshot",
+        total.snapshots_installed,
+        total.snapshot_chunks,
+        total.installs_resumed,
+        total.split_off,
+        total.created_by_snapshot
     );
     if seeds >= 100 {
-        // The snapshot seeds must keep exercising transfers, installs and crashes in them.
+        // The snapshot seeds must keep exercising transfers, installs and crashes in them,
+        // and the split seeds splits, including ones a lagging replica gets by snapshot.
         assert!(
             total.snapshots_installed > 0 && total.installs_resumed > 0,
             "the simulation stopped exercising snapshots"
+        );
+        assert!(
+            total.split_off > 0 && total.created_by_snapshot > 0,
+            "the simulation stopped exercising splits"
         );
     }
 }

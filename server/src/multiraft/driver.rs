@@ -12,7 +12,9 @@ use super::snapshot::{SnapshotMessage, Snapshots};
 use super::transport::Transport;
 use super::{Answer, DriverConfig, InboxFull, Input, Request, RequestError, RequestId, Response};
 use crate::kv::{self, Applier};
-use crate::storage::{keys, GroupId, KeyRange, NodeBatch, NodeStore, ScanOrder, Space, StoreError};
+use crate::storage::{
+    keys, GroupId, KeyRange, KeySpan, NodeBatch, NodeStore, ScanOrder, Space, StoreError,
+};
 
 /// What the driver knows of a peer node.
 #[derive(Clone, Copy, Debug, Default)]
@@ -367,9 +369,11 @@ impl<T: Transport> MultiRaft<T> {
         let mut entries = 0;
         let mut installs = Vec::new();
         let mut split_off = Vec::new();
+        let mut narrowed = Vec::new();
         for (group, ready) in &readies {
             if let Some(replica) = self.replicas.get_mut(group) {
                 entries += ready.entries.len();
+                let before = ready.snapshot.as_ref().map(|_| replica.descriptor.clone());
                 let install = replica.stage(
                     ready,
                     &mut applier,
@@ -378,6 +382,9 @@ impl<T: Transport> MultiRaft<T> {
                     &mut split_off,
                 )?;
                 if let Some(marker) = install {
+                    if let Some(before) = before {
+                        narrowed.extend(KeySpan::lost(&before, &replica.descriptor));
+                    }
                     self.snapshots.take_completed(*group, marker.staging)?;
                     installs.push((*group, marker));
                 } else if !ready.committed_entries.is_empty() {
@@ -396,6 +403,13 @@ impl<T: Transport> MultiRaft<T> {
             }
         }
         applier.finish(&mut batch);
+        if !narrowed.is_empty() {
+            // A snapshot took a range from a shard here: it split while this replica was
+            // behind, so the shards split off never reached this node. Their leaders may
+            // create them here by snapshot, as voters (see `Snapshots::begin_receive`).
+            self.snapshots.split_gaps.extend(narrowed);
+            batch.set_split_gaps(&self.snapshots.split_gaps)?;
+        }
         let created = self.stage_split_off(split_off, &mut batch)?;
         let write = !batch.is_empty();
         if write {
@@ -785,7 +799,7 @@ impl<T: Transport> MultiRaft<T> {
                 );
                 if let Some((group, install)) = completed {
                     if !self.replicas.contains_key(&group) {
-                        self.create_replica_for_snapshot(group, &install)?;
+                        self.create_replica_for_snapshot(group, &install, batch)?;
                     }
                     self.step(group, install)?;
                 }
@@ -805,6 +819,7 @@ impl<T: Transport> MultiRaft<T> {
         &mut self,
         group: GroupId,
         install: &Message,
+        batch: &mut NodeBatch,
     ) -> Result<(), StoreError> {
         let MessageKind::InstallSnapshot { snapshot } = &install.kind else {
             return Ok(());
@@ -818,6 +833,15 @@ impl<T: Transport> MultiRaft<T> {
                 }
             })?;
         self.counters.replicas_created_by_snapshot += 1;
+        let gaps = &mut self.snapshots.split_gaps;
+        if gaps.iter().any(|gap| gap.covers(&manifest.descriptor)) {
+            // Held here from now on: the gap no longer covers its range.
+            *gaps = gaps
+                .iter()
+                .flat_map(|gap| gap.without(&manifest.descriptor))
+                .collect();
+            batch.set_split_gaps(gaps)?;
+        }
         self.start_replica(group, manifest.descriptor)
     }
 

@@ -257,6 +257,8 @@ pub(super) struct Snapshots {
     discarding: VecDeque<StagingDiscard>,
     /// Acknowledgements to send once this iteration's batch is durable.
     acks: Vec<SnapshotAck>,
+    /// The node's split gaps (as stored): where a snapshot may create a voter replica.
+    pub split_gaps: Vec<KeySpan>,
 }
 
 impl Snapshots {
@@ -298,6 +300,7 @@ impl Snapshots {
             installing,
             discarding,
             acks: Vec::new(),
+            split_gaps: store.split_gaps()?,
         })
     }
 
@@ -589,6 +592,8 @@ impl Snapshots {
         if !chunk.last {
             return Ok(None);
         }
+        let descriptor = receive.descriptor.clone();
+        self.check_creation(&descriptor, replicas)?;
         let Some(receive) = self.receiving.remove(&group) else {
             return Ok(None);
         };
@@ -602,6 +607,44 @@ impl Snapshots {
         }
         self.completed.insert(group, receive.staging);
         Ok(Some((group, install)))
+    }
+
+    /// Whether a snapshot of `descriptor` may be installed here, checked at its first chunk
+    /// and again at its last (another transfer may have created a replica meanwhile):
+    /// - never over a range another replica here holds;
+    /// - a new replica only where the descriptor places this node as a learner (how a
+    ///   replica added by a membership change gets its first state), or as a voter inside
+    ///   a split gap (a shard split off while this node's replica was behind, which this
+    ///   node therefore never held). Never for another voter: a voter without its replica
+    ///   has lost state it may have voted or acknowledged with (a restored old backup), and
+    ///   an empty voter could elect a leader that lacks committed entries;
+    /// - a new replica not while an install runs: it may still be clearing the range the
+    ///   new replica takes (the old range of a shard that split).
+    fn check_creation(
+        &self,
+        descriptor: &ShardDescriptor,
+        replicas: &BTreeMap<GroupId, Replica>,
+    ) -> Result<(), SnapshotRefusal> {
+        let group = descriptor.id;
+        if let Some((&other, _)) = replicas
+            .iter()
+            .find(|(&id, r)| id != group && r.descriptor.overlaps(descriptor))
+        {
+            return Err(SnapshotRefusal::Overlaps(other));
+        }
+        if replicas.contains_key(&group) {
+            return Ok(());
+        }
+        let learner = descriptor.learners.contains(&self.node);
+        let split_off_here = descriptor.replicas.contains(&self.node)
+            && self.split_gaps.iter().any(|gap| gap.covers(descriptor));
+        if !learner && !split_off_here {
+            return Err(SnapshotRefusal::UnknownGroup);
+        }
+        if !self.installing.is_empty() || !self.completed.is_empty() {
+            return Err(SnapshotRefusal::Busy);
+        }
+        Ok(())
     }
 
     /// Checks the first chunk of a transfer and starts receiving it, replacing any earlier
@@ -629,20 +672,7 @@ impl Snapshots {
         if manifest.descriptor.id != group {
             return Err(malformed("the manifest is of another shard"));
         }
-        // A snapshot creates a new replica only where its descriptor places a learner: that
-        // is how a replica added by a membership change gets its first state. Never for a
-        // voter: a voter without its replica has lost state it may have voted or
-        // acknowledged with (a restored old backup), and an empty voter could elect a
-        // leader that lacks committed entries.
-        if !replicas.contains_key(&group) && !manifest.descriptor.learners.contains(&self.node) {
-            return Err(SnapshotRefusal::UnknownGroup);
-        }
-        if let Some((&other, _)) = replicas
-            .iter()
-            .find(|(&id, r)| id != group && r.descriptor.overlaps(&manifest.descriptor))
-        {
-            return Err(SnapshotRefusal::Overlaps(other));
-        }
+        self.check_creation(&manifest.descriptor, replicas)?;
         if let Some(current) = self.receiving.get(&group) {
             if current.from == chunk.from && current.session > chunk.session {
                 // A delayed start of an older transfer must not end the current one.

@@ -922,3 +922,129 @@ fn a_split_hands_the_upper_range_to_a_new_shard_with_its_data_and_survives_a_res
         .map(|d| (d.start_key.clone(), d.end_key.clone()));
     assert_eq!(reopened, Some((b"f".to_vec(), b"m".to_vec())));
 }
+
+#[test]
+fn a_read_taken_before_a_split_applies_is_refused_not_served_from_the_new_range() {
+    let (_, mut driver) = single_node();
+    elect(&mut driver, 1);
+    assert!(offer_and_answer(&mut driver, 1, write_to(1, 0, b"k")).is_ok());
+    driver
+        .offer(Input::Request {
+            id: 2,
+            request: split(b"f", 2),
+        })
+        .expect("room");
+    driver.iterate();
+    assert_eq!(
+        driver.descriptor(1).map(|d| d.epoch.version),
+        Some(0),
+        "the split is proposed, not applied yet"
+    );
+    let read = Request::Read {
+        shard: 1,
+        epoch: Epoch::default(),
+        key: b"k".to_vec(),
+    };
+    driver
+        .offer(Input::Request {
+            id: 3,
+            request: read,
+        })
+        .expect("room");
+    let answer = answer(&mut driver, 3);
+    assert!(
+        matches!(
+            answer,
+            Err(RequestError::Refused(KvError::StaleEpoch { .. }))
+        ),
+        "{answer:?}"
+    );
+    assert_eq!(driver.descriptor(1).map(|d| d.epoch.version), Some(1));
+}
+
+/// Chunk `seq` of a snapshot that creates a learner replica of `group` (`[start, end)`)
+/// on node 1.
+fn learner_chunk(
+    group: u64,
+    range: (&[u8], &[u8]),
+    seq: u32,
+    key: &[u8],
+    last: bool,
+) -> SnapshotChunk {
+    let descriptor = ShardDescriptor {
+        id: group,
+        start_key: range.0.to_vec(),
+        end_key: range.1.to_vec(),
+        epoch: Epoch::default(),
+        replicas: vec![2],
+        learners: vec![1],
+    };
+    let install = Message {
+        from: 2,
+        to: 1,
+        term: 5,
+        kind: MessageKind::InstallSnapshot {
+            snapshot: rshard_raft::Snapshot {
+                metadata: rshard_raft::SnapshotMetadata {
+                    index: 50,
+                    term: 5,
+                    conf_state: rshard_raft::ConfState {
+                        voters: [2].into(),
+                        learners: [1].into(),
+                        ..Default::default()
+                    },
+                },
+                data: SnapshotManifest {
+                    descriptor,
+                    staging: 0,
+                }
+                .encode(),
+            },
+        },
+    };
+    SnapshotChunk {
+        from: 2,
+        to: 1,
+        group,
+        session: SESSION,
+        seq,
+        install: (seq == 0).then_some(install),
+        items: vec![SnapshotItem {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+        }],
+        last,
+    }
+}
+
+#[test]
+fn a_transfer_whose_range_a_replica_took_meanwhile_is_refused_at_its_last_chunk() {
+    let (_, mut driver) = single_node();
+    // Two transfers that would create overlapping replicas (the older one from before a
+    // split of the range): both start while nothing here overlaps them.
+    assert_eq!(
+        deliver(&mut driver, learner_chunk(7, (b"m", b"t"), 0, b"n", false)).refused,
+        None
+    );
+    assert_eq!(
+        deliver(&mut driver, learner_chunk(8, (b"p", b"t"), 0, b"q", false)).refused,
+        None
+    );
+    assert_eq!(
+        deliver(&mut driver, learner_chunk(8, (b"p", b"t"), 1, b"r", true)).refused,
+        None
+    );
+    assert!(driver.descriptor(8).is_some(), "shard 8 was created");
+    let late = deliver(&mut driver, learner_chunk(7, (b"m", b"t"), 1, b"s", true));
+    assert!(
+        matches!(
+            late.refused,
+            Some(SnapshotRefusal::Overlaps(8) | SnapshotRefusal::Busy)
+        ),
+        "{late:?}"
+    );
+    assert!(
+        driver.descriptor(7).is_none(),
+        "shard 7 was not created over shard 8"
+    );
+}

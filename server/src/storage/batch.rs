@@ -170,6 +170,17 @@ impl NodeBatch {
 
     /// Records the shard a group replicates (at creation, and when a split or merge changes
     /// its range).
+    /// Replaces the node's split gaps (see [`keys::SPLIT_GAPS_KEY`]).
+    pub fn set_split_gaps(&mut self, gaps: &[super::KeySpan]) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(gaps).map_err(|error| StoreError::Corrupt {
+            group: 0,
+            what: "split gaps",
+            detail: error.to_string(),
+        })?;
+        self.put(Space::State, keys::SPLIT_GAPS_KEY.to_vec(), Some(bytes));
+        Ok(())
+    }
+
     pub fn set_descriptor(
         &mut self,
         group: GroupId,

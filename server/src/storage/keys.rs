@@ -23,6 +23,10 @@ pub const INSTALL_TAG: u8 = b'i';
 /// Node-wide, in `raft_state`: how many times the store was opened (never a group key,
 /// which is 9 bytes).
 pub const INCARNATION_KEY: &[u8] = b"node/incarnation";
+/// Key ranges whose shards this node may be given by a snapshot as a voter: ranges a
+/// snapshot took away from a shard here, because the shard split while this replica was
+/// behind (see the multiraft driver).
+pub const SPLIT_GAPS_KEY: &[u8] = b"node/split-gaps";
 /// Which node of which cluster this store belongs to.
 pub const IDENTITY_KEY: &[u8] = b"node/identity";
 /// The token a node joins its cluster with, kept until it has an identity.

@@ -259,6 +259,18 @@ impl NodeStore {
         self.commit(batch)
     }
 
+    /// The node's split gaps (see [`keys::SPLIT_GAPS_KEY`]).
+    pub fn split_gaps(&self) -> Result<Vec<KeySpan>, StoreError> {
+        match self.get(Space::State, keys::SPLIT_GAPS_KEY)? {
+            None => Ok(Vec::new()),
+            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
+                group: 0,
+                what: "split gaps",
+                detail: error.to_string(),
+            }),
+        }
+    }
+
     /// The nodes (id, address) this node last knew of.
     pub fn known_peers(&self) -> Result<Vec<(u64, String)>, StoreError> {
         match self.get(Space::State, keys::KNOWN_PEERS_KEY)? {

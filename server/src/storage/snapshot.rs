@@ -64,6 +64,55 @@ impl KeySpan {
     fn end(&self) -> Option<&[u8]> {
         (!self.end.is_empty()).then_some(&self.end[..])
     }
+
+    /// True if `descriptor`'s whole range lies in this span.
+    pub fn covers(&self, descriptor: &ShardDescriptor) -> bool {
+        self.start <= descriptor.start_key
+            && (self.end.is_empty()
+                || (!descriptor.end_key.is_empty() && descriptor.end_key <= self.end))
+    }
+
+    /// What of `old`'s range `new`'s does not cover (at its start and at its end).
+    pub fn lost(old: &ShardDescriptor, new: &ShardDescriptor) -> Vec<KeySpan> {
+        let mut lost = Vec::new();
+        if new.start_key > old.start_key {
+            lost.push(KeySpan {
+                start: old.start_key.clone(),
+                end: new.start_key.clone(),
+            });
+        }
+        if !new.end_key.is_empty() && (old.end_key.is_empty() || new.end_key < old.end_key) {
+            lost.push(KeySpan {
+                start: new.end_key.clone(),
+                end: old.end_key.clone(),
+            });
+        }
+        lost
+    }
+
+    /// This span without `descriptor`'s range: zero, one or two spans.
+    pub fn without(&self, descriptor: &ShardDescriptor) -> Vec<KeySpan> {
+        let taken = KeySpan::of(descriptor);
+        let overlaps = (self.end.is_empty() || taken.start < self.end)
+            && (taken.end.is_empty() || self.start < taken.end);
+        if !overlaps {
+            return vec![self.clone()];
+        }
+        let mut left = Vec::new();
+        if taken.start > self.start {
+            left.push(KeySpan {
+                start: self.start.clone(),
+                end: taken.start.clone(),
+            });
+        }
+        if !taken.end.is_empty() && (self.end.is_empty() || taken.end < self.end) {
+            left.push(KeySpan {
+                start: taken.end.clone(),
+                end: self.end.clone(),
+            });
+        }
+        left
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

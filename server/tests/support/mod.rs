@@ -118,6 +118,15 @@ pub struct World {
     retired_counters: Vec<Counters>,
     /// What every snapshot chunk sent counts for against `snapshot_chunk_bytes`, in order.
     pub snapshot_chunk_bytes: Vec<usize>,
+    /// The clients' route cache (shared by every client): start key -> descriptor. Starts
+    /// as the layout; a refusal that says a route moved refreshes it from a node.
+    routes: BTreeMap<Vec<u8>, ShardDescriptor>,
+    /// The id the next split gives its new shard.
+    next_shard: ShardId,
+    /// Every this many faulty steps, a split of a random hot key (`None`: no splits).
+    pub split_every_steps: Option<u64>,
+    /// Splits asked for (each may apply or be refused).
+    pub splits_requested: u64,
 }
 
 pub fn key(shard: ShardId, index: u64) -> Vec<u8> {
@@ -187,7 +196,17 @@ impl World {
             crashes: 0,
             retired_counters: Vec::new(),
             snapshot_chunk_bytes: Vec::new(),
+            routes: BTreeMap::new(),
+            next_shard: 1,
+            split_every_steps: None,
+            splits_requested: 0,
         };
+        world.routes = world
+            .shards
+            .iter()
+            .map(|shard| (shard.start_key.clone(), shard.clone()))
+            .collect();
+        world.next_shard = world.shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
         for id in ids {
             let engine = Arc::new(MemEngine::new());
             let mut node = SimNode {
@@ -474,6 +493,26 @@ impl World {
                 self.forget(pending.event);
                 return;
             }
+            (_, Err(RequestError::UnknownShard(_))) => {
+                // A node that has not applied the split that made the shard (yet).
+                self.clients[pending.client]
+                    .leader_guess
+                    .remove(&pending.shard);
+                self.forget(pending.event);
+                return;
+            }
+            (
+                _,
+                Err(RequestError::Refused(
+                    kv::KvError::KeyNotInShard { .. } | kv::KvError::StaleEpoch { .. },
+                )),
+            ) => {
+                // The range moved (a split): nothing was done; look the key up again.
+                let key = event.key.clone();
+                self.forget(pending.event);
+                self.refresh_route(&key);
+                return;
+            }
             (operation, answer) => panic!(
                 "seed {}: {operation:?} got an answer no correct node gives: {answer:?}",
                 self.seed
@@ -510,13 +549,99 @@ impl World {
         }
     }
 
-    fn start_operation(&mut self, client: usize) {
-        let shard = if self.hot_shards.is_empty() {
+    /// The shard that owns `key` as the clients' route cache has it.
+    fn route(&self, key: &[u8]) -> Option<&ShardDescriptor> {
+        let (_, descriptor) = self.routes.range(..=key.to_vec()).next_back()?;
+        descriptor.contains(key).then_some(descriptor)
+    }
+
+    /// Asks a node that is up which of its replicas owns `key` (as a `Route` request does),
+    /// and caches the answer in place of the routes it overlaps.
+    fn refresh_route(&mut self, key: &[u8]) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].driver.is_some())
+            .collect();
+        let Some(&node) = up.get(self.rng.below(up.len().max(1) as u64) as usize) else {
+            return;
+        };
+        let Some(driver) = &self.nodes[node].driver else {
+            return;
+        };
+        let Some(found) = driver
+            .shards()
+            .filter_map(|shard| driver.descriptor(shard))
+            .find(|descriptor| descriptor.contains(key))
+            .cloned()
+        else {
+            return;
+        };
+        let outdated = self
+            .routes
+            .values()
+            .any(|r| r.id == found.id && r.epoch.version > found.epoch.version);
+        if !outdated {
+            self.routes.retain(|_, route| !route.overlaps(&found));
+            self.routes.insert(found.start_key.clone(), found);
+        }
+    }
+
+    /// Asks the leader of the shard owning a random key of a hot shard to split there, into
+    /// a new shard; false if there was no leader or no room. Whether it applies shows in
+    /// the replicas' descriptors.
+    pub fn split_random(&mut self) -> bool {
+        let original = if self.hot_shards.is_empty() {
             1 + self.rng.below(self.shards.len() as u64)
         } else {
             self.hot_shards[self.rng.below(self.hot_shards.len() as u64) as usize]
         };
-        let key = key(shard, self.rng.below(self.keys_per_shard));
+        let at = key(original, self.rng.below(self.keys_per_shard.max(2)));
+        let Some(owner) = self.route(&at).map(|d| d.id) else {
+            self.refresh_route(&at);
+            return false;
+        };
+        let Some(&leader) = self.leaders().get(&owner) else {
+            return false;
+        };
+        let Some(epoch) = self
+            .driver(leader)
+            .and_then(|d| d.descriptor(owner))
+            .map(|d| d.epoch)
+        else {
+            return false;
+        };
+        let request = Request::Split(kv::SplitCommand {
+            shard: owner,
+            epoch,
+            at,
+            new_shard: self.next_shard,
+        });
+        self.next_shard += 1;
+        self.splits_requested += 1;
+        let id = self.next_request;
+        self.next_request += 1;
+        self.offer((leader - 1) as usize, Input::Request { id, request })
+    }
+
+    /// Every shard some node that is up holds.
+    pub fn all_shards(&self) -> BTreeSet<ShardId> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.driver.as_ref())
+            .flat_map(|d| d.shards().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn start_operation(&mut self, client: usize) {
+        let original = if self.hot_shards.is_empty() {
+            1 + self.rng.below(self.shards.len() as u64)
+        } else {
+            self.hot_shards[self.rng.below(self.hot_shards.len() as u64) as usize]
+        };
+        let key = key(original, self.rng.below(self.keys_per_shard));
+        let Some((shard, epoch)) = self.route(&key).map(|d| (d.id, d.epoch)) else {
+            self.refresh_route(&key);
+            return;
+        };
         let value = format!("c{client}r{}", self.next_request).into_bytes();
         let operation = match self.rng.below(10) {
             0..=3 => Operation::Put(value),
@@ -538,7 +663,6 @@ impl World {
                 }
             }
         };
-        let epoch = self.shards[(shard - 1) as usize].epoch;
         let request = match &operation {
             Operation::Get => Request::Read {
                 shard,
@@ -721,12 +845,18 @@ impl World {
         leaders
     }
 
-    /// Every key and value node `node` holds in `shard`'s range.
+    /// Every key and value node `node` holds in `shard`'s range (as that node's replica
+    /// has it, or as laid out if it holds none).
     pub fn shard_data(&self, node: NodeId, shard: ShardId) -> Vec<(Vec<u8>, Vec<u8>)> {
         let Some(driver) = self.driver(node) else {
             return Vec::new();
         };
-        let descriptor = &self.shards[(shard - 1) as usize];
+        let Some(descriptor) = driver
+            .descriptor(shard)
+            .or_else(|| self.shards.iter().find(|d| d.id == shard))
+        else {
+            return Vec::new();
+        };
         let mut items = Vec::new();
         driver
             .store()
