@@ -292,6 +292,8 @@ pub enum ApiResponse {
         shards: Vec<ShardRoute>,
     },
     ReplicasChanged(ShardDescriptor),
+    Error(ApiError),
+    // Variants added later go last: variants travel by position.
     /// A shard split: its descriptor after the split, and the new shard's.
     Split {
         left: ShardDescriptor,
@@ -299,7 +301,6 @@ pub enum ApiResponse {
     },
     Operation(Operation),
     Operations(Vec<Operation>),
-    Error(ApiError),
 }
 
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]
