@@ -1,5 +1,5 @@
-//! `rshard admin`: what an operator asks of placement (split a shard, list shards and
-//! operations). Keys are read and printed in the one escaped format the `kv` commands use
+//! `rshard admin`: what an operator asks of placement (split a shard, move a shard's
+//! leadership, list shards and operations). Keys are read and printed in the one escaped format the `kv` commands use
 //! (`\xNN` for any byte, `\\` for a backslash).
 //!
 //! An operation is recorded by placement with an id before it starts; the command prints
@@ -32,20 +32,37 @@ pub enum AdminAction {
         shard: u64,
         #[arg(long)]
         at: String,
-        /// Follow the operation until it ends if it is still running when placement answers.
+        #[command(flatten)]
+        follow: Follow,
+    },
+    /// Move a shard's leadership to one of its voters.
+    TransferLeader {
         #[arg(long)]
-        wait: bool,
-        /// How long --wait follows it.
-        #[arg(long, default_value = "60s", value_parser = crate::bench::parse_duration)]
-        timeout: Duration,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        shard: u64,
+        /// The node to lead the shard.
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// The operations placement recorded, oldest first.
     Ops {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+}
+
+/// How an operation's command follows it and prints it.
+#[derive(Debug, clap::Args)]
+pub struct Follow {
+    /// Follow the operation until it ends if it is still running when placement answers.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait follows it.
+    #[arg(long, default_value = "60s", value_parser = crate::bench::parse_duration)]
+    timeout: Duration,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 /// Exit code of an operation that failed.
@@ -62,45 +79,17 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
             print_shards(&shards, format);
             Ok(0)
         }
-        AdminAction::Split {
-            shard,
-            at,
-            wait,
-            timeout,
-            format,
-        } => {
+        AdminAction::Split { shard, at, follow } => {
             let at = parse_bytes(&at)?;
             if at.is_empty() {
                 bail!("--at needs a key: the first key of the new shard");
             }
-            let mut operation = client.split_shard(shard, &at).await?;
-            if format == Format::Table {
-                println!("operation {}: {}", operation.id, describe(&operation.kind));
-            }
-            let until = Instant::now() + timeout;
-            while wait && !operation.state.is_terminal() && Instant::now() < until {
-                if format == Format::Table {
-                    eprintln!("operation {}: running...", operation.id);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Some(current) = client
-                    .operations()
-                    .await?
-                    .into_iter()
-                    .find(|o| o.id == operation.id)
-                {
-                    operation = current;
-                }
-            }
-            match format {
-                Format::Table => println!("operation {}: {}", operation.id, state(&operation)),
-                Format::Json => println!("{}", operation_json(&operation)),
-            }
-            Ok(match operation.state {
-                OperationState::Done => 0,
-                OperationState::Failed { .. } => EXIT_FAILED,
-                OperationState::Running => EXIT_RUNNING,
-            })
+            let operation = client.split_shard(shard, &at).await?;
+            follow_operation(&client, operation, &follow).await
+        }
+        AdminAction::TransferLeader { shard, to, follow } => {
+            let operation = client.transfer_leader(shard, to).await?;
+            follow_operation(&client, operation, &follow).await
         }
         AdminAction::Ops { format } => {
             let operations = client.operations().await?;
@@ -126,8 +115,47 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
     }
 }
 
+/// Prints the operation, follows it with `--wait` while it runs, prints how it ended; the
+/// exit code says it.
+async fn follow_operation(
+    client: &rshard_common::client::Client,
+    mut operation: Operation,
+    follow: &Follow,
+) -> anyhow::Result<u8> {
+    if follow.format == Format::Table {
+        println!("operation {}: {}", operation.id, describe(&operation.kind));
+    }
+    let until = Instant::now() + follow.timeout;
+    while follow.wait && !operation.state.is_terminal() && Instant::now() < until {
+        if follow.format == Format::Table {
+            eprintln!("operation {}: running...", operation.id);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(current) = client
+            .operations()
+            .await?
+            .into_iter()
+            .find(|o| o.id == operation.id)
+        {
+            operation = current;
+        }
+    }
+    match follow.format {
+        Format::Table => println!("operation {}: {}", operation.id, state(&operation)),
+        Format::Json => println!("{}", operation_json(&operation)),
+    }
+    Ok(match operation.state {
+        OperationState::Done => 0,
+        OperationState::Failed { .. } => EXIT_FAILED,
+        OperationState::Running => EXIT_RUNNING,
+    })
+}
+
 fn describe(kind: &OperationKind) -> String {
     match kind {
+        OperationKind::TransferLeader { shard, to } => {
+            format!("transfer the leadership of shard {shard} to node {to}")
+        }
         OperationKind::Split {
             shard,
             at,
@@ -156,6 +184,10 @@ fn operation_json(operation: &Operation) -> serde_json::Value {
         } => (
             "split",
             serde_json::json!({"shard": shard, "at": show_bytes(at), "new_shard": new_shard}),
+        ),
+        OperationKind::TransferLeader { shard, to } => (
+            "transfer-leader",
+            serde_json::json!({"shard": shard, "to": to}),
         ),
     };
     let (state, reason) = match &operation.state {

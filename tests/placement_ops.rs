@@ -183,6 +183,72 @@ fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_spa
 }
 
 #[test]
+fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(&[], 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| fully_replicated(shards, 3),
+            )
+            .await;
+        let host = cluster.addresses()[0].to_string();
+        let certs = cluster.certs();
+        let certs = certs.to_str().expect("UTF-8");
+        let common = ["--host", &host, "--certs-dir", certs];
+        let client = cluster.client(cluster.addresses());
+        let shard = FIRST_DATA_SHARD.to_string();
+        for to in [2u64, 3, 1, 1] {
+            let target = to.to_string();
+            let (ok, stdout, stderr) = rshard(
+                &[
+                    &[
+                        "admin",
+                        "transfer-leader",
+                        "--shard",
+                        &shard,
+                        "--to",
+                        &target,
+                    ][..],
+                    &common,
+                ]
+                .concat(),
+            );
+            assert!(ok && stdout.contains(": done"), "to {to}: {stdout}{stderr}");
+            // The cluster's view shows it within a report or two.
+            cluster
+                .wait_for(
+                    "the leader asked for",
+                    Duration::from_secs(10),
+                    |_, shards| {
+                        shards.iter().any(|route| {
+                            route.descriptor.id == FIRST_DATA_SHARD
+                                && route.leader.as_ref().is_some_and(|leader| leader.id == to)
+                        })
+                    },
+                )
+                .await;
+            client
+                .put(format!("moved/{to}").as_bytes(), b"v")
+                .await
+                .expect("a write under the new leader");
+        }
+        let (ok, stdout, stderr) = rshard(
+            &[
+                &["admin", "transfer-leader", "--shard", &shard, "--to", "9"][..],
+                &common,
+            ]
+            .concat(),
+        );
+        assert!(
+            !ok && stderr.contains("not a voter of shard"),
+            "{stdout}{stderr}"
+        );
+    });
+}
+
+#[test]
 fn coverage_check_catches_gaps_and_overlaps() {
     let shard = |id: u64, start: &str, end: &str| (id, start.to_string(), end.to_string());
     assert!(cover_the_key_space(&[shard(1, "", "m"), shard(2, "m", "")]));

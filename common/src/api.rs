@@ -151,6 +151,12 @@ pub enum ApiRequest {
     },
     /// Admin, for the placement leader: the operations it recorded, oldest first.
     AdminOperations,
+    /// Node only: hand the leadership of `shard` (led here) to its voter `to`. Answered
+    /// once asked of Raft; the move shows in who leads next.
+    TransferLeadership { shard: ShardId, to: NodeId },
+    /// Admin, for the placement leader: move the leadership of `shard` to node `to`, as an
+    /// operation with an id (done once `to` leads it).
+    AdminTransferLeader { shard: ShardId, to: NodeId },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -170,6 +176,8 @@ pub enum OperationKind {
         at: Vec<u8>,
         new_shard: ShardId,
     },
+    /// Move the leadership of `shard` to node `to`.
+    TransferLeader { shard: ShardId, to: NodeId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +309,8 @@ pub enum ApiResponse {
     },
     Operation(Operation),
     Operations(Vec<Operation>),
+    /// The request was taken; what it asked for shows later.
+    Accepted,
 }
 
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]

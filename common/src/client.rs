@@ -268,6 +268,22 @@ impl Client {
         }
     }
 
+    /// Asks placement to move the leadership of `shard` to node `to`; the operation as it
+    /// stands when placement answers.
+    pub async fn transfer_leader(
+        &self,
+        shard: ShardId,
+        to: crate::api::NodeId,
+    ) -> Result<Operation, ClientError> {
+        match self
+            .placement_call(ApiRequest::AdminTransferLeader { shard, to })
+            .await?
+        {
+            ApiResponse::Operation(operation) => Ok(operation),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Every operation placement recorded, oldest first.
     pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
         match self.placement_call(ApiRequest::AdminOperations).await? {

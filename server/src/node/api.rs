@@ -20,7 +20,7 @@ use super::driver_thread::RequestFailure;
 use super::network::codes;
 use super::NodeContext;
 use crate::kv::{KvCommand, KvError, KvOutcome};
-use crate::multiraft::{Request, RequestError, Response};
+use crate::multiraft::{Input, Request, RequestError, Response};
 
 /// Who sent a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +174,7 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             | ApiRequest::Heartbeat(_)
             | ApiRequest::ChangeReplicas { .. }
             | ApiRequest::SplitShard { .. }
+            | ApiRequest::TransferLeadership { .. }
     );
     if node_only && caller != Caller::Node {
         return ApiResponse::Error(ApiError::NotPermitted(
@@ -207,6 +208,10 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             super::placement::admin_split(context, shard, at).await
         }
         ApiRequest::AdminOperations => super::placement::operations(context).await,
+        ApiRequest::TransferLeadership { shard, to } => transfer_leadership(context, shard, to),
+        ApiRequest::AdminTransferLeader { shard, to } => {
+            super::placement::admin_transfer_leader(context, shard, to).await
+        }
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -285,6 +290,36 @@ async fn shard_request(
         Response::MembershipChanged(descriptor) => Ok(ApiResponse::ReplicasChanged(descriptor)),
         Response::Split { left, right } => Ok(ApiResponse::Split { left, right }),
     }
+}
+
+/// Asks this node's replica of `shard`, which must lead it, to hand leadership to `to`.
+pub(super) fn transfer_leadership(
+    context: &NodeContext,
+    shard: ShardId,
+    to: u64,
+) -> Result<ApiResponse, ApiError> {
+    let view = context.driver.view();
+    let Some(replica) = view.replicas.get(&shard) else {
+        return Err(ApiError::ShardUnavailable {
+            shard,
+            reason: "no replica on this node".to_string(),
+        });
+    };
+    if replica.leader != Some(context.identity.node) {
+        return Err(ApiError::NotLeader {
+            shard,
+            leader: replica.leader.and_then(|node| context.node_info(node)),
+        });
+    }
+    if !replica.descriptor.replicas.contains(&to) {
+        return Err(ApiError::Refused(format!(
+            "node {to} is not a voter of shard {shard}"
+        )));
+    }
+    if to != context.identity.node && !context.driver.offer(Input::TransferLeader { shard, to }) {
+        return Err(ApiError::Busy("the driver's queue is full".to_string()));
+    }
+    Ok(ApiResponse::Accepted)
 }
 
 /// Proposes a split of `shard` (this node must lead it), answered once it applied.

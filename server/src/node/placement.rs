@@ -668,17 +668,65 @@ pub async fn admin_split(
         },
         state: OperationState::Running,
     };
+    tracing::info!(operation = id, shard, new_shard, "split started");
+    run_operation(context, operation, descriptor.epoch.version).await
+}
+
+/// Moves the leadership of `shard` to node `to`, as an operation (see [`admin_split`] for
+/// how operations are recorded): checked first (the shard exists, `to` is one of its
+/// voters and live), done once `to` leads the shard.
+pub async fn admin_transfer_leader(
+    context: &NodeContext,
+    shard: ShardId,
+    to: NodeId,
+) -> Result<ApiResponse, ApiError> {
+    let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    let Some(descriptor) = descriptors.into_iter().find(|d| d.id == shard) else {
+        return Err(ApiError::Refused(format!("there is no shard {shard}")));
+    };
+    if !descriptor.replicas.contains(&to) {
+        return Err(ApiError::Refused(format!(
+            "node {to} is not a voter of shard {shard} (voters: {:?})",
+            descriptor.replicas
+        )));
+    }
+    let live = context.placement.lock().ok().is_some_and(|memory| {
+        memory
+            .last_heard
+            .get(&to)
+            .is_some_and(|heard| heard.elapsed() < context.config.dead_node_timeout)
+    });
+    if !live {
+        return Err(ApiError::Refused(format!(
+            "node {to} has not been heard from lately"
+        )));
+    }
+    let (id, _) = allocate_ids(context).await?;
+    let operation = Operation {
+        id,
+        kind: OperationKind::TransferLeader { shard, to },
+        state: OperationState::Running,
+    };
+    run_operation(context, operation, descriptor.epoch.version).await
+}
+
+/// Records `operation` as running and carries it out (marked as executing meanwhile, so a
+/// scheduler round does not resume it at the same time).
+async fn run_operation(
+    context: &NodeContext,
+    operation: Operation,
+    version: u64,
+) -> Result<ApiResponse, ApiError> {
+    let id = operation.id;
     if !record_operation(context, &operation, None).await? {
         return Err(ApiError::Refused(format!(
             "operation id {id} already in use"
         )));
     }
-    tracing::info!(operation = id, shard, new_shard, "split started");
-    // Marked as executing here, so a scheduler round does not resume it meanwhile.
     if let Ok(mut memory) = context.placement.lock() {
         memory.executing.insert(id);
     }
-    let ended = execute(context, operation, descriptor.epoch.version).await;
+    let ended = execute(context, operation, version).await;
     if let Ok(mut memory) = context.placement.lock() {
         memory.executing.remove(&id);
     }
@@ -707,14 +755,16 @@ async fn resume_operations(context: &Arc<NodeContext>) -> Result<(), ApiError> {
             let id = operation.id;
             // The version it was planned at is gone with the old leader; the split step
             // recognises a split already done, and refuses one the shard outgrew.
-            let version = match &operation.kind {
-                OperationKind::Split { shard, .. } => context
-                    .cluster_snapshot()
-                    .1
-                    .iter()
-                    .find(|route| route.descriptor.id == *shard)
-                    .map(|route| route.descriptor.epoch.version),
+            let shard = match &operation.kind {
+                OperationKind::Split { shard, .. }
+                | OperationKind::TransferLeader { shard, .. } => *shard,
             };
+            let version = context
+                .cluster_snapshot()
+                .1
+                .iter()
+                .find(|route| route.descriptor.id == shard)
+                .map(|route| route.descriptor.epoch.version);
             let outcome = match version {
                 Some(version) => execute(&context, operation, version).await,
                 None => Err(ApiError::Unavailable(
@@ -740,11 +790,91 @@ async fn execute(
     operation: Operation,
     version: u64,
 ) -> Result<Operation, ApiError> {
-    let OperationKind::Split {
-        shard,
-        at,
-        new_shard,
-    } = operation.kind.clone();
+    let state = match operation.kind.clone() {
+        OperationKind::Split {
+            shard,
+            at,
+            new_shard,
+        } => execute_split(context, operation.id, shard, version, at, new_shard).await?,
+        OperationKind::TransferLeader { shard, to } => {
+            execute_transfer(context, operation.id, shard, to).await
+        }
+    };
+    if state == OperationState::Running {
+        return Ok(operation);
+    }
+    let ended = Operation {
+        state,
+        ..operation.clone()
+    };
+    record_operation(context, &ended, Some(&operation)).await?;
+    Ok(ended)
+}
+
+/// Moves the leadership of `shard` to `to`: asks the leader, then watches `to` until it
+/// leads, within the request timeout. Already led by `to`: done at once.
+async fn execute_transfer(
+    context: &NodeContext,
+    id: u64,
+    shard: ShardId,
+    to: NodeId,
+) -> OperationState {
+    let deadline = Instant::now() + context.config.request_timeout;
+    let Some(start_key) = context
+        .cluster_snapshot()
+        .1
+        .into_iter()
+        .find(|route| route.descriptor.id == shard)
+        .map(|route| route.descriptor.start_key)
+    else {
+        return OperationState::Running;
+    };
+    let mut leader = None;
+    while Instant::now() < deadline {
+        let route = call_node_plain(
+            context,
+            to,
+            ApiRequest::Route {
+                key: start_key.clone(),
+            },
+        )
+        .await;
+        if let Ok(ApiResponse::Route(route)) = route {
+            leader = route.leader.map(|l| l.id);
+            if route.descriptor.id == shard && leader == Some(to) {
+                tracing::info!(operation = id, shard, to, "leadership transferred");
+                return OperationState::Done;
+            }
+        }
+        match call_shard_leader(context, shard, ApiRequest::TransferLeadership { shard, to }).await
+        {
+            Ok(ApiResponse::Error(error)) if !is_transient(&error) => {
+                return OperationState::Failed {
+                    reason: error.to_string(),
+                };
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    OperationState::Failed {
+        reason: format!(
+            "node {to} did not take the leadership of shard {shard} within {:?} (leader seen \
+             there: {leader:?})",
+            context.config.request_timeout
+        ),
+    }
+}
+
+/// Splits `shard` at `at` into `new_shard` through its leader; the state the operation
+/// reached.
+async fn execute_split(
+    context: &NodeContext,
+    id: u64,
+    shard: ShardId,
+    version: u64,
+    at: Vec<u8>,
+    new_shard: ShardId,
+) -> Result<OperationState, ApiError> {
     let request = ApiRequest::SplitShard {
         shard,
         version,
@@ -755,7 +885,7 @@ async fn execute(
         Ok(ApiResponse::Split { left, right }) => {
             store_descriptor(context, &left).await?;
             store_descriptor(context, &right).await?;
-            tracing::info!(operation = operation.id, shard, new_shard, "split done");
+            tracing::info!(operation = id, shard, new_shard, "split done");
             OperationState::Done
         }
         Ok(ApiResponse::Error(ApiError::StaleEpoch { descriptor })) => {
@@ -782,23 +912,15 @@ async fn execute(
             }
         }
         Ok(other) => {
-            tracing::info!(operation = operation.id, ?other, "split step not done yet");
+            tracing::info!(operation = id, ?other, "split step not done yet");
             OperationState::Running
         }
         Err(error) => {
-            tracing::info!(operation = operation.id, %error, "split step not done yet");
+            tracing::info!(operation = id, %error, "split step not done yet");
             OperationState::Running
         }
     };
-    if state == OperationState::Running {
-        return Ok(operation);
-    }
-    let ended = Operation {
-        state,
-        ..operation.clone()
-    };
-    record_operation(context, &ended, Some(&operation)).await?;
-    Ok(ended)
+    Ok(state)
 }
 
 /// Errors after which the step may succeed if tried again.
@@ -913,6 +1035,10 @@ async fn call_node_plain(
                 .unwrap_or_else(ApiResponse::Error),
         ),
         ApiRequest::Route { key } => Ok(super::api::route(context, &key)),
+        ApiRequest::TransferLeadership { shard, to } => {
+            Ok(super::api::transfer_leadership(context, shard, to)
+                .unwrap_or_else(ApiResponse::Error))
+        }
         other => Err(format!("not served locally: {other:?}")),
     }
 }
