@@ -45,6 +45,11 @@ pub enum AdminAction {
         #[command(flatten)]
         follow: Follow,
     },
+    /// Pause or resume the leader balance scheduler (cluster-wide, kept across restarts).
+    LeaderBalance {
+        #[arg(value_enum)]
+        state: Switch,
+    },
     /// The operations placement recorded, oldest first.
     Ops {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -63,6 +68,12 @@ pub struct Follow {
     timeout: Duration,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Exit code of an operation that failed.
@@ -86,6 +97,14 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
             }
             let operation = client.split_shard(shard, &at).await?;
             follow_operation(&client, operation, &follow).await
+        }
+        AdminAction::LeaderBalance { state } => {
+            let enabled = client.set_leader_balance(state == Switch::On).await?;
+            println!(
+                "leader balance: {}",
+                if enabled { "on" } else { "off (paused)" }
+            );
+            Ok(0)
         }
         AdminAction::TransferLeader { shard, to, follow } => {
             let operation = client.transfer_leader(shard, to).await?;

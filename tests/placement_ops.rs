@@ -249,6 +249,99 @@ fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused(
 }
 
 #[test]
+fn thirty_shards_created_on_one_node_get_their_leaders_balanced_within_30_seconds() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(&[], 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| fully_replicated(shards, 3),
+            )
+            .await;
+        let host = cluster.addresses()[0].to_string();
+        let certs = cluster.certs();
+        let certs = certs.to_str().expect("UTF-8");
+        let common = ["--host", &host, "--certs-dir", certs];
+        // With the balancer paused, 29 splits make 30 data shards, all led by node 1 (the
+        // bootstrap node leads the first; each new shard campaigns where its parent is led).
+        let (ok, stdout, stderr) =
+            rshard(&[&["admin", "leader-balance", "off"][..], &common].concat());
+        assert!(ok && stdout.contains("off"), "{stdout}{stderr}");
+        let mut upper = FIRST_DATA_SHARD;
+        for step in 1..30 {
+            let at = format!("t/{step:03}");
+            upper = split(&common, upper, &at)
+                .unwrap_or_else(|output| panic!("split at {at}: {output}"));
+        }
+        // A new shard whose campaign on node 1 lost the race (its followers had not
+        // applied the split yet) is led elsewhere; move those to node 1 too.
+        let client = cluster.client(cluster.addresses());
+        let (_, shards) = client.cluster().await.expect("a view");
+        for route in shards.iter().filter(|r| r.descriptor.id != 0) {
+            if route.leader.as_ref().is_some_and(|l| l.id != 1) {
+                let shard = route.descriptor.id.to_string();
+                let (ok, stdout, stderr) = rshard(
+                    &[
+                        &["admin", "transfer-leader", "--shard", &shard, "--to", "1"][..],
+                        &common,
+                    ]
+                    .concat(),
+                );
+                assert!(ok, "{stdout}{stderr}");
+            }
+        }
+        cluster
+            .wait_for(
+                "30 data shards, all led by node 1",
+                Duration::from_secs(15),
+                |_, shards| {
+                    shards.len() == 31
+                        && shards
+                            .iter()
+                            .filter(|route| route.descriptor.id != 0)
+                            .all(|route| route.leader.as_ref().is_some_and(|l| l.id == 1))
+                },
+            )
+            .await;
+        let (ok, stdout, stderr) =
+            rshard(&[&["admin", "leader-balance", "on"][..], &common].concat());
+        assert!(ok && stdout.contains("on"), "{stdout}{stderr}");
+        let resumed = Instant::now();
+        let balanced = |shards: &[rshard_common::api::ShardRoute]| {
+            let mut leading = [0usize; 3];
+            for route in shards {
+                match route.leader.as_ref().map(|l| l.id) {
+                    Some(node @ 1..=3) => leading[(node - 1) as usize] += 1,
+                    _ => return false,
+                }
+            }
+            // 31 shards with the placement shard: the mean is 10.3.
+            shards.len() == 31 && leading.iter().all(|&count| (10..=11).contains(&count))
+        };
+        cluster
+            .wait_for(
+                "leaders balanced to 10 or 11 per node",
+                Duration::from_secs(30),
+                |_, shards| balanced(shards),
+            )
+            .await;
+        eprintln!(
+            "balanced {:?} after the balancer resumed",
+            resumed.elapsed()
+        );
+        // Balanced, it stays so: no more moves (checked over three report intervals).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, shards) = cluster
+            .client(cluster.addresses())
+            .cluster()
+            .await
+            .expect("a view");
+        assert!(balanced(&shards), "{shards:?}");
+    });
+}
+
+#[test]
 fn coverage_check_catches_gaps_and_overlaps() {
     let shard = |id: u64, start: &str, end: &str| (id, start.to_string(), end.to_string());
     assert!(cover_the_key_space(&[shard(1, "", "m"), shard(2, "m", "")]));

@@ -157,6 +157,9 @@ pub enum ApiRequest {
     /// Admin, for the placement leader: move the leadership of `shard` to node `to`, as an
     /// operation with an id (done once `to` leads it).
     AdminTransferLeader { shard: ShardId, to: NodeId },
+    /// Admin, for the placement leader: pause (`false`) or resume (`true`) the leader
+    /// balance scheduler, cluster-wide and durably. Answered with the setting.
+    AdminLeaderBalance { enabled: bool },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -311,6 +314,10 @@ pub enum ApiResponse {
     Operations(Vec<Operation>),
     /// The request was taken; what it asked for shows later.
     Accepted,
+    /// Whether the leader balance scheduler runs.
+    LeaderBalance {
+        enabled: bool,
+    },
 }
 
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]

@@ -284,6 +284,17 @@ impl Client {
         }
     }
 
+    /// Pauses (`false`) or resumes (`true`) the leader balance scheduler.
+    pub async fn set_leader_balance(&self, enabled: bool) -> Result<bool, ClientError> {
+        match self
+            .placement_call(ApiRequest::AdminLeaderBalance { enabled })
+            .await?
+        {
+            ApiResponse::LeaderBalance { enabled } => Ok(enabled),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Every operation placement recorded, oldest first.
     pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
         match self.placement_call(ApiRequest::AdminOperations).await? {

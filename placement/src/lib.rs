@@ -3,6 +3,7 @@
 //!
 //! Deciding lives here, as pure functions of a model of the cluster; doing (proposing the
 //! membership changes, retrying) lives in the server's placement service. Today it holds
-//! the replication scheduler.
+//! the replication scheduler and the leader balance scheduler.
 
+pub mod leaders;
 pub mod replication;

@@ -212,6 +212,9 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
         ApiRequest::AdminTransferLeader { shard, to } => {
             super::placement::admin_transfer_leader(context, shard, to).await
         }
+        ApiRequest::AdminLeaderBalance { enabled } => {
+            super::placement::set_leader_balance(context, enabled).await
+        }
     };
     result.unwrap_or_else(ApiResponse::Error)
 }

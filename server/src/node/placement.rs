@@ -24,6 +24,7 @@ use rshard_common::api::{
     Operation, OperationKind, OperationState, ReplicaChange, ShardRoute, PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use rshard_placement::leaders::plan_leader_balance;
 use rshard_placement::replication::{plan_replication, Operator, ShardState};
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,15 @@ const SHARD_PREFIX: &[u8] = b"\xff/shard/";
 const OPERATION_PREFIX: &[u8] = b"\xff/op/";
 /// The next shard and operation ids to hand out.
 const ID_COUNTER_KEY: &[u8] = b"\xff/counter/ids";
+/// Whether the leader balance scheduler is paused ([`SchedulerSettings`]).
+const SCHEDULER_SETTINGS_KEY: &[u8] = b"\xff/settings/schedulers";
 /// Attempts at allocating ids when operations start at once.
 const MAX_ALLOCATION_ATTEMPTS: usize = 8;
+/// Leadership transfers the balancer starts from, and to, one node per round.
+const MAX_LEADER_MOVES_PER_NODE: usize = 4;
+/// How long a shard whose leadership the balancer moved gets no other operator: until the
+/// reports show where its leadership went.
+const LEADER_MOVE_SETTLE: Duration = Duration::from_secs(2);
 /// Attempts at reaching a shard's leader for one step of an operation.
 const MAX_LEADER_ATTEMPTS: u32 = 10;
 /// Attempts at allocating a node id when joins race.
@@ -70,6 +78,13 @@ pub struct PlacementMemory {
     operating: BTreeSet<ShardId>,
     /// Operations being carried out by this placement leader (not resumed again).
     executing: BTreeSet<u64>,
+}
+
+/// What an operator set about the schedulers (replicated, so it survives a change of
+/// placement leader). Absent: every scheduler runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SchedulerSettings {
+    leader_balance_paused: bool,
 }
 
 /// The next ids placement hands out (replicated, under [`ID_COUNTER_KEY`]).
@@ -405,7 +420,74 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             }
         });
     }
+    let settings: Option<(SchedulerSettings, Vec<u8>)> =
+        read_record(context, SCHEDULER_SETTINGS_KEY).await?;
+    if !settings.is_some_and(|(settings, _)| settings.leader_balance_paused) {
+        balance_leaders(context, &live, &shards);
+    }
     Ok(count)
+}
+
+/// Pauses or resumes the leader balance scheduler; the setting as stored.
+pub async fn set_leader_balance(
+    context: &NodeContext,
+    enabled: bool,
+) -> Result<ApiResponse, ApiError> {
+    for _ in 0..MAX_ALLOCATION_ATTEMPTS {
+        let current: Option<(SchedulerSettings, Vec<u8>)> =
+            read_record(context, SCHEDULER_SETTINGS_KEY).await?;
+        let new = SchedulerSettings {
+            leader_balance_paused: !enabled,
+        };
+        if current
+            .as_ref()
+            .is_some_and(|(settings, _)| *settings == new)
+        {
+            return Ok(ApiResponse::LeaderBalance { enabled });
+        }
+        let expected = current.map(|(_, bytes)| bytes);
+        let key = SCHEDULER_SETTINGS_KEY.to_vec();
+        if compare_and_swap(context, key, expected, encode(&new)?).await? {
+            tracing::info!(enabled, "leader balance set");
+            return Ok(ApiResponse::LeaderBalance { enabled });
+        }
+    }
+    Err(ApiError::Busy(
+        "scheduler settings changing too often".to_string(),
+    ))
+}
+
+/// Starts this round's leadership transfers (see `rshard_placement::leaders`), each on a
+/// shard with no other operator under way.
+fn balance_leaders(context: &Arc<NodeContext>, live: &BTreeSet<NodeId>, shards: &[ShardState]) {
+    let busy = match context.placement.lock() {
+        Ok(memory) => memory.operating.clone(),
+        Err(_) => return,
+    };
+    let transfers = plan_leader_balance(live, shards, &busy, MAX_LEADER_MOVES_PER_NODE);
+    for transfer in transfers {
+        if !context.begin_operator(transfer.shard) {
+            continue;
+        }
+        tracing::info!(
+            shard = transfer.shard,
+            from = transfer.from,
+            to = transfer.to,
+            "leader balance"
+        );
+        let context = context.clone();
+        tokio::spawn(async move {
+            let request = ApiRequest::TransferLeadership {
+                shard: transfer.shard,
+                to: transfer.to,
+            };
+            if let Err(error) = context.call_node(transfer.from, request).await {
+                tracing::info!(shard = transfer.shard, %error, "leader balance transfer not sent");
+            }
+            tokio::time::sleep(LEADER_MOVE_SETTLE).await;
+            context.end_operator(transfer.shard);
+        });
+    }
 }
 
 impl NodeContext {
