@@ -303,31 +303,47 @@ impl Client {
         }
     }
 
-    /// `request` to the placement leader: to a seed, then to the leader it names.
+    /// `request` to the placement leader: to a seed, then to the leader it names. An
+    /// operation request is sent again only where it certainly did not start: to the next
+    /// seed when it could not be sent, to the leader a `NotLeader` answer names (placement
+    /// refuses before recording anything). A request sent without an answer is not sent
+    /// again: the operation may have started (`rshard admin ops` shows it).
     async fn placement_call(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
-        let mut response = self.any_node(request.clone()).await;
-        for _ in 0..MAX_PLACEMENT_REDIRECTS {
-            let Err(ClientError::Refused(ApiError::NotLeader {
-                leader: Some(leader),
-                ..
-            })) = &response
-            else {
-                break;
-            };
-            let Ok(address) = leader.address.parse::<SocketAddr>() else {
-                break;
-            };
-            response = match self.call(address, &request).await {
-                Ok(ApiResponse::Error(error)) => Err(ClientError::Refused(error)),
-                Ok(answer) => Ok(answer),
-                Err(CallError::Untrusted(error)) => Err(ClientError::Untrusted(error)),
-                Err(error) => Err(ClientError::Unavailable {
-                    attempts: 1,
-                    last: call_error_text(&error),
-                }),
-            };
+        let mut last = String::from("no seed");
+        for &seed in &self.seeds {
+            let mut target = seed;
+            for _ in 0..=MAX_PLACEMENT_REDIRECTS {
+                match self.call(target, &request).await {
+                    Ok(ApiResponse::Error(ApiError::NotLeader {
+                        leader: Some(leader),
+                        ..
+                    })) => match leader.address.parse::<SocketAddr>() {
+                        Ok(address) if address != target => target = address,
+                        _ => {
+                            last = format!("{target}: no placement leader known");
+                            break;
+                        }
+                    },
+                    Ok(ApiResponse::Error(error)) => return Err(ClientError::Refused(error)),
+                    Ok(answer) => return Ok(answer),
+                    Err(CallError::Untrusted(error)) => return Err(ClientError::Untrusted(error)),
+                    Err(CallError::NotSent(error)) => {
+                        last = format!("{target}: {error}");
+                        break;
+                    }
+                    Err(CallError::Lost(error)) => {
+                        return Err(ClientError::OutcomeUnknown(format!(
+                            "{target}: {error}; the operation may have started (see the \
+                             operations placement recorded)"
+                        )))
+                    }
+                }
+            }
         }
-        response
+        Err(ClientError::Unavailable {
+            attempts: self.seeds.len() as u32,
+            last,
+        })
     }
 
     /// The status of the node at `address`.

@@ -157,8 +157,8 @@ mod tests {
 
     #[test]
     fn leadership_goes_only_to_live_voters_and_never_to_busy_or_leaderless_shards() {
-        let live: BTreeSet<NodeId> = [1, 2].into();
-        // Node 3 is down; node 4 holds no replica of these shards.
+        // Node 3 is down; node 4 is up but holds no replica of these shards.
+        let live: BTreeSet<NodeId> = [1, 2, 4].into();
         let mut shards = cluster(6, &[1, 2, 3], 1);
         shards[0].leader = None;
         let busy: BTreeSet<ShardId> = [2].into();

@@ -574,7 +574,23 @@ impl<T: Transport> MultiRaft<T> {
         let mut created = Vec::new();
         for (descriptor, conf_state) in split_off {
             let group = descriptor.id;
-            if self.replicas.contains_key(&group) || created.contains(&group) {
+            if let Some(existing) = self.replicas.get(&group) {
+                if existing.descriptor.start_key == descriptor.start_key {
+                    continue; // Created by a snapshot here already (a split gap).
+                }
+                // Ids are handed out once; another shard under this id means the store
+                // or the cluster state is not what it should be. Stop rather than leave
+                // the range without a replica.
+                return Err(StoreError::Corrupt {
+                    group,
+                    what: "split",
+                    detail: format!(
+                        "the new shard's id is taken here by a shard starting at {:?}",
+                        existing.descriptor.start_key
+                    ),
+                });
+            }
+            if created.contains(&group) {
                 continue;
             }
             batch.bootstrap(group, conf_state)?;

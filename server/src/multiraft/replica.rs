@@ -268,8 +268,12 @@ impl Replica {
         match outcome {
             Ok(()) => Ok(Ok(())),
             Err(rshard_raft::Error::Storage(error)) => Err(StoreError::Engine(error.to_string())),
-            Err(rshard_raft::Error::NotLeader { .. })
-            | Err(rshard_raft::Error::TransferInProgress { .. }) => Ok(Err(self.not_leader())),
+            Err(rshard_raft::Error::NotLeader { .. }) => Ok(Err(self.not_leader())),
+            // Still the leader, for now: "not leader, the leader is me" would send the
+            // client straight back without a pause.
+            Err(rshard_raft::Error::TransferInProgress { .. }) => {
+                Ok(Err(RequestError::Busy("leadership transfer in progress")))
+            }
             Err(rshard_raft::Error::TooManyUncommittedBytes) => {
                 Ok(Err(RequestError::Busy("too many uncommitted bytes")))
             }

@@ -46,7 +46,7 @@ const SCHEDULER_SETTINGS_KEY: &[u8] = b"\xff/settings/schedulers";
 /// Attempts at allocating ids when operations start at once.
 const MAX_ALLOCATION_ATTEMPTS: usize = 8;
 /// Leadership transfers the balancer starts from, and to, one node per round.
-const MAX_LEADER_MOVES_PER_NODE: usize = 4;
+const MAX_LEADER_MOVES_PER_NODE: usize = 8;
 /// How long a shard whose leadership the balancer moved gets no other operator: until the
 /// reports show where its leadership went.
 const LEADER_MOVE_SETTLE: Duration = Duration::from_secs(2);
@@ -78,6 +78,8 @@ pub struct PlacementMemory {
     operating: BTreeSet<ShardId>,
     /// Operations being carried out by this placement leader (not resumed again).
     executing: BTreeSet<u64>,
+    /// Leadership transfers of the balancer not yet settled (see `LEADER_MOVE_SETTLE`).
+    leader_moves_settling: usize,
 }
 
 /// What an operator set about the schedulers (replicated, so it survives a change of
@@ -460,14 +462,22 @@ pub async fn set_leader_balance(
 /// Starts this round's leadership transfers (see `rshard_placement::leaders`), each on a
 /// shard with no other operator under way.
 fn balance_leaders(context: &Arc<NodeContext>, live: &BTreeSet<NodeId>, shards: &[ShardState]) {
+    // Decide only on a settled picture: every leader known, and the last round's moves
+    // reported (a stale count would move a leader that need not move).
+    if shards.iter().any(|shard| shard.leader.is_none()) {
+        return;
+    }
     let busy = match context.placement.lock() {
-        Ok(memory) => memory.operating.clone(),
-        Err(_) => return,
+        Ok(memory) if memory.leader_moves_settling == 0 => memory.operating.clone(),
+        _ => return,
     };
     let transfers = plan_leader_balance(live, shards, &busy, MAX_LEADER_MOVES_PER_NODE);
     for transfer in transfers {
         if !context.begin_operator(transfer.shard) {
             continue;
+        }
+        if let Ok(mut memory) = context.placement.lock() {
+            memory.leader_moves_settling += 1;
         }
         tracing::info!(
             shard = transfer.shard,
@@ -486,6 +496,9 @@ fn balance_leaders(context: &Arc<NodeContext>, live: &BTreeSet<NodeId>, shards: 
             }
             tokio::time::sleep(LEADER_MOVE_SETTLE).await;
             context.end_operator(transfer.shard);
+            if let Ok(mut memory) = context.placement.lock() {
+                memory.leader_moves_settling -= 1;
+            }
         });
     }
 }
@@ -800,17 +813,46 @@ async fn run_operation(
     version: u64,
 ) -> Result<ApiResponse, ApiError> {
     let id = operation.id;
-    if !record_operation(context, &operation, None).await? {
-        return Err(ApiError::Refused(format!(
-            "operation id {id} already in use"
-        )));
+    let shard = match &operation.kind {
+        OperationKind::Split { shard, .. } | OperationKind::TransferLeader { shard, .. } => *shard,
+    };
+    // Marked first, so a scheduler round neither resumes it nor puts an operator of its own
+    // on the shard meanwhile.
+    let marked = match context.placement.lock() {
+        Ok(mut memory) => {
+            memory.executing.insert(id);
+            memory.operating.insert(shard)
+        }
+        Err(_) => false,
+    };
+    let ended = async {
+        if !record_operation(context, &operation, None).await? {
+            return Err(ApiError::Refused(format!(
+                "operation id {id} already in use"
+            )));
+        }
+        // Once recorded, the caller gets the operation back, never an error it might retry
+        // (which would start a second one): what did not finish in time is resumed.
+        let step = tokio::time::timeout(
+            context.config.request_timeout,
+            execute(context, operation.clone(), version),
+        )
+        .await;
+        Ok(match step {
+            Ok(Ok(ended)) => ended,
+            Ok(Err(error)) => {
+                tracing::info!(operation = id, %error, "operation left running");
+                operation
+            }
+            Err(_) => operation,
+        })
     }
-    if let Ok(mut memory) = context.placement.lock() {
-        memory.executing.insert(id);
-    }
-    let ended = execute(context, operation, version).await;
+    .await;
     if let Ok(mut memory) = context.placement.lock() {
         memory.executing.remove(&id);
+        if marked {
+            memory.operating.remove(&shard);
+        }
     }
     Ok(ApiResponse::Operation(ended?))
 }
@@ -889,7 +931,10 @@ async fn execute(
         state,
         ..operation.clone()
     };
-    record_operation(context, &ended, Some(&operation)).await?;
+    if !record_operation(context, &ended, Some(&operation)).await? {
+        // Another placement round recorded it meanwhile; what it recorded stands.
+        return Ok(operation);
+    }
     Ok(ended)
 }
 
@@ -970,27 +1015,20 @@ async fn execute_split(
             tracing::info!(operation = id, shard, new_shard, "split done");
             OperationState::Done
         }
-        Ok(ApiResponse::Error(ApiError::StaleEpoch { descriptor })) => {
-            // Done already by an earlier attempt of this operation, or the shard changed
-            // under the plan.
+        Ok(ApiResponse::Error(error)) if error.wrote_nothing() && !is_transient(&error) => {
+            // Refused: done already by an earlier attempt of this operation (whose answer
+            // was lost, or whose placement leader failed before recording it), or refused
+            // for good (the shard changed under the plan, the key no longer inside it).
             match split_of(context, shard, &at, new_shard).await {
-                Some((left, right)) => {
+                SplitSeen::Done(left, right) => {
                     store_descriptor(context, &left).await?;
                     store_descriptor(context, &right).await?;
                     OperationState::Done
                 }
-                None => OperationState::Failed {
-                    reason: format!(
-                        "shard {shard} changed since the split was planned (now epoch {:?}, \
-                         range {:?}..{:?})",
-                        descriptor.epoch, descriptor.start_key, descriptor.end_key
-                    ),
+                SplitSeen::Unknown => OperationState::Running,
+                SplitSeen::NotDone => OperationState::Failed {
+                    reason: error.to_string(),
                 },
-            }
-        }
-        Ok(ApiResponse::Error(error)) if error.wrote_nothing() && !is_transient(&error) => {
-            OperationState::Failed {
-                reason: error.to_string(),
             }
         }
         Ok(other) => {
@@ -1018,33 +1056,63 @@ fn is_transient(error: &ApiError) -> bool {
     )
 }
 
-/// The two shards of a split of `shard` at `at` into `new_shard`, if it happened: asked of
-/// the node that leads `new_shard`'s range now.
+/// Whether `shard` was split at `at` into `new_shard`: as the registry has it, or as the
+/// node leading `shard` answers for both ranges.
 async fn split_of(
     context: &NodeContext,
     shard: ShardId,
     at: &[u8],
     new_shard: ShardId,
-) -> Option<(ShardDescriptor, ShardDescriptor)> {
-    let leader = leader_of(context, shard)?;
+) -> SplitSeen {
+    // The registry first: the new shard's leader reports it within a report interval.
+    if let Ok(stored) = scan_records::<ShardDescriptor>(context, SHARD_PREFIX).await {
+        let right = stored
+            .iter()
+            .find(|d| d.id == new_shard && d.start_key == at);
+        let left = stored.iter().find(|d| d.id == shard);
+        if let (Some(left), Some(right)) = (left, right) {
+            return SplitSeen::Done(Box::new(left.clone()), Box::new(right.clone()));
+        }
+    }
+    let Some(leader) = leader_of(context, shard) else {
+        return SplitSeen::Unknown;
+    };
     let route = |key: Vec<u8>| async {
         match call_node_plain(context, leader, ApiRequest::Route { key }).await {
             Ok(ApiResponse::Route(route)) => Some(route.descriptor),
             _ => None,
         }
     };
-    let right = route(at.to_vec()).await?;
+    let Some(right) = route(at.to_vec()).await else {
+        return SplitSeen::Unknown;
+    };
     if right.id != new_shard || right.start_key != at {
-        return None;
+        return SplitSeen::NotDone;
     }
     let left_key = context
         .cluster_snapshot()
         .1
         .into_iter()
         .find(|r| r.descriptor.id == shard)
-        .map(|r| r.descriptor.start_key)?;
-    let left = route(left_key).await?;
-    (left.id == shard && left.end_key == at).then_some((left, right))
+        .map(|r| r.descriptor.start_key);
+    let Some(left_key) = left_key else {
+        return SplitSeen::Unknown;
+    };
+    match route(left_key).await {
+        Some(left) if left.id == shard && left.end_key == at => {
+            SplitSeen::Done(Box::new(left), Box::new(right))
+        }
+        Some(_) => SplitSeen::NotDone,
+        None => SplitSeen::Unknown,
+    }
+}
+
+/// Whether a split happened, as far as placement can tell.
+enum SplitSeen {
+    Done(Box<ShardDescriptor>, Box<ShardDescriptor>),
+    NotDone,
+    /// Nobody to ask yet (a new placement leader that has not heard the reports).
+    Unknown,
 }
 
 /// The node placement last heard lead `shard`.
