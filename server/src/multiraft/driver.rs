@@ -576,7 +576,7 @@ impl<T: Transport> MultiRaft<T> {
             let group = descriptor.id;
             if let Some(existing) = self.replicas.get(&group) {
                 if existing.descriptor.start_key == descriptor.start_key {
-                    continue; // Created by a snapshot here already (a split gap).
+                    continue; // The same shard is here already: nothing to create.
                 }
                 // Ids are handed out once; another shard under this id means the store
                 // or the cluster state is not what it should be. Stop rather than leave
