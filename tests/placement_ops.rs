@@ -238,6 +238,26 @@ fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused(
                 .await
                 .expect("a write under the new leader");
         }
+        // A shard just split off can be moved at once (placement reads the registry, not a
+        // view a report behind).
+        let new_shard = split(&common, FIRST_DATA_SHARD, "m")
+            .expect("a split")
+            .to_string();
+        let (ok, stdout, stderr) = rshard(
+            &[
+                &[
+                    "admin",
+                    "transfer-leader",
+                    "--shard",
+                    &new_shard,
+                    "--to",
+                    "2",
+                ][..],
+                &common,
+            ]
+            .concat(),
+        );
+        assert!(ok && stdout.contains(": done"), "{stdout}{stderr}");
         let (ok, stdout, stderr) = rshard(
             &[
                 &["admin", "transfer-leader", "--shard", &shard, "--to", "9"][..],

@@ -947,12 +947,15 @@ async fn execute_transfer(
     to: NodeId,
 ) -> OperationState {
     let deadline = Instant::now() + context.config.request_timeout;
-    let Some(start_key) = context
-        .cluster_snapshot()
-        .1
+    // From the registry, which a split updates before it is reported done (this node's
+    // view of the cluster can be a report interval behind).
+    let stored: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX)
+        .await
+        .unwrap_or_default();
+    let Some(start_key) = stored
         .into_iter()
-        .find(|route| route.descriptor.id == shard)
-        .map(|route| route.descriptor.start_key)
+        .find(|descriptor| descriptor.id == shard)
+        .map(|descriptor| descriptor.start_key)
     else {
         return OperationState::Running;
     };
