@@ -19,9 +19,7 @@ use rshard_common::certs::CertsDir;
 use rshard_common::client::ClientError;
 use rshard_common::linearizability::{self, Event, Operation, Outcome, Verdict};
 use rshard_common::{quic, tls, wire};
-use support::{fully_replicated, rshard, Cluster};
-
-const FORMATION_TIMEOUT: Duration = Duration::from_secs(30);
+use support::{fully_replicated, rshard, Cluster, FORMATION_TIMEOUT};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -34,7 +32,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn three_nodes_form_a_cluster_and_serve_from_every_node() {
     runtime().block_on(async {
-        let cluster = formed_cluster(&[]).await;
+        let cluster = Cluster::formed(&[]).await;
         cluster
             .wait_for("3 live nodes", FORMATION_TIMEOUT, |nodes, _| {
                 nodes.len() == 3 && nodes.iter().all(|n| n.live)
@@ -135,15 +133,11 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
             }
         }
         // The scripting CLI, as a user runs it.
-        let host = cluster.addresses()[2].to_string();
-        let certs = cluster.certs();
-        let certs = certs.to_str().expect("UTF-8");
-        let common = ["--host", &host, "--certs-dir", certs];
-        let (ok, stdout, stderr) = rshard(&[&["kv", "get", "user/0/07"][..], &common].concat());
+        let (ok, stdout, stderr) = cluster.cli(2, &["kv", "get", "user/0/07"]);
         assert!(ok && stdout == "v\n", "{stdout} {stderr}");
-        let (ok, _, stderr) = rshard(&[&["kv", "get", "\\xffsystem"][..], &common].concat());
+        let (ok, _, stderr) = cluster.cli(2, &["kv", "get", "\\xffsystem"]);
         assert!(!ok && stderr.contains("reserved"), "{stderr}");
-        let (ok, stdout, _) = rshard(&[&["node", "ls"][..], &common].concat());
+        let (ok, stdout, _) = cluster.cli(2, &["node", "ls"]);
         assert!(ok && stdout.lines().filter(|l| l.contains("127.0.0.1")).count() == 3);
         assert!(
             stdout.contains("DISK FREE") && stdout.contains(" GiB"),
@@ -161,7 +155,7 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
             "--keys",
             "50",
         ];
-        let (ok, stdout, stderr) = rshard(&[&bench[..], &common].concat());
+        let (ok, stdout, stderr) = cluster.cli(2, &bench);
         let puts: f64 = stdout
             .lines()
             .find_map(|line| line.strip_prefix("put: "))
@@ -181,22 +175,9 @@ fn three_nodes_form_a_cluster_and_serve_from_every_node() {
             "{} bench keys",
             written.len()
         );
-        let (ok, _, stderr) = rshard(&[&["bench", "--threads", "0"][..], &common].concat());
+        let (ok, _, stderr) = cluster.cli(2, &["bench", "--threads", "0"]);
         assert!(!ok && stderr.contains("--threads"), "{stderr}");
     });
-}
-
-/// Three nodes started with `flags`, once every shard has three replicas.
-async fn formed_cluster(flags: &[&str]) -> Cluster {
-    let cluster = Cluster::start(flags, 3);
-    cluster
-        .wait_for(
-            "3 replicas of every shard",
-            FORMATION_TIMEOUT,
-            |_, shards| fully_replicated(shards, 3),
-        )
-        .await;
-    cluster
 }
 
 /// The index of the node leading the data shard.
@@ -229,7 +210,7 @@ impl History {
 #[test]
 fn killing_the_leaders_node_loses_no_acknowledged_write() {
     runtime().block_on(async {
-        let mut cluster = formed_cluster(&[]).await;
+        let mut cluster = Cluster::formed(&[]).await;
         let history = Arc::new(History {
             start: Instant::now(),
             events: Mutex::new(Vec::new()),
@@ -352,7 +333,7 @@ fn killing_the_leaders_node_loses_no_acknowledged_write() {
 fn a_fourth_node_gets_replicas_and_an_empty_data_dir_at_its_address_is_refused() {
     runtime().block_on(async {
         // A factor above three, so that a fourth node has replicas to take.
-        let mut cluster = formed_cluster(&["--replication-factor", "5"]).await;
+        let mut cluster = Cluster::formed(&["--replication-factor", "5"]).await;
         let client = cluster.client(cluster.addresses());
         client.put(b"before", b"the join").await.expect("a put");
         let fourth = cluster.add_node(Some(cluster.nodes[0].address));
@@ -533,7 +514,7 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 #[test]
 fn sigterm_hands_leadership_away_and_exits_and_the_status_listener_answers() {
     runtime().block_on(async {
-        let mut cluster = formed_cluster(&["--http-listen", "127.0.0.1:0"]).await;
+        let mut cluster = Cluster::formed(&["--http-listen", "127.0.0.1:0"]).await;
         let index = data_leader(&cluster).await;
         let http = cluster.nodes[index].http.expect("an HTTP address");
         assert_eq!(http_get(http, "/livez").0, 200);
@@ -625,7 +606,7 @@ fn a_secure_cluster_refuses_an_insecure_client() {
 #[test]
 fn a_node_without_placement_quorum_is_not_ready() {
     runtime().block_on(async {
-        let mut cluster = formed_cluster(&["--http-listen", "127.0.0.1:0"]).await;
+        let mut cluster = Cluster::formed(&["--http-listen", "127.0.0.1:0"]).await;
         for index in 0..3 {
             cluster.kill(index);
         }

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rshard_common::api::FIRST_DATA_SHARD;
-use support::{fully_replicated, rshard, Cluster};
+use support::Cluster;
 
-const FORMATION_TIMEOUT: Duration = Duration::from_secs(30);
 const KEYS: usize = 200;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -29,15 +28,13 @@ fn key(index: usize) -> Vec<u8> {
     format!("key/{index:03}").into_bytes()
 }
 
-/// `rshard admin split`, as an operator runs it: the new shard's id, or the output.
-fn split(common: &[&str], shard: u64, at: &str) -> Result<u64, String> {
+/// `rshard admin split` through node `via`, as an operator runs it: the new shard's id,
+/// or the output.
+fn split(cluster: &Cluster, via: usize, shard: u64, at: &str) -> Result<u64, String> {
     let shard = shard.to_string();
-    let (ok, stdout, stderr) = rshard(
-        &[
-            &["admin", "split", "--shard", &shard, "--at", at, "--wait"][..],
-            common,
-        ]
-        .concat(),
+    let (ok, stdout, stderr) = cluster.cli(
+        via,
+        &["admin", "split", "--shard", &shard, "--at", at, "--wait"],
     );
     let new_shard = stdout
         .split("(new shard ")
@@ -50,10 +47,19 @@ fn split(common: &[&str], shard: u64, at: &str) -> Result<u64, String> {
     }
 }
 
-/// The shards as `rshard admin shards --format json` prints them: (id, start, end).
-fn shards(common: &[&str]) -> Vec<(u64, String, String)> {
-    let (ok, stdout, stderr) =
-        rshard(&[&["admin", "shards", "--format", "json"][..], common].concat());
+/// `rshard admin transfer-leader` through node `via`: (success, stdout, stderr).
+fn transfer_leader(cluster: &Cluster, via: usize, shard: u64, to: u64) -> (bool, String, String) {
+    let (shard, to) = (shard.to_string(), to.to_string());
+    cluster.cli(
+        via,
+        &["admin", "transfer-leader", "--shard", &shard, "--to", &to],
+    )
+}
+
+/// The shards as `rshard admin shards --format json` prints them through node `via`: (id,
+/// start, end).
+fn shards(cluster: &Cluster, via: usize) -> Vec<(u64, String, String)> {
+    let (ok, stdout, stderr) = cluster.cli(via, &["admin", "shards", "--format", "json"]);
     assert!(ok, "{stderr}");
     let parsed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     parsed
@@ -74,23 +80,15 @@ fn shards(common: &[&str]) -> Vec<(u64, String, String)> {
 /// True if the ranges, in the order given (`admin shards` lists them in key order), begin
 /// at the first key, end at the last, and each starts where the one before ended.
 fn cover_the_key_space(shards: &[(u64, String, String)]) -> bool {
-    let sorted = shards;
-    sorted.first().is_some_and(|first| first.1.is_empty())
-        && sorted.last().is_some_and(|last| last.2.is_empty())
-        && sorted.windows(2).all(|pair| pair[0].2 == pair[1].1)
+    shards.first().is_some_and(|first| first.1.is_empty())
+        && shards.last().is_some_and(|last| last.2.is_empty())
+        && shards.windows(2).all(|pair| pair[0].2 == pair[1].1)
 }
 
 #[test]
 fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_space() {
     runtime().block_on(async {
-        let cluster = Cluster::start(&[], 3);
-        cluster
-            .wait_for(
-                "3 replicas of every shard",
-                FORMATION_TIMEOUT,
-                |_, shards| fully_replicated(shards, 3),
-            )
-            .await;
+        let cluster = Cluster::formed(&[]).await;
         let writer = cluster.client(cluster.addresses());
         for index in 0..KEYS {
             writer.put(&key(index), &key(index)).await.expect("a put");
@@ -117,22 +115,19 @@ fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_spa
                 Ok(())
             })
         };
-        let host = cluster.addresses()[1].to_string();
-        let certs = cluster.certs();
-        let certs = certs.to_str().expect("UTF-8");
-        let common = ["--host", &host, "--certs-dir", certs];
+        let via = 1;
         // Nineteen splits walking up the key space, each splitting the shard the one before
         // made; then one in the first shard.
         let mut upper = FIRST_DATA_SHARD;
         let mut made = Vec::new();
         for at in (1..20).map(|step| format!("key/{:03}", step * 10)) {
-            upper = split(&common, upper, &at)
+            upper = split(&cluster, via, upper, &at)
                 .unwrap_or_else(|output| panic!("split at {at}: {output}"));
             made.push(upper);
         }
-        made.push(split(&common, FIRST_DATA_SHARD, "key/005").expect("the twentieth split"));
+        made.push(split(&cluster, via, FIRST_DATA_SHARD, "key/005").expect("the twentieth split"));
         // A split key outside the shard is refused with the reason, and changes nothing.
-        let refused = split(&common, FIRST_DATA_SHARD, "key/150").expect_err("refused");
+        let refused = split(&cluster, via, FIRST_DATA_SHARD, "key/150").expect_err("refused");
         assert!(refused.contains("must lie inside"), "{refused}");
 
         stop.store(true, Ordering::Relaxed);
@@ -144,7 +139,7 @@ fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_spa
 
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let shards = shards(&common);
+            let shards = shards(&cluster, via);
             let data_shards = shards.iter().filter(|s| s.0 != 0).count();
             if data_shards == 21 && cover_the_key_space(&shards) {
                 break;
@@ -176,7 +171,7 @@ fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_spa
             .await
             .expect("a scan over 21 shards");
         assert_eq!(items.len(), KEYS + 20, "one scan crosses every shard");
-        let (ok, stdout, _) = rshard(&[&["admin", "ops"][..], &common].concat());
+        let (ok, stdout, _) = cluster.cli(via, &["admin", "ops"]);
         assert!(ok && stdout.matches(" done ").count() == 20, "{stdout}");
         assert_eq!(made.len(), 20);
     });
@@ -185,40 +180,14 @@ fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_spa
 #[test]
 fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused() {
     runtime().block_on(async {
-        let cluster = Cluster::start(&[], 3);
-        cluster
-            .wait_for(
-                "3 replicas of every shard",
-                FORMATION_TIMEOUT,
-                |_, shards| fully_replicated(shards, 3),
-            )
-            .await;
-        let host = cluster.addresses()[0].to_string();
-        let certs = cluster.certs();
-        let certs = certs.to_str().expect("UTF-8");
-        let common = ["--host", &host, "--certs-dir", certs];
+        let cluster = Cluster::formed(&[]).await;
+        let via = 0;
         // Leaders placed by hand stay only while the balancer is paused.
-        let (ok, stdout, stderr) =
-            rshard(&[&["admin", "leader-balance", "off"][..], &common].concat());
+        let (ok, stdout, stderr) = cluster.cli(via, &["admin", "leader-balance", "off"]);
         assert!(ok, "{stdout}{stderr}");
         let client = cluster.client(cluster.addresses());
-        let shard = FIRST_DATA_SHARD.to_string();
         for to in [2u64, 3, 1, 1] {
-            let target = to.to_string();
-            let (ok, stdout, stderr) = rshard(
-                &[
-                    &[
-                        "admin",
-                        "transfer-leader",
-                        "--shard",
-                        &shard,
-                        "--to",
-                        &target,
-                    ][..],
-                    &common,
-                ]
-                .concat(),
-            );
+            let (ok, stdout, stderr) = transfer_leader(&cluster, via, FIRST_DATA_SHARD, to);
             assert!(ok && stdout.contains(": done"), "to {to}: {stdout}{stderr}");
             // The cluster's view shows it within a report or two.
             cluster
@@ -240,31 +209,10 @@ fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused(
         }
         // A shard just split off can be moved at once (placement reads the registry, not a
         // view a report behind).
-        let new_shard = split(&common, FIRST_DATA_SHARD, "m")
-            .expect("a split")
-            .to_string();
-        let (ok, stdout, stderr) = rshard(
-            &[
-                &[
-                    "admin",
-                    "transfer-leader",
-                    "--shard",
-                    &new_shard,
-                    "--to",
-                    "2",
-                ][..],
-                &common,
-            ]
-            .concat(),
-        );
+        let new_shard = split(&cluster, via, FIRST_DATA_SHARD, "m").expect("a split");
+        let (ok, stdout, stderr) = transfer_leader(&cluster, via, new_shard, 2);
         assert!(ok && stdout.contains(": done"), "{stdout}{stderr}");
-        let (ok, stdout, stderr) = rshard(
-            &[
-                &["admin", "transfer-leader", "--shard", &shard, "--to", "9"][..],
-                &common,
-            ]
-            .concat(),
-        );
+        let (ok, stdout, stderr) = transfer_leader(&cluster, via, FIRST_DATA_SHARD, 9);
         assert!(
             !ok && stderr.contains("not a voter of shard"),
             "{stdout}{stderr}"
@@ -275,27 +223,16 @@ fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused(
 #[test]
 fn thirty_shards_created_on_one_node_get_their_leaders_balanced_within_30_seconds() {
     runtime().block_on(async {
-        let cluster = Cluster::start(&[], 3);
-        cluster
-            .wait_for(
-                "3 replicas of every shard",
-                FORMATION_TIMEOUT,
-                |_, shards| fully_replicated(shards, 3),
-            )
-            .await;
-        let host = cluster.addresses()[0].to_string();
-        let certs = cluster.certs();
-        let certs = certs.to_str().expect("UTF-8");
-        let common = ["--host", &host, "--certs-dir", certs];
+        let cluster = Cluster::formed(&[]).await;
+        let via = 0;
         // With the balancer paused, 29 splits make 30 data shards, all led by node 1 (the
         // bootstrap node leads the first; each new shard campaigns where its parent is led).
-        let (ok, stdout, stderr) =
-            rshard(&[&["admin", "leader-balance", "off"][..], &common].concat());
+        let (ok, stdout, stderr) = cluster.cli(via, &["admin", "leader-balance", "off"]);
         assert!(ok && stdout.contains("off"), "{stdout}{stderr}");
         let mut upper = FIRST_DATA_SHARD;
         for step in 1..30 {
             let at = format!("t/{step:03}");
-            upper = split(&common, upper, &at)
+            upper = split(&cluster, via, upper, &at)
                 .unwrap_or_else(|output| panic!("split at {at}: {output}"));
         }
         // A new shard whose campaign on node 1 lost the race (its followers had not
@@ -304,14 +241,7 @@ fn thirty_shards_created_on_one_node_get_their_leaders_balanced_within_30_second
         let (_, shards) = client.cluster().await.expect("a view");
         for route in shards.iter().filter(|r| r.descriptor.id != 0) {
             if route.leader.as_ref().is_some_and(|l| l.id != 1) {
-                let shard = route.descriptor.id.to_string();
-                let (ok, stdout, stderr) = rshard(
-                    &[
-                        &["admin", "transfer-leader", "--shard", &shard, "--to", "1"][..],
-                        &common,
-                    ]
-                    .concat(),
-                );
+                let (ok, stdout, stderr) = transfer_leader(&cluster, via, route.descriptor.id, 1);
                 assert!(ok, "{stdout}{stderr}");
             }
         }
@@ -328,8 +258,7 @@ fn thirty_shards_created_on_one_node_get_their_leaders_balanced_within_30_second
                 },
             )
             .await;
-        let (ok, stdout, stderr) =
-            rshard(&[&["admin", "leader-balance", "on"][..], &common].concat());
+        let (ok, stdout, stderr) = cluster.cli(via, &["admin", "leader-balance", "on"]);
         assert!(ok && stdout.contains("on"), "{stdout}{stderr}");
         let resumed = Instant::now();
         let balanced = |shards: &[rshard_common::api::ShardRoute]| {

@@ -160,17 +160,18 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
     }
 }
 
+/// The hot shards and every shard split off: the ones the checks after healing cover.
+fn checked_shards(world: &World) -> std::collections::BTreeSet<u64> {
+    let laid_out = world.shards.len() as u64;
+    let split_off = world.all_shards().into_iter().filter(|&s| s > laid_out);
+    world.hot_shards.iter().copied().chain(split_off).collect()
+}
+
 /// After healing, every hot shard and every shard split off has one leader that every
 /// node knows.
 fn check_liveness(world: &mut World) -> Result<(), String> {
     let leaders = world.leaders();
-    let split_off = world
-        .all_shards()
-        .into_iter()
-        .filter(|&s| s > world.shards.len() as u64);
-    let checked: std::collections::BTreeSet<u64> =
-        world.hot_shards.iter().copied().chain(split_off).collect();
-    for shard in checked {
+    for shard in checked_shards(world) {
         let Some(&leader) = leaders.get(&shard) else {
             return Err(format!("shard {shard} has no leader after healing"));
         };
@@ -202,13 +203,7 @@ fn check_agreement(world: &World) -> Result<(), String> {
             return Err(format!("node {node} kept staging {stagings:?}"));
         }
     }
-    let split_off = world
-        .all_shards()
-        .into_iter()
-        .filter(|&s| s > world.shards.len() as u64);
-    let checked: std::collections::BTreeSet<u64> =
-        world.hot_shards.iter().copied().chain(split_off).collect();
-    for shard in checked {
+    for shard in checked_shards(world) {
         let mut seen = None;
         for node in world.up_nodes() {
             let Some(driver) = world.driver(node) else {

@@ -18,6 +18,8 @@ use rshard_common::client::{Client, ClientOptions};
 use rshard_common::quic;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_rshard");
+/// How long a new cluster may take to give every shard its replicas.
+pub const FORMATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to print that it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -78,6 +80,28 @@ impl Cluster {
 
     pub fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
+    }
+
+    /// Three nodes started with `flags`, once every shard has three replicas.
+    pub async fn formed(flags: &[&str]) -> Self {
+        let cluster = Cluster::start(flags, 3);
+        cluster
+            .wait_for(
+                "3 replicas of every shard",
+                FORMATION_TIMEOUT,
+                |_, shards| fully_replicated(shards, 3),
+            )
+            .await;
+        cluster
+    }
+
+    /// `rshard ARGS` run as a user runs it against node `node`, with the cluster's
+    /// certificates: (success, stdout, stderr).
+    pub fn cli(&self, node: usize, args: &[&str]) -> (bool, String, String) {
+        let host = self.addresses()[node].to_string();
+        let certs = self.certs();
+        let certs = certs.to_str().expect("a UTF-8 temporary path");
+        rshard(&[args, &["--host", &host, "--certs-dir", certs][..]].concat())
     }
 
     /// Starts the first node (bootstrap) and `more` nodes joining it.

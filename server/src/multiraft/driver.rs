@@ -383,7 +383,8 @@ impl<T: Transport> MultiRaft<T> {
                 )?;
                 if let Some(marker) = install {
                     if let Some(before) = before {
-                        narrowed.extend(KeySpan::lost(&before, &replica.descriptor));
+                        // What the shard's range was and no longer is.
+                        narrowed.extend(KeySpan::of(&before).without(&replica.descriptor));
                     }
                     self.snapshots.take_completed(*group, marker.staging)?;
                     installs.push((*group, marker));

@@ -945,13 +945,7 @@ fn a_read_taken_before_a_split_applies_is_refused_not_served_from_the_new_range(
         epoch: Epoch::default(),
         key: b"k".to_vec(),
     };
-    driver
-        .offer(Input::Request {
-            id: 3,
-            request: read,
-        })
-        .expect("room");
-    let answer = answer(&mut driver, 3);
+    let answer = offer_and_answer(&mut driver, 3, read);
     assert!(
         matches!(
             answer,

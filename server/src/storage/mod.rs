@@ -261,23 +261,25 @@ impl NodeStore {
 
     /// The node's split gaps (see [`keys::SPLIT_GAPS_KEY`]).
     pub fn split_gaps(&self) -> Result<Vec<KeySpan>, StoreError> {
-        match self.get(Space::State, keys::SPLIT_GAPS_KEY)? {
-            None => Ok(Vec::new()),
-            Some(bytes) => rmp_serde::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
-                group: 0,
-                what: "split gaps",
-                detail: error.to_string(),
-            }),
-        }
+        self.node_list(keys::SPLIT_GAPS_KEY, "split gaps")
     }
 
     /// The nodes (id, address) this node last knew of.
     pub fn known_peers(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        match self.get(Space::State, keys::KNOWN_PEERS_KEY)? {
+        self.node_list(keys::KNOWN_PEERS_KEY, "known peers")
+    }
+
+    /// A list kept under a node-wide key of `raft_state`; empty if never written.
+    fn node_list<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        match self.get(Space::State, key)? {
             None => Ok(Vec::new()),
             Some(bytes) => rmp_serde::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
                 group: 0,
-                what: "known peers",
+                what,
                 detail: error.to_string(),
             }),
         }

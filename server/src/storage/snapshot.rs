@@ -72,24 +72,6 @@ impl KeySpan {
                 || (!descriptor.end_key.is_empty() && descriptor.end_key <= self.end))
     }
 
-    /// What of `old`'s range `new`'s does not cover (at its start and at its end).
-    pub fn lost(old: &ShardDescriptor, new: &ShardDescriptor) -> Vec<KeySpan> {
-        let mut lost = Vec::new();
-        if new.start_key > old.start_key {
-            lost.push(KeySpan {
-                start: old.start_key.clone(),
-                end: new.start_key.clone(),
-            });
-        }
-        if !new.end_key.is_empty() && (old.end_key.is_empty() || new.end_key < old.end_key) {
-            lost.push(KeySpan {
-                start: new.end_key.clone(),
-                end: old.end_key.clone(),
-            });
-        }
-        lost
-    }
-
     /// This span without `descriptor`'s range: zero, one or two spans.
     pub fn without(&self, descriptor: &ShardDescriptor) -> Vec<KeySpan> {
         let taken = KeySpan::of(descriptor);
