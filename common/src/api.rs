@@ -205,6 +205,12 @@ pub enum ReplicaChange {
     AddLearner(NodeId),
     /// Promote a learner; refused until it holds every committed entry.
     Promote(NodeId),
+    /// Promote the learner `add` and remove `remove` in one joint change (left by the
+    /// leader on its own): the voter count never drops. Refused until `add` holds every
+    /// committed entry, and while `remove` leads (move the leadership away first).
+    Replace { add: NodeId, remove: NodeId },
+    /// Remove a replica (a learner, or a voter the shard can spare); refused for the leader.
+    Remove(NodeId),
 }
 
 /// A node's report to placement.

@@ -7,6 +7,7 @@ mod support;
 use rshard_common::shard::{numbered_shards, ShardId};
 use rshard_raft::{ConfChange, ConfChangeStep};
 use rshard_server::kv::KvOp;
+use rshard_server::multiraft::Counters;
 use support::{key, Faults, NodeId, World, STEPS_PER_TICK};
 
 const SHARD: ShardId = 1;
@@ -141,4 +142,127 @@ fn a_learner_a_few_entries_behind_under_load_counts_as_caught_up() {
         not_yet > 0,
         "the learner was never seen before it caught up"
     );
+}
+
+/// Shard 1 on nodes 1-3 with 60 keys, node 4 empty; returns the world and the shard's
+/// leader.
+fn three_replicas_and_a_spare(seed: u64) -> (World, NodeId) {
+    let layout = numbered_shards(1, &[1, 2, 3]);
+    let mut world = World::with_layout(seed, 4, layout, 0, Faults::none(), |config| {
+        config.max_log_entries = 20;
+    });
+    assert!(world.run_until(400 * STEPS_PER_TICK, |w| w.leaders().contains_key(&SHARD)));
+    put(&mut world, 0, 60);
+    let leader = world.leaders()[&SHARD];
+    (world, leader)
+}
+
+const SPARE: NodeId = 4;
+
+fn add_caught_up_learner(world: &mut World, node: NodeId) {
+    let add = ConfChange::new([ConfChangeStep::AddLearner(node)]);
+    assert!(world.change_replicas(SHARD, add));
+    let caught_up = world.run_until(4_000, |w| {
+        let leader = w.leaders().get(&SHARD).copied();
+        leader.is_some_and(|leader| {
+            w.driver(leader)
+                .is_some_and(|d| d.learner_caught_up(SHARD, node))
+        })
+    });
+    assert!(caught_up, "node {node} never caught up as a learner");
+}
+
+/// Every node of `voters` holds the shard with exactly those voters and no learner.
+fn settled_on(world: &World, voters: &[NodeId]) -> bool {
+    let expected = (voters.to_vec(), vec![]);
+    voters
+        .iter()
+        .all(|&n| members(world, n).as_ref() == Some(&expected))
+}
+
+fn replace(world: &mut World, add: NodeId, remove: NodeId) {
+    let change = ConfChange::new([ConfChangeStep::AddVoter(add), ConfChangeStep::Remove(remove)]);
+    assert!(world.change_replicas(SHARD, change));
+}
+
+fn counter(world: &World, node: NodeId, read: impl Fn(&Counters) -> u64) -> u64 {
+    world.driver(node).map_or(0, |d| read(d.counters()))
+}
+
+#[test]
+fn a_replica_moved_off_a_node_is_destroyed_with_its_data_and_may_come_back_later() {
+    let (mut world, leader) = three_replicas_and_a_spare(11);
+    let from = (1..=3).find(|&n| n != leader).expect("a follower");
+    add_caught_up_learner(&mut world, SPARE);
+    replace(&mut world, SPARE, from);
+    let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
+    voters.sort_unstable();
+    let moved = world.run_until(4_000, |w| {
+        settled_on(w, &voters) && w.driver(from).is_some_and(|d| d.descriptor(SHARD).is_none())
+    });
+    assert!(moved, "the move never settled: {:?}", members(&world, from));
+    assert_eq!(counter(&world, from, |c| c.replicas_destroyed), 1);
+    // Cleared in bounded steps after the replica went.
+    assert!(world.run_until(400, |w| w.shard_data(from, SHARD).is_empty()));
+    assert_eq!(world.shard_data(SPARE, SHARD).len(), 60);
+
+    // Gone for good: a restart finds neither the replica nor its data.
+    world.crash_and_reopen((from - 1) as usize);
+    assert!(world.driver(from).is_some_and(|d| d.descriptor(SHARD).is_none()));
+    assert!(world.shard_data(from, SHARD).is_empty());
+
+    // Its tombstone holds back only what is older: added again, it gets a snapshot.
+    add_caught_up_learner(&mut world, from);
+    assert!(world.run_until(2_000, |w| w.shard_data(from, SHARD).len() == 60));
+}
+
+#[test]
+fn a_replica_cut_off_while_it_is_removed_learns_it_from_a_removal_notice() {
+    let (mut world, leader) = three_replicas_and_a_spare(12);
+    let from = (1..=3).find(|&n| n != leader).expect("a follower");
+    add_caught_up_learner(&mut world, SPARE);
+    // Cut off before the change, so it applies none of it and keeps campaigning in the
+    // old membership once it is back.
+    world.isolate(from, 2_000);
+    replace(&mut world, SPARE, from);
+    let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
+    voters.sort_unstable();
+    assert!(world.run_until(1_900, |w| settled_on(w, &voters)));
+    assert!(world.driver(from).is_some_and(|d| d.descriptor(SHARD).is_some()));
+    let gone = world.run_until(4_000, |w| {
+        w.driver(from).is_some_and(|d| d.descriptor(SHARD).is_none())
+            && w.shard_data(from, SHARD).is_empty()
+    });
+    assert!(gone, "the removed replica never went: {:?}", members(&world, from));
+    assert_eq!(counter(&world, from, |c| c.replicas_destroyed_by_notice), 1);
+    assert!(settled_on(&world, &voters));
+}
+
+#[test]
+fn a_removal_notice_from_a_replica_behind_never_destroys_a_current_member() {
+    let (mut world, leader) = three_replicas_and_a_spare(13);
+    let behind = (1..=3).find(|&n| n != leader).expect("a follower");
+    // Cut off while node 4 joins and takes the lead, so that when it is back its
+    // membership lacks the leader that appends to it: it sends the leader removal notices
+    // at its old conf version, which the leader must ignore.
+    world.isolate(behind, 3_000);
+    add_caught_up_learner(&mut world, SPARE);
+    let promote = ConfChange::new([ConfChangeStep::AddVoter(SPARE)]);
+    assert!(world.change_replicas(SHARD, promote));
+    assert!(world.run_until(2_000, |w| members(w, SPARE)
+        .is_some_and(|(voters, _)| voters.contains(&SPARE))));
+    assert!(world.transfer_leader(SHARD, SPARE));
+    assert!(world.run_until(1_000, |w| w.leaders().get(&SHARD) == Some(&SPARE)));
+    put(&mut world, 60, 80);
+    let caught_up = world.run_until(6_000, |w| {
+        w.shard_data(behind, SHARD).len() == 80
+            && members(w, behind).is_some_and(|(voters, _)| voters.contains(&SPARE))
+    });
+    assert!(caught_up, "the replica behind never caught up");
+    assert!(
+        counter(&world, behind, |c| c.removal_notices_sent) > 0,
+        "the replica behind never sent a notice: the test did not test"
+    );
+    assert_eq!(world.total(|c| c.replicas_destroyed), 0);
+    assert!(world.driver(SPARE).is_some_and(|d| d.descriptor(SHARD).is_some()));
 }

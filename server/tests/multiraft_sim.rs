@@ -11,12 +11,20 @@
 //! stale are refused and look the key up again, and every shard split off must reach every
 //! replica, elect a leader and agree like the others.
 //!
+//! A quarter of the seeds move replicas instead: shards start on 3 of 4 or 5 nodes, and hot
+//! shards repeatedly gain a learner on a spare node and then swap it for a voter in one
+//! joint change. After healing, the members agree and every other node holds neither a
+//! replica nor data of the shard (removed replicas are destroyed, also those cut off while
+//! they were removed, and their ranges cleared).
+//!
 //! `RSHARD_MULTIRAFT_SEEDS=N` runs N seeds (default 300); `RSHARD_MULTIRAFT_SEED=S` runs one.
 
 mod support;
 
 use rshard_common::linearizability::{check, Verdict};
 use rshard_common::rng::SeededRng;
+use rshard_common::shard::numbered_shards;
+use rshard_server::multiraft::DriverConfig;
 use support::{Faults, World};
 
 const FAULTY_STEPS: u64 = 1_200;
@@ -44,7 +52,7 @@ fn scenario(seed: u64) -> World {
     let chunk_bytes = 16 + rng.below(200) as usize;
     let apply_bytes = 1 + rng.below(400) as usize;
     let window = 1 + rng.below(4) as u32;
-    let mut world = World::with_config(seed, nodes, shards, clients, faults, |config| {
+    let mut world = World::with_config(seed, nodes, shards, clients, faults.clone(), |config| {
         if snapshots {
             config.max_log_entries = compact_after;
             config.snapshot_chunk_bytes = chunk_bytes;
@@ -60,6 +68,21 @@ fn scenario(seed: u64) -> World {
     if rng.below(2) == 0 {
         world.keys_per_shard = world.keys_per_shard.max(4 + rng.below(12));
         world.split_every_steps = Some(40 + rng.below(200));
+    } else if rng.below(2) == 0 {
+        // Replica moves: the shards start on nodes 1-3 of 4 or 5, so there is room to move.
+        let ids: Vec<u64> = (1..=3).collect();
+        let layout = numbered_shards(shards, &ids);
+        let (hot, keys) = (world.hot_shards.clone(), world.keys_per_shard);
+        let config = world.config.clone();
+        world = World::with_layout(seed, 4 + rng.below(2), layout, clients, faults, |c| {
+            *c = DriverConfig {
+                node: c.node,
+                ..config.clone()
+            };
+        });
+        world.hot_shards = hot;
+        world.keys_per_shard = keys;
+        world.move_every_steps = Some(20 + rng.below(100));
     }
     world
 }
@@ -73,6 +96,9 @@ struct Exercised {
     /// Replicas created by applying a split, and voters created by a snapshot in a split gap.
     split_off: u64,
     created_by_snapshot: u64,
+    /// Replicas destroyed once removed: on applying their removal, and by a notice.
+    destroyed: u64,
+    destroyed_by_notice: u64,
 }
 
 fn run_seed(seed: u64) -> Result<Exercised, String> {
@@ -84,6 +110,12 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
             .is_some_and(|every| step % every == every - 1)
         {
             world.split_random();
+        }
+        if world
+            .move_every_steps
+            .is_some_and(|every| step % every == every - 1)
+        {
+            world.move_random();
         }
         world.run_step();
     }
@@ -138,6 +170,8 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
         snapshot_chunks: world.total_ever(|c| c.snapshot_chunks_received),
         split_off: world.total_ever(|c| c.shards_split_off),
         created_by_snapshot: world.total_ever(|c| c.replicas_created_by_snapshot),
+        destroyed: world.total_ever(|c| c.replicas_destroyed),
+        destroyed_by_notice: world.total_ever(|c| c.replicas_destroyed_by_notice),
     };
     match check(&world.checked_history(), 200_000) {
         Verdict::Linearizable => Ok(exercised),
@@ -167,15 +201,26 @@ fn checked_shards(world: &World) -> std::collections::BTreeSet<u64> {
     world.hot_shards.iter().copied().chain(split_off).collect()
 }
 
+/// The nodes `shard`'s leader counts as members (voters and learners).
+fn members(world: &World, shard: u64) -> Result<std::collections::BTreeSet<u64>, String> {
+    let leader = world.leaders().get(&shard).copied();
+    let descriptor = leader.and_then(|l| world.driver(l)?.descriptor(shard).cloned());
+    match descriptor {
+        Some(descriptor) => Ok(descriptor.members().collect()),
+        None => Err(format!("shard {shard} has no leader after healing")),
+    }
+}
+
 /// After healing, every hot shard and every shard split off has one leader that every
-/// node knows.
+/// member knows.
 fn check_liveness(world: &mut World) -> Result<(), String> {
     let leaders = world.leaders();
     for shard in checked_shards(world) {
         let Some(&leader) = leaders.get(&shard) else {
             return Err(format!("shard {shard} has no leader after healing"));
         };
-        for node in world.up_nodes() {
+        let members = members(world, shard)?;
+        for node in world.up_nodes().intersection(&members).copied() {
             let known = world.driver(node).and_then(|d| d.leader_of(shard));
             if known != Some(leader) {
                 return Err(format!(
@@ -188,8 +233,9 @@ fn check_liveness(world: &mut World) -> Result<(), String> {
 }
 
 /// Every replica of a hot shard or of a shard split off applied the same index, has the
-/// same descriptor and holds the same keys and values in the shard's range; no install is
-/// left half done and no staging is left behind.
+/// same descriptor and holds the same keys and values in the shard's range; a node that is
+/// no member holds no replica and no data of it (a replica moved away is destroyed and its
+/// range cleared); no install is left half done and no staging is left behind.
 fn check_agreement(world: &World) -> Result<(), String> {
     for node in world.up_nodes() {
         let Some(driver) = world.driver(node) else {
@@ -205,10 +251,21 @@ fn check_agreement(world: &World) -> Result<(), String> {
     }
     for shard in checked_shards(world) {
         let mut seen = None;
+        let members = members(world, shard)?;
         for node in world.up_nodes() {
             let Some(driver) = world.driver(node) else {
                 continue;
             };
+            if !members.contains(&node) {
+                let data = world.shard_data(node, shard).len();
+                if driver.descriptor(shard).is_some() || data > 0 {
+                    return Err(format!(
+                        "shard {shard}: node {node} is no member but holds {:?} and {data} keys",
+                        driver.replica_status(shard)
+                    ));
+                }
+                continue;
+            }
             let state = (
                 driver.applied_index(shard),
                 driver.descriptor(shard).cloned(),
@@ -256,6 +313,8 @@ fn multiraft_histories_are_linearizable_under_faults() {
             total.snapshot_chunks += exercised.snapshot_chunks;
             total.split_off += exercised.split_off;
             total.created_by_snapshot += exercised.created_by_snapshot;
+            total.destroyed += exercised.destroyed;
+            total.destroyed_by_notice += exercised.destroyed_by_notice;
         }
         if let Err(failure) = result {
             let hint = scenario(seed).replay_hint("multiraft_sim");
@@ -269,12 +328,15 @@ fn multiraft_histories_are_linearizable_under_faults() {
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
     eprintln!(
         "{seeds} seeds: {} snapshots installed from {} chunks, {} installs resumed after a crash, \
-         {} replicas split off, {} replicas created by a snapshot",
+         {} replicas split off, {} replicas created by a snapshot, {} replicas destroyed once \
+         removed ({} by a notice)",
         total.snapshots_installed,
         total.snapshot_chunks,
         total.installs_resumed,
         total.split_off,
-        total.created_by_snapshot
+        total.created_by_snapshot,
+        total.destroyed,
+        total.destroyed_by_notice,
     );
     if seeds >= 100 {
         // The snapshot seeds must keep exercising transfers, installs and crashes in them,
@@ -286,6 +348,10 @@ fn multiraft_histories_are_linearizable_under_faults() {
         assert!(
             total.split_off > 0 && total.created_by_snapshot > 0,
             "the simulation stopped exercising splits"
+        );
+        assert!(
+            total.destroyed > 0 && total.destroyed_by_notice > 0,
+            "the simulation stopped exercising replica moves"
         );
     }
 }

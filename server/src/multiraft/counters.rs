@@ -44,6 +44,12 @@ pub struct Counters {
     pub replicas_created_by_snapshot: u64,
     /// Replicas created here by applying a split of a shard this node holds.
     pub shards_split_off: u64,
+    /// Replicas removed from this node by a membership change: destroyed when they applied
+    /// their removal, or when a removal notice told them.
+    pub replicas_destroyed: u64,
+    pub replicas_destroyed_by_notice: u64,
+    /// Removal notices sent to nodes that are no longer members of a group.
+    pub removal_notices_sent: u64,
     pub malformed_messages: u64,
     /// Peers declared dead, and groups woken because a dead peer led them.
     pub peers_declared_dead: u64,

@@ -6,7 +6,7 @@ use rshard_common::shard::{ShardDescriptor, ShardId};
 use rshard_raft::{ConfState, Config, Message, MessageKind, NodeId, Raft, Ready, Role};
 
 use super::counters::Counters;
-use super::frame::Frame;
+use super::frame::{Frame, RemovedNotice};
 use super::replica::{PendingRead, ReadKind, Replica};
 use super::snapshot::{SnapshotMessage, Snapshots};
 use super::transport::Transport;
@@ -64,8 +64,10 @@ impl<T: Transport> MultiRaft<T> {
     /// Starts the driver over `store`, restarting every replica the store holds.
     pub fn open(config: DriverConfig, store: NodeStore, transport: T) -> Result<Self, StoreError> {
         let incarnation = store.next_incarnation()?;
-        let (groups, installing) = stored_groups(&store)?;
-        let snapshots = Snapshots::open(config.node, incarnation, &store, &installing)?;
+        let stored = stored_groups(&store)?;
+        let (groups, installing) = (stored.groups, stored.installing);
+        let snapshots =
+            Snapshots::open(config.node, incarnation, &store, &installing, stored.tombstones)?;
         let counters = Counters {
             installs_resumed: installing.len() as u64,
             ..Counters::default()
@@ -88,8 +90,12 @@ impl<T: Transport> MultiRaft<T> {
             snapshot_inbox_bytes: 0,
             stopped: None,
         };
-        for group in groups {
+        for &group in &groups {
             driver.load_replica(group)?;
+        }
+        // A crash between applying a replica's removal and destroying it.
+        for group in groups {
+            driver.destroy_if_removed(group)?;
         }
         Ok(driver)
     }
@@ -370,10 +376,12 @@ impl<T: Transport> MultiRaft<T> {
         let mut installs = Vec::new();
         let mut split_off = Vec::new();
         let mut narrowed = Vec::new();
+        let mut membership_changed = Vec::new();
         for (group, ready) in &readies {
             if let Some(replica) = self.replicas.get_mut(group) {
                 entries += ready.entries.len();
                 let before = ready.snapshot.as_ref().map(|_| replica.descriptor.clone());
+                let conf_version = replica.descriptor.epoch.conf_version;
                 let install = replica.stage(
                     ready,
                     &mut applier,
@@ -396,6 +404,9 @@ impl<T: Transport> MultiRaft<T> {
                     )?);
                 }
                 self.counters.entries_applied += ready.committed_entries.len() as u64;
+                if replica.descriptor.epoch.conf_version != conf_version {
+                    membership_changed.push(*group);
+                }
                 for member in replica.descriptor.members() {
                     if member != self.config.node {
                         self.peers.entry(member).or_default();
@@ -453,6 +464,80 @@ impl<T: Transport> MultiRaft<T> {
         // iteration's frames, since a follower's acknowledgement is on every write's path.
         let held = std::mem::take(&mut self.held);
         self.send_frames(held);
+        for group in membership_changed {
+            self.destroy_if_removed(group)?;
+        }
+        Ok(())
+    }
+
+    /// Destroys this node's replica of `group` if its applied membership (committed, so
+    /// final) leaves this node out, unless its log holds membership changes not applied yet:
+    /// one may add this node back, and it may have acknowledged entries as a voter of that
+    /// configuration, so it stays until they apply. True if it was destroyed.
+    fn destroy_if_removed(&mut self, group: GroupId) -> Result<bool, StoreError> {
+        let Some(replica) = self.replicas.get(&group) else {
+            return Ok(false);
+        };
+        if self.snapshots.is_installing(group)
+            || is_member(replica.raft.conf_state(), self.config.node)
+            || replica.unapplied_conf_changes()? > 0
+        {
+            return Ok(false);
+        }
+        let conf_version = replica.descriptor.epoch.conf_version;
+        self.destroy_replica(group, conf_version)?;
+        Ok(true)
+    }
+
+    /// A peer's replica of `notice.group` says this node is not a member as of
+    /// `notice.conf_version`. This replica is destroyed if it is behind that version by
+    /// more than the membership changes its log holds: then no configuration this replica
+    /// could still reach (and none it acknowledged entries in) has it as a member beyond
+    /// the one the notice names. A leader never is (it would know its own membership).
+    fn on_removed_notice(&mut self, notice: RemovedNotice) -> Result<(), StoreError> {
+        let Some(replica) = self.replicas.get(&notice.group) else {
+            return Ok(());
+        };
+        if self.snapshots.is_installing(notice.group) || replica.raft.role() == Role::Leader {
+            return Ok(());
+        }
+        let applied = replica.descriptor.epoch.conf_version;
+        if applied >= notice.conf_version
+            || applied + replica.unapplied_conf_changes()? > notice.conf_version
+        {
+            return Ok(());
+        }
+        self.counters.replicas_destroyed_by_notice += 1;
+        self.destroy_replica(notice.group, notice.conf_version)
+    }
+
+    /// Removes the replica of `group` from this node: answers what waits on it, ends its
+    /// transfers, deletes its log and Raft state and leaves a tombstone at `conf_version`
+    /// (one committed batch), and queues its data range for clearing in bounded steps, less
+    /// the ranges other replicas here hold.
+    fn destroy_replica(&mut self, group: GroupId, conf_version: u64) -> Result<(), StoreError> {
+        let Some(mut replica) = self.replicas.remove(&group) else {
+            return Ok(());
+        };
+        replica.fail_all(&RequestError::UnknownShard(group), &mut self.answers);
+        self.ticking.remove(&group);
+        self.dirty.remove(&group);
+        self.snapshots.forget_group(group);
+        let mut clear = vec![KeySpan::of(&replica.descriptor)];
+        for other in self.replicas.values() {
+            clear = clear
+                .iter()
+                .flat_map(|span| span.without(&other.descriptor))
+                .collect();
+        }
+        let mut batch = self.store.batch();
+        batch.destroy_group(replica.raft.storage(), conf_version)?;
+        self.snapshots.pending_clears.extend(clear);
+        batch.set_pending_clears(&self.snapshots.pending_clears)?;
+        self.store.commit(batch)?;
+        self.counters.syncs += 1;
+        self.snapshots.tombstones.insert(group, conf_version);
+        self.counters.replicas_destroyed += 1;
         Ok(())
     }
 
@@ -718,13 +803,16 @@ impl<T: Transport> MultiRaft<T> {
         }
     }
 
-    fn receive(&mut self, frame: Frame) -> Result<(), StoreError> {
+    fn receive(&mut self, mut frame: Frame) -> Result<(), StoreError> {
         if frame.to != self.config.node || frame.check().is_err() {
             self.counters.malformed_messages += 1;
             return Ok(());
         }
         self.heard_from(frame.from);
         self.counters.peer(frame.from).frames_received += 1;
+        for notice in std::mem::take(&mut frame.removed) {
+            self.on_removed_notice(notice)?;
+        }
         for (group, message) in frame.into_messages() {
             if matches!(message.kind, MessageKind::InstallSnapshot { .. }) {
                 // Snapshots arrive only as chunks, whose last one hands this to Raft.
@@ -751,6 +839,24 @@ impl<T: Transport> MultiRaft<T> {
         let Some(replica) = self.replicas.get_mut(&group) else {
             self.counters.messages_for_unknown_groups += 1;
             self.reject_append_for_unknown_group(group, &message);
+            return Ok(());
+        };
+        if !is_member(replica.raft.conf_state(), message.from) {
+            // A replica removed while cut off (or one whose removal this replica applied
+            // first): tell it, so it stops campaigning and goes. Stepped anyway; the core
+            // ignores what a non-member says.
+            let notice = RemovedNotice {
+                group,
+                conf_version: replica.descriptor.epoch.conf_version,
+            };
+            let from = message.from;
+            self.held
+                .entry(from)
+                .or_insert_with(|| Frame::new(self.config.node, from))
+                .push_removed(notice);
+            self.counters.removal_notices_sent += 1;
+        }
+        let Some(replica) = self.replicas.get_mut(&group) else {
             return Ok(());
         };
         match replica.raft.step(message) {
@@ -956,27 +1062,62 @@ impl<T: Transport> MultiRaft<T> {
     }
 }
 
-/// Every group with a replica in the store (those with a stored descriptor), and those of
-/// them with an install marker: one scan of the state keyspace.
-fn stored_groups(store: &NodeStore) -> Result<(Vec<GroupId>, Vec<GroupId>), StoreError> {
-    let (mut groups, mut installing) = (Vec::new(), Vec::new());
+/// What the state keyspace says of the groups: one scan.
+#[derive(Default)]
+struct StoredGroups {
+    /// Groups with a replica here (those with a stored descriptor).
+    groups: Vec<GroupId>,
+    /// Of those, the ones with an install marker.
+    installing: Vec<GroupId>,
+    /// Groups whose replica was removed here, with the tombstone's conf version.
+    tombstones: BTreeMap<GroupId, u64>,
+}
+
+fn stored_groups(store: &NodeStore) -> Result<StoredGroups, StoreError> {
+    let mut stored = StoredGroups::default();
+    let mut corrupt = None;
     let range = KeyRange {
         start: &[],
         end: None,
     };
-    store.scan(Space::State, range, ScanOrder::Ascending, &mut |key, _| {
+    store.scan(Space::State, range, ScanOrder::Ascending, &mut |key, value| {
         if let (9, Some(&tag), Some(id)) = (key.len(), key.get(8), key.get(..8)) {
             let mut bytes = [0; 8];
             bytes.copy_from_slice(id);
+            let group = GroupId::from_be_bytes(bytes);
             match tag {
-                keys::DESCRIPTOR_TAG => groups.push(GroupId::from_be_bytes(bytes)),
-                keys::INSTALL_TAG => installing.push(GroupId::from_be_bytes(bytes)),
+                keys::DESCRIPTOR_TAG => stored.groups.push(group),
+                keys::INSTALL_TAG => stored.installing.push(group),
+                keys::TOMBSTONE_TAG => match rmp_serde::from_slice(value) {
+                    Ok(conf_version) => {
+                        stored.tombstones.insert(group, conf_version);
+                    }
+                    Err(error) => {
+                        corrupt = Some(StoreError::Corrupt {
+                            group,
+                            what: "tombstone",
+                            detail: error.to_string(),
+                        });
+                        return std::ops::ControlFlow::Break(());
+                    }
+                },
                 _ => {}
             }
         }
         std::ops::ControlFlow::Continue(())
     })?;
-    Ok((groups, installing))
+    match corrupt {
+        Some(error) => Err(error),
+        None => Ok(stored),
+    }
+}
+
+/// True if `node` is in `conf` at all (voter, learner, in either half of a joint one).
+fn is_member(conf: &ConfState, node: NodeId) -> bool {
+    conf.voters.contains(&node)
+        || conf.voters_outgoing.contains(&node)
+        || conf.learners.contains(&node)
+        || conf.learners_next.contains(&node)
 }
 
 fn store_error(error: rshard_raft::StorageError) -> StoreError {

@@ -24,6 +24,20 @@ pub struct Frame {
     pub messages: Vec<GroupMessage>,
     pub heartbeats: Vec<CoalescedHeartbeat>,
     pub heartbeat_responses: Vec<CoalescedHeartbeatResponse>,
+    /// Groups whose replica on the receiver is no longer a member, as the sender's replica
+    /// knows (see [`RemovedNotice`]).
+    #[serde(default)]
+    pub removed: Vec<RemovedNotice>,
+}
+
+/// "Your replica of `group` is not a member as of `conf_version`": sent by a replica whose
+/// applied membership (committed, so final) leaves out the node a message came from. The
+/// receiver, if its replica is behind that version and its log cannot bring it back in,
+/// removes it; that is how a replica cut off while it was removed learns of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedNotice {
+    pub group: GroupId,
+    pub conf_version: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +92,13 @@ impl Frame {
     /// True if the frame carries heartbeats or their answers.
     pub fn has_heartbeats(&self) -> bool {
         !self.heartbeats.is_empty() || !self.heartbeat_responses.is_empty()
+    }
+
+    /// Adds a removal notice, once per group per frame.
+    pub fn push_removed(&mut self, notice: RemovedNotice) {
+        if !self.removed.iter().any(|n| n.group == notice.group) {
+            self.removed.push(notice);
+        }
     }
 
     /// Adds one group's message, coalescing heartbeats.

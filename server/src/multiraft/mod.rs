@@ -55,7 +55,7 @@ pub use counters::{Counters, PeerCounters};
 pub use driver::MultiRaft;
 pub use frame::{
     CoalescedHeartbeat, CoalescedHeartbeatResponse, Frame, FrameError, GroupMessage,
-    MAX_FRAME_BYTES,
+    RemovedNotice, MAX_FRAME_BYTES,
 };
 pub use snapshot::{
     SessionId, SnapshotAck, SnapshotChunk, SnapshotItem, SnapshotManifest, SnapshotMessage,

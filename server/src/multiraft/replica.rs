@@ -204,6 +204,15 @@ impl Replica {
                          planned at {conf_version:?}); plan again"
                     ))));
                 }
+                if let Ok(next) = rshard_raft::confchange::apply(self.raft.conf_state(), &change) {
+                    if !next.voters.contains(&self.raft.id()) {
+                        return Ok(Err(RequestError::MembershipRefused(
+                            "the change removes or demotes this shard's leader; move the \
+                             leadership away first"
+                                .to_string(),
+                        )));
+                    }
+                }
                 self.raft.propose_conf_change(change).map(|position| {
                     self.proposals
                         .insert(position.index, (position.term, vec![id]));
@@ -303,6 +312,30 @@ impl Replica {
                 progress.state == rshard_raft::progress::ProgressState::Replicate
                     && progress.matched + LEARNER_CATCH_UP_SLACK_ENTRIES >= self.raft.commit_index()
             })
+    }
+
+    /// Membership changes in the log after the applied index: at most how many more conf
+    /// versions this replica can reach before it hears from a leader again.
+    pub fn unapplied_conf_changes(&self) -> Result<u64, StoreError> {
+        use rshard_raft::Storage;
+        let storage = self.raft.storage();
+        let last = storage.last_index().map_err(engine_error)?;
+        let mut next = self.raft.applied_index() + 1;
+        let mut changes = 0;
+        while next <= last {
+            let entries = storage
+                .entries(next, last + 1, 1 << 20)
+                .map_err(engine_error)?;
+            let Some(end) = entries.last().map(|entry| entry.index) else {
+                break;
+            };
+            changes += entries
+                .iter()
+                .filter(|entry| matches!(entry.payload, Payload::ConfChange(_)))
+                .count() as u64;
+            next = end + 1;
+        }
+        Ok(changes)
     }
 
     /// A shard in a joint configuration is not split: the new shard would have to start in
@@ -521,4 +554,8 @@ fn answer_each(
             .into_iter()
             .map(|request| (request, answer.clone())),
     );
+}
+
+fn engine_error(error: rshard_raft::StorageError) -> StoreError {
+    StoreError::Engine(error.to_string())
 }

@@ -136,6 +136,8 @@ pub enum SnapshotRefusal {
     Overlaps(GroupId),
     #[error("malformed chunk: {0}")]
     Malformed(String),
+    #[error("this node's replica of the group was removed at conf version {0}")]
+    Removed(u64),
 }
 
 /// The receiver's answer to one chunk.
@@ -259,6 +261,12 @@ pub(super) struct Snapshots {
     acks: Vec<SnapshotAck>,
     /// The node's split gaps (as stored): where a snapshot may create a voter replica.
     pub split_gaps: Vec<KeySpan>,
+    /// Data ranges of removed replicas still to delete (as stored); no replica is created
+    /// over them until they are clear.
+    pub pending_clears: Vec<KeySpan>,
+    /// Groups whose replica was removed here, with the conf version at which this node was
+    /// known not to be a member: a snapshot at or below it never creates the group again.
+    pub tombstones: BTreeMap<GroupId, u64>,
 }
 
 impl Snapshots {
@@ -269,6 +277,7 @@ impl Snapshots {
         incarnation: u64,
         store: &NodeStore,
         installing: &[GroupId],
+        tombstones: BTreeMap<GroupId, u64>,
     ) -> Result<Self, StoreError> {
         let mut resumed = BTreeMap::new();
         for &group in installing {
@@ -301,6 +310,8 @@ impl Snapshots {
             discarding,
             acks: Vec::new(),
             split_gaps: store.split_gaps()?,
+            pending_clears: store.pending_clears()?,
+            tombstones,
         })
     }
 
@@ -312,6 +323,7 @@ impl Snapshots {
     pub fn has_work(&self, config: &DriverConfig) -> bool {
         !self.installing.is_empty()
             || !self.discarding.is_empty()
+            || !self.pending_clears.is_empty()
             || !self.acks.is_empty()
             || self.sending.values().any(|send| {
                 !send.all_sent() && send.in_flight() < config.snapshot_chunks_in_flight.max(1)
@@ -615,11 +627,13 @@ impl Snapshots {
     /// - a new replica only where the descriptor places this node as a learner (how a
     ///   replica added by a membership change gets its first state), or as a voter inside
     ///   a split gap (a shard split off while this node's replica was behind, which this
-    ///   node therefore never held). Never for another voter: a voter without its replica
+    ///   node therefore never held); never at or below the conf version of the group's
+    ///   tombstone here (a stale leader's view from before this node's replica was removed); Never for another voter: a voter without its replica
     ///   has lost state it may have voted or acknowledged with (a restored old backup), and
     ///   an empty voter could elect a leader that lacks committed entries;
     /// - a new replica not while an install runs: it may still be clearing the range the
-    ///   new replica takes (the old range of a shard that split).
+    ///   new replica takes (the old range of a shard that split), nor over the data of a
+    ///   removed replica still being cleared.
     fn check_creation(
         &self,
         descriptor: &ShardDescriptor,
@@ -635,13 +649,19 @@ impl Snapshots {
         if replicas.contains_key(&group) {
             return Ok(());
         }
+        if let Some(&removed) = self.tombstones.get(&group) {
+            if descriptor.epoch.conf_version <= removed {
+                return Err(SnapshotRefusal::Removed(removed));
+            }
+        }
         let learner = descriptor.learners.contains(&self.node);
         let split_off_here = descriptor.replicas.contains(&self.node)
             && self.split_gaps.iter().any(|gap| gap.covers(descriptor));
         if !learner && !split_off_here {
             return Err(SnapshotRefusal::UnknownGroup);
         }
-        if !self.installing.is_empty() || !self.completed.is_empty() {
+        let clearing = self.pending_clears.iter().any(|span| span.overlaps(descriptor));
+        if clearing || !self.installing.is_empty() || !self.completed.is_empty() {
             return Err(SnapshotRefusal::Busy);
         }
         Ok(())
@@ -698,6 +718,14 @@ impl Snapshots {
             },
         );
         Ok(())
+    }
+
+    /// The replica of `group` is gone: every transfer of it ends (Raft never hears of
+    /// them; there is no Raft left to tell).
+    pub fn forget_group(&mut self, group: GroupId) {
+        self.sending.retain(|(sent, _), _| *sent != group);
+        self.refused.retain(|(sent, _), _| *sent != group);
+        self.abandon_receive(group);
     }
 
     fn abandon_receive(&mut self, group: GroupId) {
@@ -771,6 +799,9 @@ impl Snapshots {
                 self.discarding.pop_front();
                 counters.stagings_discarded += 1;
             }
+        }
+        if !self.pending_clears.is_empty() && !budget.exhausted() {
+            store.continue_clear(&mut self.pending_clears, batch, &mut budget)?;
         }
         Ok(finished)
     }

@@ -1042,3 +1042,74 @@ fn a_transfer_whose_range_a_replica_took_meanwhile_is_refused_at_its_last_chunk(
         "shard 7 was not created over shard 8"
     );
 }
+
+/// Node 2, leading term 5, appends `changes` membership changes to node 1's replica of
+/// shard 1 (voters 1 and 2), uncommitted.
+fn append_conf_changes(driver: &mut MultiRaft<QueueTransport>, changes: u64) {
+    let first = rshard_raft::MemStorage::BOOTSTRAP_INDEX + 1;
+    let entries = (0..changes)
+        .map(|i| rshard_raft::Entry {
+            term: 5,
+            index: first + i,
+            payload: rshard_raft::Payload::ConfChange(rshard_raft::ConfChange::new([
+                rshard_raft::ConfChangeStep::AddLearner(3 + i),
+            ])),
+        })
+        .collect();
+    let bootstrap = rshard_raft::MemStorage::BOOTSTRAP_INDEX;
+    let append = MessageKind::Append {
+        prev_index: bootstrap,
+        prev_term: bootstrap,
+        entries,
+        commit: bootstrap,
+    };
+    driver.offer(from_node_2(5, append)).expect("room");
+    while driver.has_work() {
+        driver.iterate();
+    }
+}
+
+fn notice(conf_version: u64) -> Input {
+    let mut frame = Frame::new(2, 1);
+    frame.push_removed(RemovedNotice {
+        group: 1,
+        conf_version,
+    });
+    Input::Frame(frame)
+}
+
+fn deliver_notice(driver: &mut MultiRaft<QueueTransport>, conf_version: u64) {
+    driver.offer(notice(conf_version)).expect("room");
+    while driver.has_work() {
+        driver.iterate();
+    }
+}
+
+/// A removal notice destroys a replica only if neither its applied membership nor the
+/// changes waiting in its log reach the notice's conf version: otherwise the replica may be
+/// (or become) a member the sender does not know of yet.
+#[test]
+fn a_removal_notice_destroys_only_a_replica_that_cannot_reach_its_conf_version() {
+    let (_, mut driver) = follower_with_data();
+    // Conf version 0 here: a notice at 0 comes from a replica no further on.
+    deliver_notice(&mut driver, 0);
+    assert!(driver.descriptor(1).is_some(), "destroyed by a notice not ahead of it");
+    // Two changes in the log, not applied: conf version 2 is within reach.
+    append_conf_changes(&mut driver, 2);
+    deliver_notice(&mut driver, 1);
+    assert!(driver.descriptor(1).is_some(), "destroyed though its log may add it back");
+    assert_eq!(driver.counters().replicas_destroyed, 0);
+
+    deliver_notice(&mut driver, 2);
+    assert!(driver.descriptor(1).is_none());
+    assert_eq!(driver.counters().replicas_destroyed_by_notice, 1);
+    // The shard's data goes in later steps; other ranges stay.
+    while driver.has_work() {
+        driver.iterate();
+    }
+    assert_eq!(data(&driver), vec![(b"z-other-shard".to_vec(), b"kept".to_vec())]);
+    // A leader's snapshot from before the removal cannot bring it back.
+    let ack = deliver(&mut driver, learner_chunk(1, (b"a", b"m"), 0, b"b", true));
+    assert_eq!(ack.refused, Some(SnapshotRefusal::Removed(2)));
+    assert!(driver.descriptor(1).is_none());
+}

@@ -365,25 +365,35 @@ async fn change_replicas(
     change: ReplicaChange,
     conf_version: u64,
 ) -> Result<ApiResponse, ApiError> {
-    let step = match change {
-        ReplicaChange::AddLearner(node) => ConfChangeStep::AddLearner(node),
-        ReplicaChange::Promote(node) => {
-            let view = context.driver.view();
-            let caught_up = view
-                .replicas
-                .get(&shard)
-                .is_some_and(|r| r.caught_up_learners.contains(&node));
-            if !caught_up {
-                return Err(ApiError::Refused(format!(
-                    "node {node} is not a caught-up learner of shard {shard} here"
-                )));
-            }
-            ConfChangeStep::AddVoter(node)
+    let check_caught_up = |node: rshard_common::api::NodeId| {
+        let view = context.driver.view();
+        let caught_up = view
+            .replicas
+            .get(&shard)
+            .is_some_and(|r| r.caught_up_learners.contains(&node));
+        if caught_up {
+            Ok(())
+        } else {
+            Err(ApiError::Refused(format!(
+                "node {node} is not a caught-up learner of shard {shard} here"
+            )))
         }
+    };
+    let steps = match change {
+        ReplicaChange::AddLearner(node) => vec![ConfChangeStep::AddLearner(node)],
+        ReplicaChange::Promote(node) => {
+            check_caught_up(node)?;
+            vec![ConfChangeStep::AddVoter(node)]
+        }
+        ReplicaChange::Replace { add, remove } => {
+            check_caught_up(add)?;
+            vec![ConfChangeStep::AddVoter(add), ConfChangeStep::Remove(remove)]
+        }
+        ReplicaChange::Remove(node) => vec![ConfChangeStep::Remove(node)],
     };
     let request = Request::ChangeReplicas {
         shard,
-        change: ConfChange::new([step]),
+        change: ConfChange::new(steps),
         conf_version: Some(conf_version),
     };
     match context.request(request).await? {

@@ -172,13 +172,47 @@ impl NodeBatch {
     /// its range).
     /// Replaces the node's split gaps (see [`keys::SPLIT_GAPS_KEY`]).
     pub fn set_split_gaps(&mut self, gaps: &[super::KeySpan]) -> Result<(), StoreError> {
-        let bytes = rmp_serde::to_vec(gaps).map_err(|error| StoreError::Corrupt {
+        self.set_node_list(keys::SPLIT_GAPS_KEY, "split gaps", gaps)
+    }
+
+    /// Replaces the node's data ranges still to clear (see [`keys::PENDING_CLEARS_KEY`]).
+    pub fn set_pending_clears(&mut self, spans: &[super::KeySpan]) -> Result<(), StoreError> {
+        self.set_node_list(keys::PENDING_CLEARS_KEY, "pending clears", spans)
+    }
+
+    fn set_node_list<T: Serialize>(
+        &mut self,
+        key: &[u8],
+        what: &'static str,
+        items: &[T],
+    ) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(items).map_err(|error| StoreError::Corrupt {
             group: 0,
-            what: "split gaps",
+            what,
             detail: error.to_string(),
         })?;
-        self.put(Space::State, keys::SPLIT_GAPS_KEY.to_vec(), Some(bytes));
+        self.put(Space::State, key.to_vec(), Some(bytes));
         Ok(())
+    }
+
+    /// Deletes a removed replica's log and Raft state (not its data: that is cleared in
+    /// bounded steps) and leaves its tombstone: `conf_version`, the membership at which this
+    /// node was known not to be a member.
+    pub fn destroy_group(&mut self, group: &GroupStorage, conf_version: u64) -> Result<(), StoreError> {
+        let id = group.group();
+        let entries = group.stored_indexes(0, Index::MAX)?;
+        self.remove_entries(id, entries);
+        for tag in [
+            keys::HARD_STATE_TAG,
+            keys::APPLIED_STATE_TAG,
+            keys::DESCRIPTOR_TAG,
+            keys::COMPACTED_TAG,
+            keys::INSTALL_TAG,
+        ] {
+            self.put(Space::State, keys::state_key(id, tag).to_vec(), None);
+        }
+        self.touched.insert(id);
+        self.put_state(id, keys::TOMBSTONE_TAG, "tombstone", &conf_version)
     }
 
     pub fn set_descriptor(

@@ -3,7 +3,7 @@
 //!
 //! - `raft_log`: group id (8) ++ index (8) -> entry
 //! - `raft_state`: group id (8) ++ tag (1) -> hard state | applied state | compaction point |
-//!   shard descriptor | snapshot install marker
+//!   shard descriptor | snapshot install marker | tombstone
 //! - `snapshot_staging`: group id (8) ++ staging id (8) ++ user key -> value
 
 use rshard_raft::Index;
@@ -19,6 +19,9 @@ pub const DESCRIPTOR_TAG: u8 = b'd';
 pub const COMPACTED_TAG: u8 = b'c';
 /// A snapshot install in progress: the group's data is not consistent until it is gone.
 pub const INSTALL_TAG: u8 = b'i';
+/// A replica removed from this node: the conf version at which this node was known not to
+/// be a member (only what is above it may create the group here again).
+pub const TOMBSTONE_TAG: u8 = b't';
 
 /// Node-wide, in `raft_state`: how many times the store was opened (never a group key,
 /// which is 9 bytes).
@@ -27,6 +30,8 @@ pub const INCARNATION_KEY: &[u8] = b"node/incarnation";
 /// snapshot took away from a shard here, because the shard split while this replica was
 /// behind (see the multiraft driver).
 pub const SPLIT_GAPS_KEY: &[u8] = b"node/split-gaps";
+/// Data ranges of removed replicas still to delete, in bounded steps (see the driver).
+pub const PENDING_CLEARS_KEY: &[u8] = b"node/pending-clears";
 /// Which node of which cluster this store belongs to.
 pub const IDENTITY_KEY: &[u8] = b"node/identity";
 /// The token a node joins its cluster with, kept until it has an identity.

@@ -264,6 +264,11 @@ impl NodeStore {
         self.node_list(keys::SPLIT_GAPS_KEY, "split gaps")
     }
 
+    /// Data ranges of removed replicas still to clear (see [`keys::PENDING_CLEARS_KEY`]).
+    pub fn pending_clears(&self) -> Result<Vec<KeySpan>, StoreError> {
+        self.node_list(keys::PENDING_CLEARS_KEY, "pending clears")
+    }
+
     /// The nodes (id, address) this node last knew of.
     pub fn known_peers(&self) -> Result<Vec<(u64, String)>, StoreError> {
         self.node_list(keys::KNOWN_PEERS_KEY, "known peers")

@@ -72,14 +72,18 @@ impl KeySpan {
                 || (!descriptor.end_key.is_empty() && descriptor.end_key <= self.end))
     }
 
+    /// True if this span and `descriptor`'s range share a key.
+    pub fn overlaps(&self, descriptor: &ShardDescriptor) -> bool {
+        (self.end.is_empty() || descriptor.start_key < self.end)
+            && (descriptor.end_key.is_empty() || self.start < descriptor.end_key)
+    }
+
     /// This span without `descriptor`'s range: zero, one or two spans.
     pub fn without(&self, descriptor: &ShardDescriptor) -> Vec<KeySpan> {
-        let taken = KeySpan::of(descriptor);
-        let overlaps = (self.end.is_empty() || taken.start < self.end)
-            && (taken.end.is_empty() || self.start < taken.end);
-        if !overlaps {
+        if !self.overlaps(descriptor) {
             return vec![self.clone()];
         }
+        let taken = KeySpan::of(descriptor);
         let mut left = Vec::new();
         if taken.start > self.start {
             left.push(KeySpan {
@@ -317,6 +321,37 @@ impl NodeStore {
         })?;
         discard.cursor = resume;
         Ok(discard.cursor.is_none())
+    }
+
+    /// Writes the next deletions of live data in `spans` into `batch`, spending `budget`,
+    /// and records in it what is left to clear (the first span shortened, or the spans
+    /// cleared gone): the deletions and the record commit together, so a crash resumes
+    /// where the disk says.
+    pub fn continue_clear(
+        &self,
+        spans: &mut Vec<KeySpan>,
+        batch: &mut NodeBatch,
+        budget: &mut StepBudget,
+    ) -> Result<(), StoreError> {
+        while let Some(span) = spans.first_mut() {
+            if budget.exhausted() {
+                break;
+            }
+            let range = KeyRange {
+                start: &span.start,
+                end: span.end(),
+            };
+            let resume = self.visit_within_budget(Space::Data, range, budget, |key, _| {
+                batch.write_data(key.to_vec(), None);
+            })?;
+            match resume {
+                Some(key) => span.start = key,
+                None => {
+                    spans.remove(0);
+                }
+            }
+        }
+        batch.set_pending_clears(spans)
     }
 
     /// Visits `range` until `budget` runs out (at least one key, so every call progresses;

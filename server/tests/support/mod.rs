@@ -15,7 +15,7 @@ use rshard_common::rng::SeededRng;
 use rshard_common::shard::{
     numbered_shard_prefix, numbered_shards, Epoch, ShardDescriptor, ShardId,
 };
-use rshard_raft::ConfChange;
+use rshard_raft::{ConfChange, ConfChangeStep};
 use rshard_server::kv::{self, KvCommand, KvOp, KvOutcome};
 use rshard_server::multiraft::{
     Counters, DriverConfig, Frame, Input, MultiRaft, QueueTransport, Request, RequestError,
@@ -127,6 +127,10 @@ pub struct World {
     pub split_every_steps: Option<u64>,
     /// Splits asked for (each may apply or be refused).
     pub splits_requested: u64,
+    /// When set, every this many steps a hot shard takes one step of a replica move
+    /// (see [`World::move_random`]).
+    pub move_every_steps: Option<u64>,
+    pub moves_requested: u64,
 }
 
 pub fn key(shard: ShardId, index: u64) -> Vec<u8> {
@@ -200,6 +204,8 @@ impl World {
             next_shard: 1,
             split_every_steps: None,
             splits_requested: 0,
+            move_every_steps: None,
+            moves_requested: 0,
         };
         world.routes = world
             .shards
@@ -622,6 +628,61 @@ impl World {
         self.offer((leader - 1) as usize, Input::Request { id, request })
     }
 
+    /// One step of moving a replica of a random hot shard, as placement would ask its
+    /// leader: with no learner, add one on a node that holds no replica of the shard; with a
+    /// learner the leader reports caught up, promote it and remove a voter other than the
+    /// leader in one joint change. False if nothing was asked (no leader, no spare node, a
+    /// learner still catching up, a full inbox).
+    pub fn move_random(&mut self) -> bool {
+        let shard = self.hot_shards[self.rng.below(self.hot_shards.len() as u64) as usize];
+        let Some(&leader) = self.leaders().get(&shard) else {
+            return false;
+        };
+        let Some(driver) = self.driver(leader) else {
+            return false;
+        };
+        let Some(descriptor) = driver.descriptor(shard).cloned() else {
+            return false;
+        };
+        let change = if let Some(&learner) = descriptor.learners.first() {
+            if !driver.learner_caught_up(shard, learner) {
+                return false;
+            }
+            let voters: Vec<NodeId> = descriptor
+                .replicas
+                .iter()
+                .copied()
+                .filter(|&voter| voter != leader)
+                .collect();
+            if voters.is_empty() {
+                return false;
+            }
+            let out = voters[self.rng.below(voters.len() as u64) as usize];
+            ConfChange::new([ConfChangeStep::AddVoter(learner), ConfChangeStep::Remove(out)])
+        } else {
+            let spare: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|&node| !descriptor.members().any(|member| member == node))
+                .collect();
+            if spare.is_empty() {
+                return false;
+            }
+            let node = spare[self.rng.below(spare.len() as u64) as usize];
+            ConfChange::new([ConfChangeStep::AddLearner(node)])
+        };
+        self.moves_requested += 1;
+        let request = Request::ChangeReplicas {
+            shard,
+            change,
+            conf_version: Some(descriptor.epoch.conf_version),
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        self.offer((leader - 1) as usize, Input::Request { id, request })
+    }
+
     /// Every shard some node that is up holds.
     pub fn all_shards(&self) -> BTreeSet<ShardId> {
         self.nodes
@@ -765,6 +826,15 @@ impl World {
             conf_version: None,
         };
         self.offer((leader - 1) as usize, Input::Request { id, request })
+    }
+
+    /// Asks `shard`'s leader to hand its leadership to `to`; false if it has no leader or
+    /// the leader's inbox is full. The outcome shows in who leads.
+    pub fn transfer_leader(&mut self, shard: ShardId, to: NodeId) -> bool {
+        let Some(&leader) = self.leaders().get(&shard) else {
+            return false;
+        };
+        self.offer((leader - 1) as usize, Input::TransferLeader { shard, to })
     }
 
     /// The sum of `counter` over the nodes that are up.
