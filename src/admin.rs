@@ -1,5 +1,5 @@
-//! `rshard admin`: what an operator asks of placement (split a shard, move a shard's
-//! leadership, list shards and operations). Keys are read and printed in the one escaped format the `kv` commands use
+//! `rshard admin`: what an operator asks of placement (split a shard, move a replica or a
+//! shard's leadership, list shards and operations). Keys are read and printed in the one escaped format the `kv` commands use
 //! (`\xNN` for any byte, `\\` for a backslash).
 //!
 //! An operation is recorded by placement with an id before it starts; the command prints
@@ -40,6 +40,20 @@ pub enum AdminAction {
         #[arg(long)]
         shard: u64,
         /// The node to lead the shard.
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        follow: Follow,
+    },
+    /// Move a shard's replica from one node to another (the new replica is added, caught
+    /// up and promoted in the same change that removes the old one).
+    Move {
+        #[arg(long)]
+        shard: u64,
+        /// The node whose replica goes.
+        #[arg(long)]
+        from: u64,
+        /// The node that gets the new replica.
         #[arg(long)]
         to: u64,
         #[command(flatten)]
@@ -110,6 +124,18 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
             let operation = client.transfer_leader(shard, to).await?;
             follow_operation(&client, operation, &follow).await
         }
+        AdminAction::Move {
+            shard,
+            from,
+            to,
+            follow,
+        } => {
+            if from == to {
+                bail!("--from and --to name the same node");
+            }
+            let operation = client.move_replica(shard, from, to).await?;
+            follow_operation(&client, operation, &follow).await
+        }
         AdminAction::Ops { format } => {
             let operations = client.operations().await?;
             match format {
@@ -175,6 +201,9 @@ fn describe(kind: &OperationKind) -> String {
         OperationKind::TransferLeader { shard, to } => {
             format!("transfer the leadership of shard {shard} to node {to}")
         }
+        OperationKind::MoveReplica { shard, from, to } => {
+            format!("move the replica of shard {shard} from node {from} to node {to}")
+        }
         OperationKind::Split {
             shard,
             at,
@@ -207,6 +236,10 @@ fn operation_json(operation: &Operation) -> serde_json::Value {
         OperationKind::TransferLeader { shard, to } => (
             "transfer-leader",
             serde_json::json!({"shard": shard, "to": to}),
+        ),
+        OperationKind::MoveReplica { shard, from, to } => (
+            "move",
+            serde_json::json!({"shard": shard, "from": from, "to": to}),
         ),
     };
     let (state, reason) = match &operation.state {

@@ -11,15 +11,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rshard_common::api::{ApiRequest, ApiResponse, WriteOp, FIRST_DATA_SHARD, MAX_API_FRAME_BYTES};
 use rshard_common::certs::CertsDir;
-use rshard_common::client::ClientError;
-use rshard_common::linearizability::{self, Event, Operation, Outcome, Verdict};
 use rshard_common::{quic, tls, wire};
-use support::{fully_replicated, rshard, Cluster, FORMATION_TIMEOUT};
+use support::{fully_replicated, rshard, CheckedLoad, Cluster, FORMATION_TIMEOUT};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -195,80 +192,11 @@ async fn data_leader(cluster: &Cluster) -> usize {
         .expect("the leader is one of ours")
 }
 
-/// A history recorder shared by the writers.
-struct History {
-    start: Instant,
-    events: Mutex<Vec<Event>>,
-}
-
-impl History {
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
-    }
-}
-
 #[test]
 fn killing_the_leaders_node_loses_no_acknowledged_write() {
     runtime().block_on(async {
         let mut cluster = Cluster::formed(&[]).await;
-        let history = Arc::new(History {
-            start: Instant::now(),
-            events: Mutex::new(Vec::new()),
-        });
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut writers = Vec::new();
-        for client_id in 0..4u64 {
-            let client = cluster.client(cluster.addresses());
-            let (history, stop) = (history.clone(), stop.clone());
-            writers.push(tokio::spawn(async move {
-                let mut counter = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    counter += 1;
-                    let key = format!("lin/{}", counter % 3).into_bytes();
-                    let invoked_at = history.now();
-                    let (operation, outcome) = match counter % 3 {
-                        0 => {
-                            let result = client.get(&key).await;
-                            (Operation::Get, result.map(Outcome::Read))
-                        }
-                        1 => {
-                            let value = format!("{client_id}-{counter}").into_bytes();
-                            let result = client.put(&key, &value).await;
-                            (Operation::Put(value), result.map(|()| Outcome::Done))
-                        }
-                        _ => {
-                            let new = format!("cas-{client_id}-{counter}").into_bytes();
-                            let result = client.compare_and_swap(&key, None, Some(&new)).await;
-                            let operation = Operation::CompareAndSwap {
-                                expected: None,
-                                new: Some(new),
-                            };
-                            (
-                                operation,
-                                result.map(|failed| Outcome::Swapped(failed.is_none())),
-                            )
-                        }
-                    };
-                    let outcome = match outcome {
-                        Ok(outcome) => outcome,
-                        // Refused or given up: nothing was written; leave it out.
-                        Err(ClientError::Refused(_) | ClientError::Unavailable { .. }) => continue,
-                        Err(_) => Outcome::Unknown,
-                    };
-                    let event = Event {
-                        client: client_id,
-                        key,
-                        operation,
-                        outcome,
-                        invoked_at,
-                        completed_at: history.now(),
-                    };
-                    if let Ok(mut events) = history.events.lock() {
-                        events.push(event);
-                    }
-                }
-            }));
-        }
+        let load = CheckedLoad::start(&cluster, 4);
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         let victim = data_leader(&cluster).await;
@@ -293,10 +221,7 @@ fn killing_the_leaders_node_loses_no_acknowledged_write() {
         cluster.restart(victim);
         let restarted = cluster.nodes[victim].address;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for writer in writers {
-            writer.await.expect("a writer");
-        }
+        load.finish(50).await;
         // The restarted node catches up: its replica serves once it leads.
         cluster
             .wait_for("3 replicas again", FORMATION_TIMEOUT, |nodes, shards| {
@@ -305,27 +230,6 @@ fn killing_the_leaders_node_loses_no_acknowledged_write() {
             .await;
         let value = cluster.client(vec![restarted]).get(b"probe").await;
         assert_eq!(value, Ok(Some(b"after the kill".to_vec())));
-
-        let events = history.events.lock().map(|e| e.clone()).unwrap_or_default();
-        let done = events
-            .iter()
-            .filter(|e| e.outcome != Outcome::Unknown)
-            .count();
-        assert!(done > 50, "only {done} operations completed");
-        match linearizability::check(&events, 1_000_000) {
-            Verdict::Linearizable => {}
-            Verdict::Violation {
-                key,
-                events: involved,
-            } => panic!(
-                "not linearizable on key {:?}: {} of {} events involved, first {:?}",
-                String::from_utf8_lossy(&key),
-                involved.len(),
-                events.len(),
-                involved.first().map(|&i| &events[i])
-            ),
-            other => panic!("no verdict: {other:?}"),
-        }
     });
 }
 

@@ -160,6 +160,13 @@ pub enum ApiRequest {
     /// Admin, for the placement leader: pause (`false`) or resume (`true`) the leader
     /// balance scheduler, cluster-wide and durably. Answered with the setting.
     AdminLeaderBalance { enabled: bool },
+    /// Admin, for the placement leader: move `shard`'s replica on node `from` to node `to`,
+    /// as an operation with an id (done once `to` is a voter and `from` holds nothing).
+    AdminMoveReplica {
+        shard: ShardId,
+        from: NodeId,
+        to: NodeId,
+    },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -181,6 +188,25 @@ pub enum OperationKind {
     },
     /// Move the leadership of `shard` to node `to`.
     TransferLeader { shard: ShardId, to: NodeId },
+    /// Move `shard`'s replica from node `from` to node `to`: a learner on `to`, caught up
+    /// by snapshot, then one joint change promoting it and removing `from` (whose
+    /// leadership, if it leads, moves first).
+    MoveReplica {
+        shard: ShardId,
+        from: NodeId,
+        to: NodeId,
+    },
+}
+
+impl OperationKind {
+    /// The shard the operation works on.
+    pub fn shard(&self) -> ShardId {
+        match self {
+            OperationKind::Split { shard, .. }
+            | OperationKind::TransferLeader { shard, .. }
+            | OperationKind::MoveReplica { shard, .. } => *shard,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,7 +234,10 @@ pub enum ReplicaChange {
     /// Promote the learner `add` and remove `remove` in one joint change (left by the
     /// leader on its own): the voter count never drops. Refused until `add` holds every
     /// committed entry, and while `remove` leads (move the leadership away first).
-    Replace { add: NodeId, remove: NodeId },
+    Replace {
+        add: NodeId,
+        remove: NodeId,
+    },
     /// Remove a replica (a learner, or a voter the shard can spare); refused for the leader.
     Remove(NodeId),
 }

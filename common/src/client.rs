@@ -284,6 +284,23 @@ impl Client {
         }
     }
 
+    /// Asks placement to move `shard`'s replica on node `from` to node `to`; the operation
+    /// as it stands when placement answers.
+    pub async fn move_replica(
+        &self,
+        shard: ShardId,
+        from: crate::api::NodeId,
+        to: crate::api::NodeId,
+    ) -> Result<Operation, ClientError> {
+        match self
+            .placement_call(ApiRequest::AdminMoveReplica { shard, from, to })
+            .await?
+        {
+            ApiResponse::Operation(operation) => Ok(operation),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Pauses (`false`) or resumes (`true`) the leader balance scheduler.
     pub async fn set_leader_balance(&self, enabled: bool) -> Result<bool, ClientError> {
         match self

@@ -181,7 +181,10 @@ fn settled_on(world: &World, voters: &[NodeId]) -> bool {
 }
 
 fn replace(world: &mut World, add: NodeId, remove: NodeId) {
-    let change = ConfChange::new([ConfChangeStep::AddVoter(add), ConfChangeStep::Remove(remove)]);
+    let change = ConfChange::new([
+        ConfChangeStep::AddVoter(add),
+        ConfChangeStep::Remove(remove),
+    ]);
     assert!(world.change_replicas(SHARD, change));
 }
 
@@ -198,7 +201,9 @@ fn a_replica_moved_off_a_node_is_destroyed_with_its_data_and_may_come_back_later
     let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
     voters.sort_unstable();
     let moved = world.run_until(4_000, |w| {
-        settled_on(w, &voters) && w.driver(from).is_some_and(|d| d.descriptor(SHARD).is_none())
+        settled_on(w, &voters)
+            && w.driver(from)
+                .is_some_and(|d| d.descriptor(SHARD).is_none())
     });
     assert!(moved, "the move never settled: {:?}", members(&world, from));
     assert_eq!(counter(&world, from, |c| c.replicas_destroyed), 1);
@@ -208,7 +213,9 @@ fn a_replica_moved_off_a_node_is_destroyed_with_its_data_and_may_come_back_later
 
     // Gone for good: a restart finds neither the replica nor its data.
     world.crash_and_reopen((from - 1) as usize);
-    assert!(world.driver(from).is_some_and(|d| d.descriptor(SHARD).is_none()));
+    assert!(world
+        .driver(from)
+        .is_some_and(|d| d.descriptor(SHARD).is_none()));
     assert!(world.shard_data(from, SHARD).is_empty());
 
     // Its tombstone holds back only what is older: added again, it gets a snapshot.
@@ -228,12 +235,19 @@ fn a_replica_cut_off_while_it_is_removed_learns_it_from_a_removal_notice() {
     let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
     voters.sort_unstable();
     assert!(world.run_until(1_900, |w| settled_on(w, &voters)));
-    assert!(world.driver(from).is_some_and(|d| d.descriptor(SHARD).is_some()));
+    assert!(world
+        .driver(from)
+        .is_some_and(|d| d.descriptor(SHARD).is_some()));
     let gone = world.run_until(4_000, |w| {
-        w.driver(from).is_some_and(|d| d.descriptor(SHARD).is_none())
+        w.driver(from)
+            .is_some_and(|d| d.descriptor(SHARD).is_none())
             && w.shard_data(from, SHARD).is_empty()
     });
-    assert!(gone, "the removed replica never went: {:?}", members(&world, from));
+    assert!(
+        gone,
+        "the removed replica never went: {:?}",
+        members(&world, from)
+    );
     assert_eq!(counter(&world, from, |c| c.replicas_destroyed_by_notice), 1);
     assert!(settled_on(&world, &voters));
 }
@@ -264,5 +278,7 @@ fn a_removal_notice_from_a_replica_behind_never_destroys_a_current_member() {
         "the replica behind never sent a notice: the test did not test"
     );
     assert_eq!(world.total(|c| c.replicas_destroyed), 0);
-    assert!(world.driver(SPARE).is_some_and(|d| d.descriptor(SHARD).is_some()));
+    assert!(world
+        .driver(SPARE)
+        .is_some_and(|d| d.descriptor(SHARD).is_some()));
 }

@@ -339,3 +339,128 @@ pub fn fully_replicated(shards: &[ShardRoute], replicas: usize) -> bool {
                 && s.leader.is_some()
         })
 }
+
+/// Clients running puts, reads and compare-and-swaps on a few keys against a cluster,
+/// recording a history for the linearizability checker, until [`CheckedLoad::finish`].
+pub struct CheckedLoad {
+    history: std::sync::Arc<LoadHistory>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct LoadHistory {
+    start: Instant,
+    events: std::sync::Mutex<Vec<rshard_common::linearizability::Event>>,
+}
+
+impl LoadHistory {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+impl CheckedLoad {
+    /// Starts `clients` clients, each with every node of `cluster` as a seed.
+    pub fn start(cluster: &Cluster, clients: u64) -> Self {
+        use rshard_common::client::ClientError;
+        use rshard_common::linearizability::{Event, Operation, Outcome};
+        let history = std::sync::Arc::new(LoadHistory {
+            start: Instant::now(),
+            events: std::sync::Mutex::new(Vec::new()),
+        });
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for client_id in 0..clients {
+            let client = cluster.client(cluster.addresses());
+            let (history, stop) = (history.clone(), stop.clone());
+            handles.push(tokio::spawn(async move {
+                let mut counter = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    counter += 1;
+                    let key = format!("lin/{}", counter % 3).into_bytes();
+                    let invoked_at = history.now();
+                    let (operation, outcome) = match counter % 3 {
+                        0 => {
+                            let result = client.get(&key).await;
+                            (Operation::Get, result.map(Outcome::Read))
+                        }
+                        1 => {
+                            let value = format!("{client_id}-{counter}").into_bytes();
+                            let result = client.put(&key, &value).await;
+                            (Operation::Put(value), result.map(|()| Outcome::Done))
+                        }
+                        _ => {
+                            let new = format!("cas-{client_id}-{counter}").into_bytes();
+                            let result = client.compare_and_swap(&key, None, Some(&new)).await;
+                            let operation = Operation::CompareAndSwap {
+                                expected: None,
+                                new: Some(new),
+                            };
+                            (
+                                operation,
+                                result.map(|failed| Outcome::Swapped(failed.is_none())),
+                            )
+                        }
+                    };
+                    let outcome = match outcome {
+                        Ok(outcome) => outcome,
+                        // Refused or given up: nothing was written; leave it out.
+                        Err(ClientError::Refused(_) | ClientError::Unavailable { .. }) => continue,
+                        Err(_) => Outcome::Unknown,
+                    };
+                    let event = Event {
+                        client: client_id,
+                        key,
+                        operation,
+                        outcome,
+                        invoked_at,
+                        completed_at: history.now(),
+                    };
+                    if let Ok(mut events) = history.events.lock() {
+                        events.push(event);
+                    }
+                }
+            }));
+        }
+        CheckedLoad {
+            history,
+            stop,
+            clients: handles,
+        }
+    }
+
+    /// Stops the clients and checks their history: more than `min_done` operations with a
+    /// known outcome, and linearizable.
+    pub async fn finish(self, min_done: usize) {
+        use rshard_common::linearizability::{self, Outcome, Verdict};
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in self.clients {
+            client.await.expect("a client");
+        }
+        let events = self
+            .history
+            .events
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        let done = events
+            .iter()
+            .filter(|e| e.outcome != Outcome::Unknown)
+            .count();
+        assert!(done > min_done, "only {done} operations completed");
+        match linearizability::check(&events, 1_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::Violation {
+                key,
+                events: involved,
+            } => panic!(
+                "not linearizable on key {:?}: {} of {} events involved, first {:?}",
+                String::from_utf8_lossy(&key),
+                involved.len(),
+                events.len(),
+                involved.first().map(|&i| &events[i])
+            ),
+            other => panic!("no verdict: {other:?}"),
+        }
+    }
+}

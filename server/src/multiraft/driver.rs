@@ -66,8 +66,13 @@ impl<T: Transport> MultiRaft<T> {
         let incarnation = store.next_incarnation()?;
         let stored = stored_groups(&store)?;
         let (groups, installing) = (stored.groups, stored.installing);
-        let snapshots =
-            Snapshots::open(config.node, incarnation, &store, &installing, stored.tombstones)?;
+        let snapshots = Snapshots::open(
+            config.node,
+            incarnation,
+            &store,
+            &installing,
+            stored.tombstones,
+        )?;
         let counters = Counters {
             installs_resumed: installing.len() as u64,
             ..Counters::default()
@@ -1080,32 +1085,37 @@ fn stored_groups(store: &NodeStore) -> Result<StoredGroups, StoreError> {
         start: &[],
         end: None,
     };
-    store.scan(Space::State, range, ScanOrder::Ascending, &mut |key, value| {
-        if let (9, Some(&tag), Some(id)) = (key.len(), key.get(8), key.get(..8)) {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(id);
-            let group = GroupId::from_be_bytes(bytes);
-            match tag {
-                keys::DESCRIPTOR_TAG => stored.groups.push(group),
-                keys::INSTALL_TAG => stored.installing.push(group),
-                keys::TOMBSTONE_TAG => match rmp_serde::from_slice(value) {
-                    Ok(conf_version) => {
-                        stored.tombstones.insert(group, conf_version);
-                    }
-                    Err(error) => {
-                        corrupt = Some(StoreError::Corrupt {
-                            group,
-                            what: "tombstone",
-                            detail: error.to_string(),
-                        });
-                        return std::ops::ControlFlow::Break(());
-                    }
-                },
-                _ => {}
+    store.scan(
+        Space::State,
+        range,
+        ScanOrder::Ascending,
+        &mut |key, value| {
+            if let (9, Some(&tag), Some(id)) = (key.len(), key.get(8), key.get(..8)) {
+                let mut bytes = [0; 8];
+                bytes.copy_from_slice(id);
+                let group = GroupId::from_be_bytes(bytes);
+                match tag {
+                    keys::DESCRIPTOR_TAG => stored.groups.push(group),
+                    keys::INSTALL_TAG => stored.installing.push(group),
+                    keys::TOMBSTONE_TAG => match rmp_serde::from_slice(value) {
+                        Ok(conf_version) => {
+                            stored.tombstones.insert(group, conf_version);
+                        }
+                        Err(error) => {
+                            corrupt = Some(StoreError::Corrupt {
+                                group,
+                                what: "tombstone",
+                                detail: error.to_string(),
+                            });
+                            return std::ops::ControlFlow::Break(());
+                        }
+                    },
+                    _ => {}
+                }
             }
-        }
-        std::ops::ControlFlow::Continue(())
-    })?;
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
     match corrupt {
         Some(error) => Err(error),
         None => Ok(stored),

@@ -54,8 +54,8 @@ use crate::kv::{KvCommand, KvError, KvOutcome, SplitCommand};
 pub use counters::{Counters, PeerCounters};
 pub use driver::MultiRaft;
 pub use frame::{
-    CoalescedHeartbeat, CoalescedHeartbeatResponse, Frame, FrameError, GroupMessage,
-    RemovedNotice, MAX_FRAME_BYTES,
+    CoalescedHeartbeat, CoalescedHeartbeatResponse, Frame, FrameError, GroupMessage, RemovedNotice,
+    MAX_FRAME_BYTES,
 };
 pub use snapshot::{
     SessionId, SnapshotAck, SnapshotChunk, SnapshotItem, SnapshotManifest, SnapshotMessage,

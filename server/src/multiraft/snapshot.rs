@@ -660,7 +660,10 @@ impl Snapshots {
         if !learner && !split_off_here {
             return Err(SnapshotRefusal::UnknownGroup);
         }
-        let clearing = self.pending_clears.iter().any(|span| span.overlaps(descriptor));
+        let clearing = self
+            .pending_clears
+            .iter()
+            .any(|span| span.overlaps(descriptor));
         if clearing || !self.installing.is_empty() || !self.completed.is_empty() {
             return Err(SnapshotRefusal::Busy);
         }

@@ -1093,11 +1093,17 @@ fn a_removal_notice_destroys_only_a_replica_that_cannot_reach_its_conf_version()
     let (_, mut driver) = follower_with_data();
     // Conf version 0 here: a notice at 0 comes from a replica no further on.
     deliver_notice(&mut driver, 0);
-    assert!(driver.descriptor(1).is_some(), "destroyed by a notice not ahead of it");
+    assert!(
+        driver.descriptor(1).is_some(),
+        "destroyed by a notice not ahead of it"
+    );
     // Two changes in the log, not applied: conf version 2 is within reach.
     append_conf_changes(&mut driver, 2);
     deliver_notice(&mut driver, 1);
-    assert!(driver.descriptor(1).is_some(), "destroyed though its log may add it back");
+    assert!(
+        driver.descriptor(1).is_some(),
+        "destroyed though its log may add it back"
+    );
     assert_eq!(driver.counters().replicas_destroyed, 0);
 
     deliver_notice(&mut driver, 2);
@@ -1107,7 +1113,10 @@ fn a_removal_notice_destroys_only_a_replica_that_cannot_reach_its_conf_version()
     while driver.has_work() {
         driver.iterate();
     }
-    assert_eq!(data(&driver), vec![(b"z-other-shard".to_vec(), b"kept".to_vec())]);
+    assert_eq!(
+        data(&driver),
+        vec![(b"z-other-shard".to_vec(), b"kept".to_vec())]
+    );
     // A leader's snapshot from before the removal cannot bring it back.
     let ack = deliver(&mut driver, learner_chunk(1, (b"a", b"m"), 0, b"b", true));
     assert_eq!(ack.refused, Some(SnapshotRefusal::Removed(2)));

@@ -215,6 +215,9 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
         ApiRequest::AdminLeaderBalance { enabled } => {
             super::placement::set_leader_balance(context, enabled).await
         }
+        ApiRequest::AdminMoveReplica { shard, from, to } => {
+            super::placement::admin_move_replica(context, shard, from, to).await
+        }
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -387,7 +390,10 @@ async fn change_replicas(
         }
         ReplicaChange::Replace { add, remove } => {
             check_caught_up(add)?;
-            vec![ConfChangeStep::AddVoter(add), ConfChangeStep::Remove(remove)]
+            vec![
+                ConfChangeStep::AddVoter(add),
+                ConfChangeStep::Remove(remove),
+            ]
         }
         ReplicaChange::Remove(node) => vec![ConfChangeStep::Remove(node)],
     };

@@ -785,23 +785,78 @@ pub async fn admin_transfer_leader(
             descriptor.replicas
         )));
     }
-    let live = context.placement.lock().ok().is_some_and(|memory| {
-        memory
-            .last_heard
-            .get(&to)
-            .is_some_and(|heard| heard.elapsed() < context.config.dead_node_timeout)
-    });
-    if !live {
-        return Err(ApiError::Refused(format!(
-            "node {to} has not been heard from lately"
-        )));
-    }
+    check_live(context, to)?;
     let (id, _) = allocate_ids(context).await?;
     let operation = Operation {
         id,
         kind: OperationKind::TransferLeader { shard, to },
         state: OperationState::Running,
     };
+    run_operation(context, operation, descriptor.epoch.version).await
+}
+
+/// True if placement heard from `node` within the dead-node timeout.
+fn is_live(context: &NodeContext, node: NodeId) -> bool {
+    context.placement.lock().ok().is_some_and(|memory| {
+        memory
+            .last_heard
+            .get(&node)
+            .is_some_and(|heard| heard.elapsed() < context.config.dead_node_timeout)
+    })
+}
+
+fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
+    if is_live(context, node) {
+        Ok(())
+    } else {
+        Err(ApiError::Refused(format!(
+            "node {node} has not been heard from lately"
+        )))
+    }
+}
+
+/// Moves `shard`'s replica on node `from` to node `to`, as an operation (see
+/// [`admin_split`] for how operations are recorded): checked first (the shard exists,
+/// `from` is one of its voters, `to` is a live node holding no voter of it), done once
+/// `to` is a voter and `from` holds nothing of the shard.
+pub async fn admin_move_replica(
+    context: &NodeContext,
+    shard: ShardId,
+    from: NodeId,
+    to: NodeId,
+) -> Result<ApiResponse, ApiError> {
+    let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    let Some(descriptor) = descriptors.into_iter().find(|d| d.id == shard) else {
+        return Err(ApiError::Refused(format!("there is no shard {shard}")));
+    };
+    if from == to {
+        return Err(ApiError::Refused(
+            "a replica moves to another node".to_string(),
+        ));
+    }
+    if !descriptor.replicas.contains(&from) {
+        return Err(ApiError::Refused(format!(
+            "node {from} holds no voter of shard {shard} (voters: {:?})",
+            descriptor.replicas
+        )));
+    }
+    if descriptor.replicas.contains(&to) {
+        return Err(ApiError::Refused(format!(
+            "node {to} already holds a voter of shard {shard}"
+        )));
+    }
+    let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    if !nodes.iter().any(|node| node.id == to) {
+        return Err(ApiError::Refused(format!("there is no node {to}")));
+    }
+    check_live(context, to)?;
+    let (id, _) = allocate_ids(context).await?;
+    let operation = Operation {
+        id,
+        kind: OperationKind::MoveReplica { shard, from, to },
+        state: OperationState::Running,
+    };
+    tracing::info!(operation = id, shard, from, to, "move started");
     run_operation(context, operation, descriptor.epoch.version).await
 }
 
@@ -813,9 +868,7 @@ async fn run_operation(
     version: u64,
 ) -> Result<ApiResponse, ApiError> {
     let id = operation.id;
-    let shard = match &operation.kind {
-        OperationKind::Split { shard, .. } | OperationKind::TransferLeader { shard, .. } => *shard,
-    };
+    let shard = operation.kind.shard();
     // Marked first, so a scheduler round neither resumes it nor puts an operator of its own
     // on the shard meanwhile.
     let marked = match context.placement.lock() {
@@ -873,16 +926,16 @@ async fn resume_operations(context: &Arc<NodeContext>) -> Result<(), ApiError> {
         if !memory.executing.insert(operation.id) {
             continue;
         }
+        // No scheduler operator on its shard meanwhile (a move leaves a learner that the
+        // replication scheduler must not promote on its own).
+        let marked = memory.operating.insert(operation.kind.shard());
         drop(memory);
         let context = context.clone();
         tokio::spawn(async move {
             let id = operation.id;
             // The version it was planned at is gone with the old leader; the split step
             // recognises a split already done, and refuses one the shard outgrew.
-            let shard = match &operation.kind {
-                OperationKind::Split { shard, .. }
-                | OperationKind::TransferLeader { shard, .. } => *shard,
-            };
+            let shard = operation.kind.shard();
             let version = context
                 .cluster_snapshot()
                 .1
@@ -900,6 +953,9 @@ async fn resume_operations(context: &Arc<NodeContext>) -> Result<(), ApiError> {
             }
             if let Ok(mut memory) = context.placement.lock() {
                 memory.executing.remove(&id);
+                if marked {
+                    memory.operating.remove(&shard);
+                }
             }
         });
     }
@@ -922,6 +978,9 @@ async fn execute(
         } => execute_split(context, operation.id, shard, version, at, new_shard).await?,
         OperationKind::TransferLeader { shard, to } => {
             execute_transfer(context, operation.id, shard, to).await
+        }
+        OperationKind::MoveReplica { shard, from, to } => {
+            execute_move(context, operation.id, shard, from, to).await
         }
     };
     if state == OperationState::Running {
@@ -992,6 +1051,148 @@ async fn execute_transfer(
              there: {leader:?})",
             context.config.request_timeout
         ),
+    }
+}
+
+/// How long a move waits, with `to` a voter and `from` still one, for the joint change
+/// to be left (the leader does it on its own) before it asks for `from`'s removal alone.
+const MOVE_LEAVE_JOINT_WAIT: Duration = Duration::from_secs(5);
+
+/// Moves `shard`'s replica from `from` to `to`, one step at a time, each planned against
+/// the registry's descriptor at its conf version (a step planned on a stale descriptor is
+/// refused, never applied twice) and checked again on the next look:
+/// 1. `to` holds nothing: add it as a learner (its first snapshot creates it);
+/// 2. `to` a learner its leader reports caught up: if `from` leads, move the leadership to
+///    another voter first; then promote `to` and remove `from` in one joint change, which
+///    the leader leaves on its own;
+/// 3. `to` a voter and `from` gone: done. (`from`'s node destroys its replica when it
+///    applies its removal, or when a member's removal notice tells it.)
+///
+/// Runs until done or the request timeout; then it is left running, and the next
+/// scheduler round resumes it where the registry says it stands. A move to a node that is
+/// no longer live fails, and takes its learner back out.
+async fn execute_move(
+    context: &NodeContext,
+    id: u64,
+    shard: ShardId,
+    from: NodeId,
+    to: NodeId,
+) -> OperationState {
+    let deadline = Instant::now() + context.config.request_timeout;
+    let mut both_voters_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        let Some(descriptor) = registry_descriptor(context, shard).await else {
+            return OperationState::Running;
+        };
+        let holds = |node: NodeId| descriptor.members().any(|member| member == node);
+        let voter = |node: NodeId| descriptor.replicas.contains(&node);
+        if voter(to) && !holds(from) {
+            tracing::info!(operation = id, shard, from, to, "move done");
+            return OperationState::Done;
+        }
+        if !holds(from) {
+            // Removed by someone else; the move has nothing left to take away.
+            if descriptor.learners.contains(&to) {
+                change_replicas_step(context, &descriptor, ReplicaChange::Remove(to)).await;
+            }
+            return OperationState::Failed {
+                reason: format!("node {from} no longer holds a replica of shard {shard}"),
+            };
+        }
+        if !is_live(context, to) {
+            if descriptor.learners.contains(&to) {
+                change_replicas_step(context, &descriptor, ReplicaChange::Remove(to)).await;
+            }
+            return OperationState::Failed {
+                reason: format!("node {to} has not been heard from lately"),
+            };
+        }
+        let leader = leader_of(context, shard);
+        if !holds(to) {
+            change_replicas_step(context, &descriptor, ReplicaChange::AddLearner(to)).await;
+        } else if !voter(to) {
+            let caught_up = context.placement.lock().ok().is_some_and(|memory| {
+                memory
+                    .caught_up
+                    .get(&shard)
+                    .is_some_and(|l| l.contains(&to))
+            });
+            if !caught_up {
+                // Receiving its snapshot, or catching up: the leader's next reports say.
+            } else if leader == Some(from) {
+                hand_leadership_away(context, &descriptor, from).await;
+            } else {
+                let change = ReplicaChange::Replace {
+                    add: to,
+                    remove: from,
+                };
+                change_replicas_step(context, &descriptor, change).await;
+            }
+        } else {
+            // Both voters: the joint change not left yet, or not reported yet.
+            let since = *both_voters_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MOVE_LEAVE_JOINT_WAIT {
+                if leader == Some(from) {
+                    hand_leadership_away(context, &descriptor, from).await;
+                } else {
+                    change_replicas_step(context, &descriptor, ReplicaChange::Remove(from)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    OperationState::Running
+}
+
+/// `shard`'s descriptor as placement's registry holds it (the newest its leaders reported,
+/// or a step stored).
+async fn registry_descriptor(context: &NodeContext, shard: ShardId) -> Option<ShardDescriptor> {
+    let key = record_key(SHARD_PREFIX, shard);
+    let record: Option<(ShardDescriptor, Vec<u8>)> = read_record(context, &key).await.ok()?;
+    record.map(|(descriptor, _)| descriptor)
+}
+
+/// Asks `descriptor`'s shard leader for one membership change planned at its conf
+/// version, and stores the membership it answers with. What goes wrong is logged: the
+/// caller looks at the registry again and plans its next step from what it finds.
+async fn change_replicas_step(
+    context: &NodeContext,
+    descriptor: &ShardDescriptor,
+    change: ReplicaChange,
+) {
+    let shard = descriptor.id;
+    let request = ApiRequest::ChangeReplicas {
+        shard,
+        change,
+        conf_version: descriptor.epoch.conf_version,
+    };
+    match call_shard_leader(context, shard, request).await {
+        Ok(ApiResponse::ReplicasChanged(changed)) => {
+            tracing::info!(shard, ?change, replicas = ?changed.replicas, learners = ?changed.learners, "replicas changed");
+            if let Err(error) = store_descriptor(context, &changed).await {
+                tracing::info!(shard, %error, "changed membership not stored yet");
+            }
+        }
+        Ok(other) => tracing::info!(shard, ?change, ?other, "membership step not taken"),
+        Err(error) => tracing::info!(shard, ?change, %error, "membership step not taken"),
+    }
+}
+
+/// Asks `from`, leading `descriptor`'s shard, to hand the leadership to another live
+/// voter.
+async fn hand_leadership_away(context: &NodeContext, descriptor: &ShardDescriptor, from: NodeId) {
+    let shard = descriptor.id;
+    let Some(&to) = descriptor
+        .replicas
+        .iter()
+        .find(|&&voter| voter != from && is_live(context, voter))
+    else {
+        tracing::info!(shard, from, "no live voter to take the leadership");
+        return;
+    };
+    let request = ApiRequest::TransferLeadership { shard, to };
+    if let Err(error) = call_shard_leader(context, shard, request).await {
+        tracing::info!(shard, from, to, %error, "leadership not handed away yet");
     }
 }
 

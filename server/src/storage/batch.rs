@@ -198,7 +198,11 @@ impl NodeBatch {
     /// Deletes a removed replica's log and Raft state (not its data: that is cleared in
     /// bounded steps) and leaves its tombstone: `conf_version`, the membership at which this
     /// node was known not to be a member.
-    pub fn destroy_group(&mut self, group: &GroupStorage, conf_version: u64) -> Result<(), StoreError> {
+    pub fn destroy_group(
+        &mut self,
+        group: &GroupStorage,
+        conf_version: u64,
+    ) -> Result<(), StoreError> {
         let id = group.group();
         let entries = group.stored_indexes(0, Index::MAX)?;
         self.remove_entries(id, entries);

@@ -658,7 +658,10 @@ impl World {
                 return false;
             }
             let out = voters[self.rng.below(voters.len() as u64) as usize];
-            ConfChange::new([ConfChangeStep::AddVoter(learner), ConfChangeStep::Remove(out)])
+            ConfChange::new([
+                ConfChangeStep::AddVoter(learner),
+                ConfChangeStep::Remove(out),
+            ])
         } else {
             let spare: Vec<NodeId> = self
                 .nodes
