@@ -52,6 +52,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RSHARD_SHUTDOWN_TIMEOUT_SECONDS")]
     shutdown_timeout_seconds: Option<u64>,
     /// Seconds without a report after which a node gets no new replicas.
+    #[arg(long, env = "RSHARD_SUSPECT_NODE_TIMEOUT_SECONDS")]
+    suspect_node_timeout_seconds: Option<u64>,
+    /// Seconds without a report after which a node's replicas are rebuilt elsewhere.
     #[arg(long, env = "RSHARD_DEAD_NODE_TIMEOUT_SECONDS")]
     dead_node_timeout_seconds: Option<u64>,
     /// Snapshot bytes per second sent to each peer.
@@ -74,6 +77,7 @@ struct ServeFile {
     replication_factor: Option<usize>,
     tick_ms: Option<u64>,
     shutdown_timeout_seconds: Option<u64>,
+    suspect_node_timeout_seconds: Option<u64>,
     dead_node_timeout_seconds: Option<u64>,
     snapshot_bytes_per_second: Option<u64>,
 }
@@ -129,10 +133,23 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         config.shutdown_timeout = Duration::from_secs(seconds);
     }
     if let Some(seconds) = args
+        .suspect_node_timeout_seconds
+        .or(file.suspect_node_timeout_seconds)
+    {
+        config.suspect_node_timeout = Duration::from_secs(seconds.max(1));
+    }
+    if let Some(seconds) = args
         .dead_node_timeout_seconds
         .or(file.dead_node_timeout_seconds)
     {
         config.dead_node_timeout = Duration::from_secs(seconds.max(1));
+    }
+    if config.dead_node_timeout < config.suspect_node_timeout {
+        bail!(
+            "dead_node_timeout_seconds ({}) must not be below suspect_node_timeout_seconds ({})",
+            config.dead_node_timeout.as_secs(),
+            config.suspect_node_timeout.as_secs()
+        );
     }
     if let Some(rate) = args
         .snapshot_bytes_per_second

@@ -6,7 +6,9 @@
 //!   writes;
 //! - leadership moved by `rshard admin transfer-leader`, and leaders balanced;
 //! - replicas moved by `rshard admin move` between four nodes under a checked load, one of
-//!   them with the shard's leader killed -9 midway.
+//!   them with the shard's leader killed -9 midway;
+//! - a node down past the (shortened) dead-node timeout: its replicas are rebuilt on the
+//!   other nodes, and when it is back it destroys the replicas it no longer holds.
 
 mod support;
 
@@ -492,6 +494,70 @@ fn replicas_move_between_four_nodes_under_a_checked_load_and_a_leader_killed_mid
         for i in 0..KEYS {
             let value = client.get(&key(i)).await.expect("a read");
             assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
+        }
+    });
+}
+
+#[test]
+fn a_dead_nodes_replicas_are_rebuilt_elsewhere_and_it_is_reconciled_when_it_is_back() {
+    runtime().block_on(async {
+        // Dead after 3 s here (5 minutes by default).
+        let flags = [
+            "--suspect-node-timeout-seconds",
+            "2",
+            "--dead-node-timeout-seconds",
+            "3",
+        ];
+        let mut cluster = Cluster::formed(&flags).await;
+        cluster.add_node(Some(cluster.addresses()[0]));
+        cluster
+            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
+                nodes.len() == 4 && nodes.iter().all(|n| n.live)
+            })
+            .await;
+        let client = cluster.client(cluster.addresses());
+        for i in 0..KEYS {
+            client
+                .put(&key(i), format!("v{i}").as_bytes())
+                .await
+                .expect("a put");
+        }
+        // Node 2 holds a replica of both shards (the placement shard and the data shard).
+        let victim = 1;
+        let dead = cluster.nodes[victim].id;
+        cluster.kill(victim);
+        let killed = Instant::now();
+        cluster
+            .wait_for(
+                "every shard on 3 voters again, none on the dead node",
+                Duration::from_secs(60),
+                |_, shards| {
+                    shards.len() == 2
+                        && shards.iter().all(|route| {
+                            let d = &route.descriptor;
+                            d.replicas.len() == 3
+                                && !d.replicas.contains(&dead)
+                                && d.learners.is_empty()
+                        })
+                },
+            )
+            .await;
+        eprintln!("repaired {:?} after the kill", killed.elapsed());
+        let client = cluster.client(cluster.addresses());
+        for i in 0..KEYS {
+            let value = client.get(&key(i)).await.expect("a read");
+            assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
+        }
+        // Back, the node learns its replicas were removed and destroys them.
+        cluster.restart(victim);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while replicas_held(&cluster, dead).await != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "node {dead} kept its replicas\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
 }

@@ -3,7 +3,8 @@
 //!
 //! Deciding lives here, as pure functions of a model of the cluster; doing (proposing the
 //! membership changes, retrying) lives in the server's placement service. Today it holds
-//! the replication scheduler and the leader balance scheduler.
+//! the replication, leader balance and repair schedulers.
 
 pub mod leaders;
+pub mod repair;
 pub mod replication;

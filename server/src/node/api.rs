@@ -362,7 +362,7 @@ pub(super) async fn split_shard(
     }
 }
 
-async fn change_replicas(
+pub(super) async fn change_replicas(
     context: &NodeContext,
     shard: ShardId,
     change: ReplicaChange,

@@ -67,7 +67,11 @@ pub struct ServeConfig {
     pub election_timeout_ticks: u32,
     pub heartbeat_interval_ticks: u32,
     pub replication_factor: usize,
-    /// A node not heard from for this long gets no new replicas.
+    /// A node placement has not heard from for this long is not live: it gets no new
+    /// replicas, leaderships or moves.
+    pub suspect_node_timeout: Duration,
+    /// A node placement has not heard from for this long is dead: its replicas are rebuilt
+    /// on other nodes (see `rshard_placement::repair`). Never below the suspect timeout.
     pub dead_node_timeout: Duration,
     /// How long a request may wait for its shard.
     pub request_timeout: Duration,
@@ -93,7 +97,8 @@ impl ServeConfig {
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
             replication_factor: 3,
-            dead_node_timeout: Duration::from_secs(10),
+            suspect_node_timeout: Duration::from_secs(10),
+            dead_node_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             snapshot_bytes_per_second: 64 << 20,

@@ -25,6 +25,7 @@ use rshard_common::api::{
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_placement::leaders::plan_leader_balance;
+use rshard_placement::repair::{plan_repair, RepairMove};
 use rshard_placement::replication::{plan_replication, Operator, ShardState};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,8 @@ const LEADER_MOVE_SETTLE: Duration = Duration::from_secs(2);
 const MAX_LEADER_ATTEMPTS: u32 = 10;
 /// Attempts at allocating a node id when joins race.
 const MAX_JOIN_ATTEMPTS: usize = 8;
+/// Repair moves under way to one node at once (each streams it a snapshot).
+const MAX_REPAIRS_PER_NODE: usize = 4;
 
 /// A registered node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,9 @@ pub struct PlacementMemory {
     executing: BTreeSet<u64>,
     /// Leadership transfers of the balancer not yet settled (see `LEADER_MOVE_SETTLE`).
     leader_moves_settling: usize,
+    /// Since when this node leads placement (`None` while it does not): `last_heard` is
+    /// only this leader's, so no node counts as dead before a dead-node timeout of it.
+    leading_since: Option<Instant>,
 }
 
 /// What an operator set about the schedulers (replicated, so it survives a change of
@@ -317,14 +323,14 @@ async fn cluster_view(
             "placement state poisoned".to_string(),
         ));
     };
-    let dead_after = context.config.dead_node_timeout;
+    let live_within = context.config.suspect_node_timeout;
     let nodes: Vec<NodeInfo> = nodes
         .into_iter()
         .map(|record| NodeInfo {
             live: memory
                 .last_heard
                 .get(&record.id)
-                .is_some_and(|heard| heard.elapsed() < dead_after),
+                .is_some_and(|heard| heard.elapsed() < live_within),
             capacity: memory.capacity.get(&record.id).copied(),
             id: record.id,
             address: record.address,
@@ -353,11 +359,29 @@ async fn cluster_view(
 pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
     let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
     let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
-    let (live, shards) = {
+    let (live, dead, shards) = {
         let Ok(memory) = context.placement.lock() else {
             return Err(ApiError::Unavailable(
                 "placement state poisoned".to_string(),
             ));
+        };
+        let dead_after = context.config.dead_node_timeout;
+        let dead: BTreeSet<NodeId> = if memory
+            .leading_since
+            .is_some_and(|since| since.elapsed() >= dead_after)
+        {
+            nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|id| {
+                    memory
+                        .last_heard
+                        .get(id)
+                        .is_none_or(|heard| heard.elapsed() >= dead_after)
+                })
+                .collect()
+        } else {
+            BTreeSet::new()
         };
         let live: BTreeSet<NodeId> = nodes
             .iter()
@@ -366,7 +390,7 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
                 memory
                     .last_heard
                     .get(id)
-                    .is_some_and(|heard| heard.elapsed() < context.config.dead_node_timeout)
+                    .is_some_and(|heard| heard.elapsed() < context.config.suspect_node_timeout)
             })
             .collect();
         let shards: Vec<ShardState> = descriptors
@@ -381,9 +405,10 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
                 descriptor,
             })
             .collect();
-        (live, shards)
+        (live, dead, shards)
     };
-    resume_operations(context).await?;
+    let in_flight = resume_operations(context).await?;
+    repair(context, &live, &dead, &shards, &in_flight);
     let operators = plan_replication(&live, &shards, context.config.replication_factor);
     let count = operators.len();
     for operator in operators {
@@ -428,6 +453,61 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
         balance_leaders(context, &live, &shards);
     }
     Ok(count)
+}
+
+/// Starts this round's repairs (see `rshard_placement::repair`): each a replica move off a
+/// dead node, recorded and carried out like an operator's `move` (and so resumed the same
+/// way), on a shard with nothing else under way.
+fn repair(
+    context: &Arc<NodeContext>,
+    live: &BTreeSet<NodeId>,
+    dead: &BTreeSet<NodeId>,
+    shards: &[ShardState],
+    in_flight: &BTreeMap<NodeId, usize>,
+) {
+    if dead.is_empty() {
+        return;
+    }
+    let busy = match context.placement.lock() {
+        Ok(memory) => memory.operating.clone(),
+        Err(_) => return,
+    };
+    for planned in plan_repair(live, dead, shards, &busy, in_flight, MAX_REPAIRS_PER_NODE) {
+        let RepairMove { shard, from, to } = planned;
+        let Some(version) = shards
+            .iter()
+            .find(|state| state.descriptor.id == shard)
+            .map(|state| state.descriptor.epoch.version)
+        else {
+            continue;
+        };
+        if !context.begin_operator(shard) {
+            continue;
+        }
+        tracing::warn!(
+            shard,
+            from,
+            to,
+            "repair: node {from} is dead, moving its replica"
+        );
+        let context = context.clone();
+        tokio::spawn(async move {
+            let started = async {
+                let (id, _) = allocate_ids(&context).await?;
+                let operation = Operation {
+                    id,
+                    kind: OperationKind::MoveReplica { shard, from, to },
+                    state: OperationState::Running,
+                };
+                run_operation(&context, operation, version).await
+            }
+            .await;
+            context.end_operator(shard);
+            if let Err(error) = started {
+                tracing::info!(shard, %error, "repair not started");
+            }
+        });
+    }
 }
 
 /// Pauses or resumes the leader balance scheduler; the setting as stored.
@@ -564,7 +644,15 @@ pub async fn run(context: Arc<NodeContext>) {
             Ok(()) => context.mark_ready(),
             Err(error) => tracing::debug!(%error, "report to placement failed"),
         }
-        if placement_epoch(&context).is_ok() {
+        let leading = placement_epoch(&context).is_ok();
+        if let Ok(mut memory) = context.placement.lock() {
+            match (leading, memory.leading_since) {
+                (true, None) => memory.leading_since = Some(Instant::now()),
+                (false, Some(_)) => memory.leading_since = None,
+                _ => {}
+            }
+        }
+        if leading {
             if let Err(error) = schedule(&context).await {
                 tracing::debug!(%error, "scheduler round failed");
             }
@@ -801,7 +889,7 @@ fn is_live(context: &NodeContext, node: NodeId) -> bool {
         memory
             .last_heard
             .get(&node)
-            .is_some_and(|heard| heard.elapsed() < context.config.dead_node_timeout)
+            .is_some_and(|heard| heard.elapsed() < context.config.suspect_node_timeout)
     })
 }
 
@@ -911,12 +999,19 @@ async fn run_operation(
 }
 
 /// Runs the operations left running by an earlier placement leader (or by a step that
-/// could not reach the shard's leader), each in its own task.
-async fn resume_operations(context: &Arc<NodeContext>) -> Result<(), ApiError> {
+/// could not reach the shard's leader), each in its own task. Returns how many replica
+/// moves still run to each node.
+async fn resume_operations(
+    context: &Arc<NodeContext>,
+) -> Result<BTreeMap<NodeId, usize>, ApiError> {
     let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+    let mut moves_to: BTreeMap<NodeId, usize> = BTreeMap::new();
     for operation in operations {
         if operation.state.is_terminal() {
             continue;
+        }
+        if let OperationKind::MoveReplica { to, .. } = operation.kind {
+            *moves_to.entry(to).or_default() += 1;
         }
         let Ok(mut memory) = context.placement.lock() else {
             return Err(ApiError::Unavailable(
@@ -959,7 +1054,7 @@ async fn resume_operations(context: &Arc<NodeContext>) -> Result<(), ApiError> {
             }
         });
     }
-    Ok(())
+    Ok(moves_to)
 }
 
 /// Carries `operation` (recorded as running) out and records how it ended. Returns it in
@@ -1389,6 +1484,15 @@ async fn call_node_plain(
                 .unwrap_or_else(ApiResponse::Error),
         ),
         ApiRequest::Route { key } => Ok(super::api::route(context, &key)),
+        ApiRequest::ChangeReplicas {
+            shard,
+            change,
+            conf_version,
+        } => Ok(
+            super::api::change_replicas(context, shard, change, conf_version)
+                .await
+                .unwrap_or_else(ApiResponse::Error),
+        ),
         ApiRequest::TransferLeadership { shard, to } => {
             Ok(super::api::transfer_leadership(context, shard, to)
                 .unwrap_or_else(ApiResponse::Error))
