@@ -162,7 +162,7 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
 
 /// Prints the operation, follows it with `--wait` while it runs, prints how it ended; the
 /// exit code says it.
-async fn follow_operation(
+pub async fn follow_operation(
     client: &rshard_common::client::Client,
     mut operation: Operation,
     follow: &Follow,
@@ -204,6 +204,14 @@ fn describe(kind: &OperationKind) -> String {
         OperationKind::MoveReplica { shard, from, to } => {
             format!("move the replica of shard {shard} from node {from} to node {to}")
         }
+        OperationKind::Drain {
+            node,
+            decommission: false,
+        } => format!("drain node {node}: move every replica off it"),
+        OperationKind::Drain {
+            node,
+            decommission: true,
+        } => format!("decommission node {node}: drain it, then remove it from the cluster"),
         OperationKind::Split {
             shard,
             at,
@@ -240,6 +248,14 @@ fn operation_json(operation: &Operation) -> serde_json::Value {
         OperationKind::MoveReplica { shard, from, to } => (
             "move",
             serde_json::json!({"shard": shard, "from": from, "to": to}),
+        ),
+        OperationKind::Drain { node, decommission } => (
+            if *decommission {
+                "decommission"
+            } else {
+                "drain"
+            },
+            serde_json::json!({"node": node}),
         ),
     };
     let (state, reason) = match &operation.state {

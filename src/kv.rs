@@ -81,6 +81,21 @@ pub enum NodeAction {
     Ls,
     /// The status of the node at --host (the first one).
     Status,
+    /// Move every replica (and so every leadership) off a node; done once no shard lists
+    /// it. The node keeps running and serving as a client's entry point.
+    Drain {
+        /// The node's id.
+        id: u64,
+        #[command(flatten)]
+        follow: crate::admin::Follow,
+    },
+    /// Drain a node, then remove it from the cluster (stop its process afterwards; its
+    /// address may then be given to a new node).
+    Decommission {
+        id: u64,
+        #[command(flatten)]
+        follow: crate::admin::Follow,
+    },
 }
 
 /// Parses `\xNN` and `\\` escapes.
@@ -199,6 +214,14 @@ pub async fn run_node(args: &ClientArgs, action: NodeAction) -> anyhow::Result<u
                     join(&d.learners)
                 );
             }
+        }
+        NodeAction::Drain { id, follow } => {
+            let operation = client.drain_node(id, false).await?;
+            return crate::admin::follow_operation(&client, operation, &follow).await;
+        }
+        NodeAction::Decommission { id, follow } => {
+            let operation = client.drain_node(id, true).await?;
+            return crate::admin::follow_operation(&client, operation, &follow).await;
         }
         NodeAction::Status => {
             let Some(&address) = args.host.first() else {

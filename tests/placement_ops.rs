@@ -8,7 +8,9 @@
 //! - replicas moved by `rshard admin move` between four nodes under a checked load, one of
 //!   them with the shard's leader killed -9 midway;
 //! - a node down past the (shortened) dead-node timeout: its replicas are rebuilt on the
-//!   other nodes, and when it is back it destroys the replicas it no longer holds.
+//!   other nodes, and when it is back it destroys the replicas it no longer holds;
+//! - a node decommissioned by `rshard node decommission`: drained of every replica, then
+//!   gone from the cluster.
 
 mod support;
 
@@ -558,6 +560,60 @@ fn a_dead_nodes_replicas_are_rebuilt_elsewhere_and_it_is_reconciled_when_it_is_b
                 cluster.logs()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+#[test]
+fn a_decommissioned_node_is_drained_of_every_replica_and_leaves_the_cluster() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::formed(&[]).await;
+        cluster.add_node(Some(cluster.addresses()[0]));
+        cluster
+            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
+                nodes.len() == 4 && nodes.iter().all(|n| n.live)
+            })
+            .await;
+        let client = cluster.client(cluster.addresses());
+        for i in 0..KEYS {
+            client
+                .put(&key(i), format!("v{i}").as_bytes())
+                .await
+                .expect("a put");
+        }
+        let (ok, stdout, stderr) = cluster.cli(0, &["node", "drain", "9"]);
+        assert!(!ok && stderr.contains("no node 9"), "{stdout}{stderr}");
+        // Node 2 holds a replica of both shards, and may lead either (or placement).
+        let (ok, stdout, stderr) = cluster.cli(0, &["node", "decommission", "2", "--wait"]);
+        assert!(ok && stdout.contains(": done"), "{stdout}{stderr}");
+        cluster
+            .wait_for(
+                "node 2 gone from the nodes and from every shard",
+                Duration::from_secs(10),
+                |nodes, shards| {
+                    nodes.len() == 3
+                        && !nodes.iter().any(|n| n.id == 2)
+                        && shards.iter().all(|route| {
+                            let d = &route.descriptor;
+                            d.replicas.len() == 3 && !d.members().any(|m| m == 2)
+                        })
+                },
+            )
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while replicas_held(&cluster, 2).await != 0 {
+            assert!(Instant::now() < deadline, "node 2 kept replicas");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Three nodes for three replicas: none of them may go.
+        let (ok, stdout, stderr) = cluster.cli(0, &["node", "drain", "3"]);
+        assert!(
+            !ok && stderr.contains("would leave 2 live nodes"),
+            "{stdout}{stderr}"
+        );
+        for i in 0..KEYS {
+            let value = client.get(&key(i)).await.expect("a read");
+            assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
         }
     });
 }

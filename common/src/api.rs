@@ -167,6 +167,10 @@ pub enum ApiRequest {
         from: NodeId,
         to: NodeId,
     },
+    /// Admin, for the placement leader: move every replica off `node` (its leaderships go
+    /// with them), as an operation done once no shard lists it; with `decommission`, then
+    /// remove the node from the cluster. Asked again while one runs: that operation.
+    AdminDrainNode { node: NodeId, decommission: bool },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -196,15 +200,19 @@ pub enum OperationKind {
         from: NodeId,
         to: NodeId,
     },
+    /// Move every replica off `node` (placement's repair scheduler moves them, as from a
+    /// dead node); with `decommission`, then remove the node from the cluster.
+    Drain { node: NodeId, decommission: bool },
 }
 
 impl OperationKind {
-    /// The shard the operation works on.
-    pub fn shard(&self) -> ShardId {
+    /// The shard the operation works on, if it works on one.
+    pub fn shard(&self) -> Option<ShardId> {
         match self {
             OperationKind::Split { shard, .. }
             | OperationKind::TransferLeader { shard, .. }
-            | OperationKind::MoveReplica { shard, .. } => *shard,
+            | OperationKind::MoveReplica { shard, .. } => Some(*shard),
+            OperationKind::Drain { .. } => None,
         }
     }
 }

@@ -301,6 +301,22 @@ impl Client {
         }
     }
 
+    /// Asks placement to move every replica off `node` (and with `decommission`, then to
+    /// remove it from the cluster); the operation as it stands when placement answers.
+    pub async fn drain_node(
+        &self,
+        node: crate::api::NodeId,
+        decommission: bool,
+    ) -> Result<Operation, ClientError> {
+        match self
+            .placement_call(ApiRequest::AdminDrainNode { node, decommission })
+            .await?
+        {
+            ApiResponse::Operation(operation) => Ok(operation),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Pauses (`false`) or resumes (`true`) the leader balance scheduler.
     pub async fn set_leader_balance(&self, enabled: bool) -> Result<bool, ClientError> {
         match self

@@ -218,6 +218,9 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
         ApiRequest::AdminMoveReplica { shard, from, to } => {
             super::placement::admin_move_replica(context, shard, from, to).await
         }
+        ApiRequest::AdminDrainNode { node, decommission } => {
+            super::placement::admin_drain_node(context, node, decommission).await
+        }
     };
     result.unwrap_or_else(ApiResponse::Error)
 }

@@ -66,6 +66,16 @@ pub struct NodeRecord {
     /// The token the node joined with (empty for the bootstrap node).
     #[serde(default)]
     pub join_token: String,
+    /// Drained and removed from the cluster: its reports are refused, its address may go
+    /// to a new node, and its id is never handed out again.
+    #[serde(default)]
+    pub decommissioned: bool,
+}
+
+/// The registered nodes that were not decommissioned.
+async fn member_nodes(context: &NodeContext) -> Result<Vec<NodeRecord>, ApiError> {
+    let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    Ok(nodes.into_iter().filter(|n| !n.decommissioned).collect())
 }
 
 /// What the placement leader remembers between reports (not replicated).
@@ -204,7 +214,10 @@ pub async fn join(
     }
     for _ in 0..MAX_JOIN_ATTEMPTS {
         let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
-        if let Some(existing) = nodes.iter().find(|n| n.address == address) {
+        if let Some(existing) = nodes
+            .iter()
+            .find(|n| n.address == address && !n.decommissioned)
+        {
             if !token.is_empty() && existing.join_token == token {
                 // The same node retrying after a crash before it stored its identity.
                 return Ok(ApiResponse::Joined {
@@ -231,6 +244,7 @@ pub async fn join(
             id,
             address: address.clone(),
             join_token: token.clone(),
+            decommissioned: false,
         };
         let key = record_key(NODE_PREFIX, id);
         if compare_and_swap(context, key, None, encode(&record)?).await? {
@@ -250,6 +264,16 @@ pub async fn join(
 /// Takes a node's report; answers with the cluster as placement knows it.
 pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiResponse, ApiError> {
     let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    if nodes
+        .iter()
+        .any(|n| n.id == report.node && n.decommissioned)
+    {
+        return Err(ApiError::Refused(format!(
+            "node {} was decommissioned; stop it",
+            report.node
+        )));
+    }
+    let nodes: Vec<NodeRecord> = nodes.into_iter().filter(|n| !n.decommissioned).collect();
     if report.node != context.identity.node && !nodes.iter().any(|n| n.id == report.node) {
         return Err(ApiError::Refused(format!(
             "node {} is not registered in this cluster",
@@ -267,6 +291,7 @@ pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiR
             id: report.node,
             address: report.address.clone(),
             join_token: current.map(|n| n.join_token.clone()).unwrap_or_default(),
+            decommissioned: false,
         };
         let key = record_key(NODE_PREFIX, report.node);
         let current = current.map(encode).transpose()?;
@@ -357,7 +382,7 @@ async fn cluster_view(
 /// One scheduler round, if this node leads the placement group: plan, then ask each
 /// shard's leader to carry its operator out.
 pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
-    let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    let nodes = member_nodes(context).await?;
     let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
     let (live, dead, shards) = {
         let Ok(memory) = context.placement.lock() else {
@@ -407,8 +432,11 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             .collect();
         (live, dead, shards)
     };
-    let in_flight = resume_operations(context).await?;
-    repair(context, &live, &dead, &shards, &in_flight);
+    let running = resume_operations(context).await?;
+    // A draining node takes nothing new, and its replicas move as a dead node's do.
+    let live: BTreeSet<NodeId> = live.difference(&running.draining).copied().collect();
+    let leaving: BTreeSet<NodeId> = dead.union(&running.draining).copied().collect();
+    repair(context, &live, &leaving, &shards, &running.moves_to);
     let operators = plan_replication(&live, &shards, context.config.replication_factor);
     let count = operators.len();
     for operator in operators {
@@ -903,6 +931,108 @@ fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
     }
 }
 
+/// Drains `node` (and with `decommission`, then removes it), as an operation: refused if
+/// the node is unknown, or if the live nodes left could not hold every shard's replicas;
+/// answered with the drain already running for the node if there is one.
+pub async fn admin_drain_node(
+    context: &NodeContext,
+    node: NodeId,
+    decommission: bool,
+) -> Result<ApiResponse, ApiError> {
+    let nodes = member_nodes(context).await?;
+    if !nodes.iter().any(|record| record.id == node) {
+        return Err(ApiError::Refused(format!(
+            "there is no node {node} (or it was decommissioned)"
+        )));
+    }
+    let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+    let mut draining = BTreeSet::new();
+    for operation in &operations {
+        if let (OperationKind::Drain { node: other, .. }, false) =
+            (&operation.kind, operation.state.is_terminal())
+        {
+            if *other == node {
+                return Ok(ApiResponse::Operation(operation.clone()));
+            }
+            draining.insert(*other);
+        }
+    }
+    let staying = nodes
+        .iter()
+        .filter(|record| record.id != node && !draining.contains(&record.id))
+        .filter(|record| is_live(context, record.id))
+        .count();
+    if staying < context.config.replication_factor {
+        return Err(ApiError::Refused(format!(
+            "draining node {node} would leave {staying} live nodes for {} replicas of each \
+             shard",
+            context.config.replication_factor
+        )));
+    }
+    let (id, _) = allocate_ids(context).await?;
+    let operation = Operation {
+        id,
+        kind: OperationKind::Drain { node, decommission },
+        state: OperationState::Running,
+    };
+    tracing::info!(operation = id, node, decommission, "drain started");
+    run_operation(context, operation, 0).await
+}
+
+/// Waits for the repair scheduler to move every replica off `node` (it treats a node with
+/// a running drain as a source, never a target); done once no shard in the registry lists
+/// it, and for a decommission once its record is removed too. Running until then.
+async fn execute_drain(
+    context: &NodeContext,
+    id: u64,
+    node: NodeId,
+    decommission: bool,
+) -> Result<OperationState, ApiError> {
+    let deadline = Instant::now() + context.config.request_timeout;
+    while Instant::now() < deadline {
+        let shards: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+        let holding = shards
+            .iter()
+            .filter(|shard| shard.members().any(|member| member == node))
+            .count();
+        if holding == 0 {
+            if decommission {
+                retire_node(context, node).await?;
+            }
+            tracing::info!(operation = id, node, decommission, "drained");
+            return Ok(OperationState::Done);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(OperationState::Running)
+}
+
+/// Marks `node` decommissioned (see [`NodeRecord::decommissioned`]).
+async fn retire_node(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
+    let key = record_key(NODE_PREFIX, node);
+    for _ in 0..MAX_ALLOCATION_ATTEMPTS {
+        let current: Option<(NodeRecord, Vec<u8>)> = read_record(context, &key).await?;
+        let Some((record, bytes)) = current else {
+            return Ok(());
+        };
+        if record.decommissioned {
+            return Ok(());
+        }
+        let retired = NodeRecord {
+            decommissioned: true,
+            ..record
+        };
+        if compare_and_swap(context, key.clone(), Some(bytes), encode(&retired)?).await? {
+            if let Ok(mut memory) = context.placement.lock() {
+                memory.last_heard.remove(&node);
+                memory.capacity.remove(&node);
+            }
+            return Ok(());
+        }
+    }
+    Err(ApiError::Busy("node record changing too often".to_string()))
+}
+
 /// Moves `shard`'s replica on node `from` to node `to`, as an operation (see
 /// [`admin_split`] for how operations are recorded): checked first (the shard exists,
 /// `from` is one of its voters, `to` is a live node holding no voter of it), done once
@@ -933,7 +1063,7 @@ pub async fn admin_move_replica(
             "node {to} already holds a voter of shard {shard}"
         )));
     }
-    let nodes: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    let nodes = member_nodes(context).await?;
     if !nodes.iter().any(|node| node.id == to) {
         return Err(ApiError::Refused(format!("there is no node {to}")));
     }
@@ -962,7 +1092,7 @@ async fn run_operation(
     let marked = match context.placement.lock() {
         Ok(mut memory) => {
             memory.executing.insert(id);
-            memory.operating.insert(shard)
+            shard.is_some_and(|shard| memory.operating.insert(shard))
         }
         Err(_) => false,
     };
@@ -991,27 +1121,37 @@ async fn run_operation(
     .await;
     if let Ok(mut memory) = context.placement.lock() {
         memory.executing.remove(&id);
-        if marked {
+        if let Some(shard) = shard.filter(|_| marked) {
             memory.operating.remove(&shard);
         }
     }
     Ok(ApiResponse::Operation(ended?))
 }
 
+/// What the operations still running mean for the schedulers.
+#[derive(Debug, Default)]
+struct RunningOperations {
+    /// Replica moves under way to each node.
+    moves_to: BTreeMap<NodeId, usize>,
+    /// Nodes being drained: sources of moves, never targets.
+    draining: BTreeSet<NodeId>,
+}
+
 /// Runs the operations left running by an earlier placement leader (or by a step that
-/// could not reach the shard's leader), each in its own task. Returns how many replica
-/// moves still run to each node.
-async fn resume_operations(
-    context: &Arc<NodeContext>,
-) -> Result<BTreeMap<NodeId, usize>, ApiError> {
+/// could not reach the shard's leader), each in its own task.
+async fn resume_operations(context: &Arc<NodeContext>) -> Result<RunningOperations, ApiError> {
     let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
-    let mut moves_to: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut running = RunningOperations::default();
     for operation in operations {
         if operation.state.is_terminal() {
             continue;
         }
-        if let OperationKind::MoveReplica { to, .. } = operation.kind {
-            *moves_to.entry(to).or_default() += 1;
+        match operation.kind {
+            OperationKind::MoveReplica { to, .. } => *running.moves_to.entry(to).or_default() += 1,
+            OperationKind::Drain { node, .. } => {
+                running.draining.insert(node);
+            }
+            _ => {}
         }
         let Ok(mut memory) = context.placement.lock() else {
             return Err(ApiError::Unavailable(
@@ -1023,7 +1163,10 @@ async fn resume_operations(
         }
         // No scheduler operator on its shard meanwhile (a move leaves a learner that the
         // replication scheduler must not promote on its own).
-        let marked = memory.operating.insert(operation.kind.shard());
+        let marked = operation
+            .kind
+            .shard()
+            .is_some_and(|shard| memory.operating.insert(shard));
         drop(memory);
         let context = context.clone();
         tokio::spawn(async move {
@@ -1031,12 +1174,15 @@ async fn resume_operations(
             // The version it was planned at is gone with the old leader; the split step
             // recognises a split already done, and refuses one the shard outgrew.
             let shard = operation.kind.shard();
-            let version = context
-                .cluster_snapshot()
-                .1
-                .iter()
-                .find(|route| route.descriptor.id == shard)
-                .map(|route| route.descriptor.epoch.version);
+            let version = match shard {
+                Some(shard) => context
+                    .cluster_snapshot()
+                    .1
+                    .iter()
+                    .find(|route| route.descriptor.id == shard)
+                    .map(|route| route.descriptor.epoch.version),
+                None => Some(0),
+            };
             let outcome = match version {
                 Some(version) => execute(&context, operation, version).await,
                 None => Err(ApiError::Unavailable(
@@ -1048,13 +1194,13 @@ async fn resume_operations(
             }
             if let Ok(mut memory) = context.placement.lock() {
                 memory.executing.remove(&id);
-                if marked {
+                if let Some(shard) = shard.filter(|_| marked) {
                     memory.operating.remove(&shard);
                 }
             }
         });
     }
-    Ok(moves_to)
+    Ok(running)
 }
 
 /// Carries `operation` (recorded as running) out and records how it ended. Returns it in
@@ -1076,6 +1222,9 @@ async fn execute(
         }
         OperationKind::MoveReplica { shard, from, to } => {
             execute_move(context, operation.id, shard, from, to).await
+        }
+        OperationKind::Drain { node, decommission } => {
+            execute_drain(context, operation.id, node, decommission).await?
         }
     };
     if state == OperationState::Running {
