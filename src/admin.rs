@@ -64,6 +64,11 @@ pub enum AdminAction {
         #[arg(value_enum)]
         state: Switch,
     },
+    /// Pause or resume the replica balance scheduler (cluster-wide, kept across restarts).
+    ReplicaBalance {
+        #[arg(value_enum)]
+        state: Switch,
+    },
     /// The operations placement recorded, oldest first.
     Ops {
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -114,10 +119,12 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
         }
         AdminAction::LeaderBalance { state } => {
             let enabled = client.set_leader_balance(state == Switch::On).await?;
-            println!(
-                "leader balance: {}",
-                if enabled { "on" } else { "off (paused)" }
-            );
+            print_switch("leader balance", enabled);
+            Ok(0)
+        }
+        AdminAction::ReplicaBalance { state } => {
+            let enabled = client.set_replica_balance(state == Switch::On).await?;
+            print_switch("replica balance", enabled);
             Ok(0)
         }
         AdminAction::TransferLeader { shard, to, follow } => {
@@ -158,6 +165,13 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn print_switch(scheduler: &str, enabled: bool) {
+    println!(
+        "{scheduler}: {}",
+        if enabled { "on" } else { "off (paused)" }
+    );
 }
 
 /// Prints the operation, follows it with `--wait` while it runs, prints how it ended; the

@@ -10,7 +10,9 @@
 //! - a node down past the (shortened) dead-node timeout: its replicas are rebuilt on the
 //!   other nodes, and when it is back it destroys the replicas it no longer holds;
 //! - a node decommissioned by `rshard node decommission`: drained of every replica, then
-//!   gone from the cluster.
+//!   gone from the cluster;
+//! - a fourth node gets its share of the replicas from the replica balance scheduler, and
+//!   then nothing moves.
 
 mod support;
 
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rshard_common::api::FIRST_DATA_SHARD;
+use rshard_common::api::{ShardRoute, FIRST_DATA_SHARD};
 use support::{CheckedLoad, Cluster, FORMATION_TIMEOUT};
 
 const KEYS: usize = 200;
@@ -385,9 +387,11 @@ fn replicas_move_between_four_nodes_under_a_checked_load_and_a_leader_killed_mid
                 nodes.len() == 4 && nodes.iter().all(|n| n.live)
             })
             .await;
-        // Leaders stay where the moves put them.
-        let (ok, stdout, stderr) = cluster.cli(0, &["admin", "leader-balance", "off"]);
-        assert!(ok, "{stdout}{stderr}");
+        // Leaders and replicas stay where the moves put them.
+        for scheduler in ["leader-balance", "replica-balance"] {
+            let (ok, stdout, stderr) = cluster.cli(0, &["admin", scheduler, "off"]);
+            assert!(ok, "{stdout}{stderr}");
+        }
         let client = cluster.client(cluster.addresses());
         for i in 0..KEYS {
             client
@@ -511,6 +515,9 @@ fn a_dead_nodes_replicas_are_rebuilt_elsewhere_and_it_is_reconciled_when_it_is_b
             "3",
         ];
         let mut cluster = Cluster::formed(&flags).await;
+        // Node 4 takes replicas only by repair here.
+        let (ok, stdout, stderr) = cluster.cli(0, &["admin", "replica-balance", "off"]);
+        assert!(ok, "{stdout}{stderr}");
         cluster.add_node(Some(cluster.addresses()[0]));
         cluster
             .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
@@ -615,6 +622,61 @@ fn a_decommissioned_node_is_drained_of_every_replica_and_leaves_the_cluster() {
             let value = client.get(&key(i)).await.expect("a read");
             assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
         }
+    });
+}
+
+#[test]
+fn a_new_node_gets_its_share_of_replicas_and_then_nothing_moves() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::formed(&[]).await;
+        // 8 data shards and the placement shard: 27 replicas, 9 per node.
+        let mut upper = FIRST_DATA_SHARD;
+        for step in 1..8 {
+            let at = format!("b/{step}");
+            upper = split(&cluster, 0, upper, &at)
+                .unwrap_or_else(|output| panic!("split at {at}: {output}"));
+        }
+        cluster.add_node(Some(cluster.addresses()[0]));
+        let started = Instant::now();
+        // A mean of 6.75: 7, 7, 7 and 6 is within 10%.
+        let balanced = |nodes: &[rshard_common::api::NodeInfo], shards: &[ShardRoute]| {
+            let mut held = [0usize; 4];
+            for shard in shards {
+                if !shard.descriptor.learners.is_empty() || shard.descriptor.replicas.len() != 3 {
+                    return false;
+                }
+                for &voter in &shard.descriptor.replicas {
+                    match held.get_mut((voter - 1) as usize) {
+                        Some(count) => *count += 1,
+                        None => return false,
+                    }
+                }
+            }
+            nodes.len() == 4 && shards.len() == 9 && held.iter().all(|&n| (6..=7).contains(&n))
+        };
+        cluster
+            .wait_for(
+                "replicas balanced over four nodes",
+                Duration::from_secs(60),
+                |nodes, shards| balanced(nodes, shards),
+            )
+            .await;
+        eprintln!(
+            "balanced {:?} after the fourth node started",
+            started.elapsed()
+        );
+        let moves = |ops: &str| ops.lines().filter(|l| l.contains("move")).count();
+        let (ok, before, stderr) = cluster.cli(0, &["admin", "ops"]);
+        assert!(ok, "{stderr}");
+        assert!(moves(&before) >= 6, "{before}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, after, _) = cluster.cli(0, &["admin", "ops"]);
+        assert_eq!(
+            moves(&before),
+            moves(&after),
+            "replicas kept moving:\n{after}"
+        );
+        assert!(!after.contains("running"), "{after}");
     });
 }
 

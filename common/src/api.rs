@@ -171,6 +171,9 @@ pub enum ApiRequest {
     /// with them), as an operation done once no shard lists it; with `decommission`, then
     /// remove the node from the cluster. Asked again while one runs: that operation.
     AdminDrainNode { node: NodeId, decommission: bool },
+    /// Admin, for the placement leader: pause (`false`) or resume (`true`) the replica
+    /// balance scheduler, cluster-wide and durably. Answered with the setting.
+    AdminReplicaBalance { enabled: bool },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -359,6 +362,10 @@ pub enum ApiResponse {
     Accepted,
     /// Whether the leader balance scheduler runs.
     LeaderBalance {
+        enabled: bool,
+    },
+    /// Whether the replica balance scheduler runs.
+    ReplicaBalance {
         enabled: bool,
     },
 }

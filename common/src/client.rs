@@ -328,6 +328,17 @@ impl Client {
         }
     }
 
+    /// Pauses (`false`) or resumes (`true`) the replica balance scheduler.
+    pub async fn set_replica_balance(&self, enabled: bool) -> Result<bool, ClientError> {
+        match self
+            .placement_call(ApiRequest::AdminReplicaBalance { enabled })
+            .await?
+        {
+            ApiResponse::ReplicaBalance { enabled } => Ok(enabled),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Every operation placement recorded, oldest first.
     pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
         match self.placement_call(ApiRequest::AdminOperations).await? {

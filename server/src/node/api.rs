@@ -213,7 +213,12 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             super::placement::admin_transfer_leader(context, shard, to).await
         }
         ApiRequest::AdminLeaderBalance { enabled } => {
-            super::placement::set_leader_balance(context, enabled).await
+            use super::placement::{set_scheduler, Scheduler};
+            set_scheduler(context, Scheduler::LeaderBalance, enabled).await
+        }
+        ApiRequest::AdminReplicaBalance { enabled } => {
+            use super::placement::{set_scheduler, Scheduler};
+            set_scheduler(context, Scheduler::ReplicaBalance, enabled).await
         }
         ApiRequest::AdminMoveReplica { shard, from, to } => {
             super::placement::admin_move_replica(context, shard, from, to).await

@@ -24,6 +24,7 @@ use rshard_common::api::{
     Operation, OperationKind, OperationState, ReplicaChange, ShardRoute, PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
+use rshard_placement::balance::plan_replica_balance;
 use rshard_placement::leaders::plan_leader_balance;
 use rshard_placement::repair::{plan_repair, RepairMove};
 use rshard_placement::replication::{plan_replication, Operator, ShardState};
@@ -57,6 +58,8 @@ const MAX_LEADER_ATTEMPTS: u32 = 10;
 const MAX_JOIN_ATTEMPTS: usize = 8;
 /// Repair moves under way to one node at once (each streams it a snapshot).
 const MAX_REPAIRS_PER_NODE: usize = 4;
+/// Replica balance moves leaving and arriving at one node per round.
+const MAX_BALANCE_MOVES_PER_NODE: usize = 2;
 
 /// A registered node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,9 +103,11 @@ pub struct PlacementMemory {
 
 /// What an operator set about the schedulers (replicated, so it survives a change of
 /// placement leader). Absent: every scheduler runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SchedulerSettings {
     leader_balance_paused: bool,
+    #[serde(default)]
+    replica_balance_paused: bool,
 }
 
 /// The next ids placement hands out (replicated, under [`ID_COUNTER_KEY`]).
@@ -475,10 +480,36 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             }
         });
     }
-    let settings: Option<(SchedulerSettings, Vec<u8>)> =
-        read_record(context, SCHEDULER_SETTINGS_KEY).await?;
-    if !settings.is_some_and(|(settings, _)| settings.leader_balance_paused) {
+    let settings: SchedulerSettings = read_record(context, SCHEDULER_SETTINGS_KEY)
+        .await?
+        .map(|(settings, _)| settings)
+        .unwrap_or_default();
+    if !settings.leader_balance_paused {
         balance_leaders(context, &live, &shards);
+    }
+    // Only on a settled picture: every shard fully replicated, nothing else moving
+    // replicas, nothing left to repair.
+    let replicated = shards.iter().all(|shard| {
+        shard.descriptor.learners.is_empty()
+            && shard.descriptor.replicas.len() >= context.config.replication_factor
+    });
+    if !settings.replica_balance_paused
+        && replicated
+        && leaving.is_empty()
+        && running.moves_to.is_empty()
+    {
+        // Nor any operator or operation of this round or the last under way: a move not yet
+        // recorded would not be counted yet.
+        let settled = context
+            .placement
+            .lock()
+            .is_ok_and(|memory| memory.operating.is_empty() && memory.executing.is_empty());
+        if !settled {
+            return Ok(count);
+        }
+        let none = BTreeSet::new();
+        let moves = plan_replica_balance(&live, &shards, &none, MAX_BALANCE_MOVES_PER_NODE);
+        start_moves(context, moves, &shards, "replica balance");
     }
     Ok(count)
 }
@@ -500,8 +531,19 @@ fn repair(
         Ok(memory) => memory.operating.clone(),
         Err(_) => return,
     };
-    for planned in plan_repair(live, dead, shards, &busy, in_flight, MAX_REPAIRS_PER_NODE) {
-        let RepairMove { shard, from, to } = planned;
+    let moves = plan_repair(live, dead, shards, &busy, in_flight, MAX_REPAIRS_PER_NODE);
+    start_moves(context, moves, shards, "repair");
+}
+
+/// Starts `moves`, each a recorded `MoveReplica` operation carried out like an operator's
+/// `move` (and so resumed the same way), on a shard with nothing else under way.
+fn start_moves(
+    context: &Arc<NodeContext>,
+    moves: Vec<RepairMove>,
+    shards: &[ShardState],
+    why: &'static str,
+) {
+    for RepairMove { shard, from, to } in moves {
         let Some(version) = shards
             .iter()
             .find(|state| state.descriptor.id == shard)
@@ -512,12 +554,7 @@ fn repair(
         if !context.begin_operator(shard) {
             continue;
         }
-        tracing::warn!(
-            shard,
-            from,
-            to,
-            "repair: node {from} is dead, moving its replica"
-        );
+        tracing::info!(shard, from, to, why, "moving a replica");
         let context = context.clone();
         tokio::spawn(async move {
             let started = async {
@@ -532,34 +569,51 @@ fn repair(
             .await;
             context.end_operator(shard);
             if let Err(error) = started {
-                tracing::info!(shard, %error, "repair not started");
+                tracing::info!(shard, %error, why, "move not started");
             }
         });
     }
 }
 
-/// Pauses or resumes the leader balance scheduler; the setting as stored.
-pub async fn set_leader_balance(
+/// A scheduler an operator may pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    LeaderBalance,
+    ReplicaBalance,
+}
+
+/// Pauses (`enabled` false) or resumes one scheduler; answered with the setting as stored.
+pub async fn set_scheduler(
     context: &NodeContext,
+    scheduler: Scheduler,
     enabled: bool,
 ) -> Result<ApiResponse, ApiError> {
+    let answer = match scheduler {
+        Scheduler::LeaderBalance => ApiResponse::LeaderBalance { enabled },
+        Scheduler::ReplicaBalance => ApiResponse::ReplicaBalance { enabled },
+    };
     for _ in 0..MAX_ALLOCATION_ATTEMPTS {
         let current: Option<(SchedulerSettings, Vec<u8>)> =
             read_record(context, SCHEDULER_SETTINGS_KEY).await?;
-        let new = SchedulerSettings {
-            leader_balance_paused: !enabled,
-        };
+        let mut new = current
+            .as_ref()
+            .map(|(settings, _)| *settings)
+            .unwrap_or_default();
+        match scheduler {
+            Scheduler::LeaderBalance => new.leader_balance_paused = !enabled,
+            Scheduler::ReplicaBalance => new.replica_balance_paused = !enabled,
+        }
         if current
             .as_ref()
             .is_some_and(|(settings, _)| *settings == new)
         {
-            return Ok(ApiResponse::LeaderBalance { enabled });
+            return Ok(answer);
         }
         let expected = current.map(|(_, bytes)| bytes);
         let key = SCHEDULER_SETTINGS_KEY.to_vec();
         if compare_and_swap(context, key, expected, encode(&new)?).await? {
-            tracing::info!(enabled, "leader balance set");
-            return Ok(ApiResponse::LeaderBalance { enabled });
+            tracing::info!(?scheduler, enabled, "scheduler set");
+            return Ok(answer);
         }
     }
     Err(ApiError::Busy(
