@@ -6,6 +6,7 @@
 //! that id and the state the operation ended in (done, or failed with the reason). With
 //! `--wait`, one still running when placement answered is followed until it ends.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -68,6 +69,12 @@ pub enum AdminAction {
     ReplicaBalance {
         #[arg(value_enum)]
         state: Switch,
+    },
+    /// Stop a running move or drain (a move is rolled back unless its new replica
+    /// already votes); splits and leadership transfers are single steps.
+    Cancel {
+        /// The operation's id (see `ops`).
+        id: u64,
     },
     /// The operations placement recorded, oldest first.
     Ops {
@@ -143,6 +150,11 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
             let operation = client.move_replica(shard, from, to).await?;
             follow_operation(&client, operation, &follow).await
         }
+        AdminAction::Cancel { id } => {
+            let operation = client.cancel_operation(id).await?;
+            println!("operation {}: {}", operation.id, state(&operation));
+            Ok(0)
+        }
         AdminAction::Ops { format } => {
             let operations = client.operations().await?;
             match format {
@@ -184,10 +196,21 @@ pub async fn follow_operation(
     if follow.format == Format::Table {
         println!("operation {}: {}", operation.id, describe(&operation.kind));
     }
-    let until = Instant::now() + follow.timeout;
+    let started = Instant::now();
+    let until = started + follow.timeout;
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
     while follow.wait && !operation.state.is_terminal() && Instant::now() < until {
         if follow.format == Format::Table {
-            eprintln!("operation {}: running...", operation.id);
+            let line = progress_line(&operation);
+            if terminal {
+                // One line, redrawn in place, with the time so far.
+                let elapsed = started.elapsed().as_secs_f64();
+                eprint!("\r\x1b[2K{line} ({elapsed:.1} s)");
+            } else if line != last_line {
+                eprintln!("{line}");
+            }
+            last_line = line;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(current) = client
@@ -199,6 +222,9 @@ pub async fn follow_operation(
             operation = current;
         }
     }
+    if terminal && !last_line.is_empty() {
+        eprintln!();
+    }
     match follow.format {
         Format::Table => println!("operation {}: {}", operation.id, state(&operation)),
         Format::Json => println!("{}", operation_json(&operation)),
@@ -208,6 +234,27 @@ pub async fn follow_operation(
         OperationState::Failed { .. } => EXIT_FAILED,
         OperationState::Running => EXIT_RUNNING,
     })
+}
+
+/// `operation 6: [#####-----] 2/4 node 4 receiving the shard and catching up`, or
+/// `operation 6: running` for an operation without recorded progress.
+fn progress_line(operation: &Operation) -> String {
+    const WIDTH: u64 = 20;
+    match &operation.progress {
+        Some(progress) if progress.total > 0 => {
+            let filled = (progress.done.min(progress.total) * WIDTH / progress.total) as usize;
+            format!(
+                "operation {}: [{}{}] {}/{} {}",
+                operation.id,
+                "#".repeat(filled),
+                "-".repeat(WIDTH as usize - filled),
+                progress.done,
+                progress.total,
+                progress.step
+            )
+        }
+        _ => format!("operation {}: running", operation.id),
+    }
 }
 
 fn describe(kind: &OperationKind) -> String {
@@ -277,12 +324,16 @@ fn operation_json(operation: &Operation) -> serde_json::Value {
         OperationState::Done => ("done", None),
         OperationState::Failed { reason } => ("failed", Some(reason.clone())),
     };
+    let progress = operation.progress.as_ref().map(|progress| {
+        serde_json::json!({"step": progress.step, "done": progress.done, "total": progress.total})
+    });
     serde_json::json!({
         "id": operation.id,
         "kind": kind,
         "details": details,
         "state": state,
         "reason": reason,
+        "progress": progress,
     })
 }
 

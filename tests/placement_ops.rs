@@ -12,7 +12,9 @@
 //! - a node decommissioned by `rshard node decommission`: drained of every replica, then
 //!   gone from the cluster;
 //! - a fourth node gets its share of the replicas from the replica balance scheduler, and
-//!   then nothing moves.
+//!   then nothing moves;
+//! - a move stuck on its new replica shows its step, is cancelled by `rshard admin cancel`
+//!   and rolled back.
 
 mod support;
 
@@ -677,6 +679,83 @@ fn a_new_node_gets_its_share_of_replicas_and_then_nothing_moves() {
             "replicas kept moving:\n{after}"
         );
         assert!(!after.contains("running"), "{after}");
+    });
+}
+
+/// The operations as `rshard admin ops --format json` prints them through node `via`.
+fn operations(cluster: &Cluster, via: usize) -> Vec<serde_json::Value> {
+    let (ok, stdout, stderr) = cluster.cli(via, &["admin", "ops", "--format", "json"]);
+    assert!(ok, "{stderr}");
+    let parsed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    parsed.as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_move_stuck_on_its_new_replica_shows_its_step_and_is_cancelled_and_rolled_back() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::formed(&[]).await;
+        let (ok, stdout, stderr) = cluster.cli(0, &["admin", "replica-balance", "off"]);
+        assert!(ok, "{stdout}{stderr}");
+        let spare = cluster.add_node(Some(cluster.addresses()[0]));
+        cluster
+            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
+                nodes.len() == 4 && nodes.iter().all(|n| n.live)
+            })
+            .await;
+        // The new replica's node stops answering (it still counts as live for a while):
+        // the move waits for its snapshot.
+        cluster.pause(spare, true);
+        let (voters, _, leader) = data_shard(&cluster.client(cluster.addresses())).await;
+        let from = *voters
+            .iter()
+            .find(|&&v| Some(v) != leader)
+            .expect("a follower");
+        let shard = FIRST_DATA_SHARD.to_string();
+        let (from_arg, to_arg) = (from.to_string(), "4".to_string());
+        let (ok, stdout, stderr) = cluster.cli(
+            0,
+            &[
+                "admin", "move", "--shard", &shard, "--from", &from_arg, "--to", &to_arg,
+            ],
+        );
+        assert!(ok || stdout.contains("running"), "{stdout}{stderr}");
+        let id = stdout
+            .split("operation ")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|id| id.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no operation id in {stdout}"));
+        let move_op = operations(&cluster, 0)
+            .into_iter()
+            .find(|op| op["id"] == id)
+            .expect("the move is listed");
+        assert_eq!(move_op["state"], "running", "{move_op}");
+        let step = move_op["progress"]["step"].as_str().unwrap_or_default();
+        assert!(step.contains("catching up"), "{move_op}");
+
+        let (ok, stdout, stderr) = cluster.cli(0, &["admin", "cancel", &id.to_string()]);
+        assert!(ok && stdout.contains("cancelled"), "{stdout}{stderr}");
+        // Rolled back: the learner goes, the voters stay.
+        let mut expected = voters.clone();
+        expected.sort_unstable();
+        wait_for_voters(&cluster, &expected).await;
+        let (ok, stdout, stderr) = cluster.cli(0, &["admin", "cancel", &id.to_string()]);
+        assert!(!ok && stderr.contains("already ended"), "{stdout}{stderr}");
+        cluster.pause(spare, false);
+        // Back, node 4 holds nothing of the shard (a replica it may have started is
+        // removed), and nothing else moves there.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (_, shards) = cluster
+            .client(cluster.addresses())
+            .cluster()
+            .await
+            .expect("a view");
+        assert!(
+            shards
+                .iter()
+                .all(|route| !route.descriptor.members().any(|m| m == 4)),
+            "{shards:?}"
+        );
     });
 }
 

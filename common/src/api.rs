@@ -174,6 +174,9 @@ pub enum ApiRequest {
     /// Admin, for the placement leader: pause (`false`) or resume (`true`) the replica
     /// balance scheduler, cluster-wide and durably. Answered with the setting.
     AdminReplicaBalance { enabled: bool },
+    /// Admin, for the placement leader: stop a running move or drain; a move not yet past
+    /// its joint change is rolled back (its learner removed). Answered with the operation.
+    AdminCancel { id: u64 },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -182,6 +185,17 @@ pub struct Operation {
     pub id: u64,
     pub kind: OperationKind,
     pub state: OperationState,
+    /// Where a long operation (a move, a drain) stands, as its executor last recorded.
+    #[serde(default)]
+    pub progress: Option<OperationProgress>,
+}
+
+/// `done` of `total` units of an operation, and the step it is at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationProgress {
+    pub step: String,
+    pub done: u64,
+    pub total: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -339,6 +339,14 @@ impl Client {
         }
     }
 
+    /// Asks placement to cancel operation `id`; the operation as recorded after.
+    pub async fn cancel_operation(&self, id: u64) -> Result<Operation, ClientError> {
+        match self.placement_call(ApiRequest::AdminCancel { id }).await? {
+            ApiResponse::Operation(operation) => Ok(operation),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Every operation placement recorded, oldest first.
     pub async fn operations(&self) -> Result<Vec<Operation>, ClientError> {
         match self.placement_call(ApiRequest::AdminOperations).await? {

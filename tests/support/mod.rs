@@ -239,6 +239,19 @@ impl Cluster {
         }
     }
 
+    /// Pauses (`SIGSTOP`) or resumes (`SIGCONT`) node `index`'s process: a node that is up
+    /// but answers nothing while paused.
+    pub fn pause(&self, index: usize, paused: bool) {
+        if let Some(child) = &self.nodes[index].child {
+            let signal = if paused { "-STOP" } else { "-CONT" };
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     /// Restarts node `index` from its data directory, at its old address.
     pub fn restart(&mut self, index: usize) {
         self.kill(index);

@@ -216,6 +216,7 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             use super::placement::{set_scheduler, Scheduler};
             set_scheduler(context, Scheduler::LeaderBalance, enabled).await
         }
+        ApiRequest::AdminCancel { id } => super::placement::cancel_operation(context, id).await,
         ApiRequest::AdminReplicaBalance { enabled } => {
             use super::placement::{set_scheduler, Scheduler};
             set_scheduler(context, Scheduler::ReplicaBalance, enabled).await

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use rshard_common::api::{
     ApiError, ApiRequest, ApiResponse, DiskSpace, NodeCapacity, NodeId, NodeInfo, NodeReport,
-    Operation, OperationKind, OperationState, ReplicaChange, ShardRoute, PLACEMENT_SHARD,
+    Operation, OperationKind, OperationProgress, OperationState, ReplicaChange, ShardRoute,
+    PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_placement::balance::plan_replica_balance;
@@ -563,6 +564,7 @@ fn start_moves(
                     id,
                     kind: OperationKind::MoveReplica { shard, from, to },
                     state: OperationState::Running,
+                    progress: None,
                 };
                 run_operation(&context, operation, version).await
             }
@@ -932,6 +934,7 @@ pub async fn admin_split(
             new_shard,
         },
         state: OperationState::Running,
+        progress: None,
     };
     tracing::info!(operation = id, shard, new_shard, "split started");
     run_operation(context, operation, descriptor.epoch.version).await
@@ -961,6 +964,7 @@ pub async fn admin_transfer_leader(
         id,
         kind: OperationKind::TransferLeader { shard, to },
         state: OperationState::Running,
+        progress: None,
     };
     run_operation(context, operation, descriptor.epoch.version).await
 }
@@ -1028,6 +1032,7 @@ pub async fn admin_drain_node(
         id,
         kind: OperationKind::Drain { node, decommission },
         state: OperationState::Running,
+        progress: None,
     };
     tracing::info!(operation = id, node, decommission, "drain started");
     run_operation(context, operation, 0).await
@@ -1037,18 +1042,33 @@ pub async fn admin_drain_node(
 /// a running drain as a source, never a target); done once no shard in the registry lists
 /// it, and for a decommission once its record is removed too. Running until then.
 async fn execute_drain(
-    context: &NodeContext,
-    id: u64,
+    record: &mut OperationRecord<'_>,
     node: NodeId,
     decommission: bool,
 ) -> Result<OperationState, ApiError> {
+    let (context, id) = (record.context, record.id());
     let deadline = Instant::now() + context.config.request_timeout;
     while Instant::now() < deadline {
+        if record.ended_elsewhere().await {
+            tracing::info!(operation = id, node, "drain cancelled");
+            return Ok(OperationState::Running);
+        }
         let shards: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
         let holding = shards
             .iter()
             .filter(|shard| shard.members().any(|member| member == node))
-            .count();
+            .count() as u64;
+        // The most seen so far is the whole (a resumed drain starts from what is left).
+        let total = record
+            .current
+            .progress
+            .as_ref()
+            .map_or(holding, |progress| progress.total.max(holding));
+        let step = format!(
+            "{} of {total} replicas moved off node {node}",
+            total - holding
+        );
+        record.progress(step, total - holding, total).await;
         if holding == 0 {
             if decommission {
                 retire_node(context, node).await?;
@@ -1127,6 +1147,7 @@ pub async fn admin_move_replica(
         id,
         kind: OperationKind::MoveReplica { shard, from, to },
         state: OperationState::Running,
+        progress: None,
     };
     tracing::info!(operation = id, shard, from, to, "move started");
     run_operation(context, operation, descriptor.epoch.version).await
@@ -1275,24 +1296,140 @@ async fn execute(
             execute_transfer(context, operation.id, shard, to).await
         }
         OperationKind::MoveReplica { shard, from, to } => {
-            execute_move(context, operation.id, shard, from, to).await
+            let mut record = OperationRecord::new(context, operation.clone());
+            let state = execute_move(&mut record, shard, from, to).await;
+            return record.finish(state).await;
         }
         OperationKind::Drain { node, decommission } => {
-            execute_drain(context, operation.id, node, decommission).await?
+            let mut record = OperationRecord::new(context, operation.clone());
+            let state = execute_drain(&mut record, node, decommission).await?;
+            return record.finish(state).await;
         }
     };
-    if state == OperationState::Running {
-        return Ok(operation);
+    OperationRecord::new(context, operation).finish(state).await
+}
+
+/// A running operation's record as its executor last wrote or read it: progress is
+/// recorded by compare-and-swap from it, and a record found changed means someone else
+/// ended the operation (an operator cancelled it), so the executor stops.
+struct OperationRecord<'a> {
+    context: &'a NodeContext,
+    current: Operation,
+}
+
+impl<'a> OperationRecord<'a> {
+    fn new(context: &'a NodeContext, current: Operation) -> Self {
+        OperationRecord { context, current }
     }
-    let ended = Operation {
-        state,
-        ..operation.clone()
-    };
-    if !record_operation(context, &ended, Some(&operation)).await? {
-        // Another placement round recorded it meanwhile; what it recorded stands.
-        return Ok(operation);
+
+    fn id(&self) -> u64 {
+        self.current.id
     }
-    Ok(ended)
+
+    /// True if the operation was ended by someone else (read from placement); an
+    /// unreadable record counts as not ended.
+    async fn ended_elsewhere(&mut self) -> bool {
+        let key = record_key(OPERATION_PREFIX, self.current.id);
+        match read_record::<Operation>(self.context, &key).await {
+            Ok(Some((stored, _))) if stored.state.is_terminal() => true,
+            Ok(Some((stored, _))) => {
+                self.current = stored;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Records where the operation stands, if that changed.
+    async fn progress(&mut self, step: String, done: u64, total: u64) {
+        let progress = Some(OperationProgress { step, done, total });
+        if self.current.progress == progress {
+            return;
+        }
+        let next = Operation {
+            progress,
+            ..self.current.clone()
+        };
+        if let Ok(true) = record_operation(self.context, &next, Some(&self.current)).await {
+            self.current = next;
+        }
+    }
+
+    /// Records how the operation ended (nothing while it still runs). Returns it as
+    /// recorded; if the record changed meanwhile, what is there stands.
+    async fn finish(self, state: OperationState) -> Result<Operation, ApiError> {
+        if state == OperationState::Running {
+            return Ok(self.current);
+        }
+        let ended = Operation {
+            state,
+            ..self.current.clone()
+        };
+        if !record_operation(self.context, &ended, Some(&self.current)).await? {
+            return Ok(self.current);
+        }
+        Ok(ended)
+    }
+}
+
+/// Ends a running move or drain at an operator's request (recorded failed, "cancelled");
+/// its executor sees the record change and stops, taking a move's learner back out.
+/// Refused for splits and leadership transfers (one step each, nothing to stop), and for a
+/// move whose new replica is already a voter (its joint change is under way and completes).
+pub async fn cancel_operation(context: &NodeContext, id: u64) -> Result<ApiResponse, ApiError> {
+    let key = record_key(OPERATION_PREFIX, id);
+    for _ in 0..MAX_ALLOCATION_ATTEMPTS {
+        let Some((operation, _)) = read_record::<Operation>(context, &key).await? else {
+            return Err(ApiError::Refused(format!("there is no operation {id}")));
+        };
+        if operation.state.is_terminal() {
+            return Err(ApiError::Refused(format!(
+                "operation {id} already ended: {:?}",
+                operation.state
+            )));
+        }
+        match &operation.kind {
+            OperationKind::Split { .. } | OperationKind::TransferLeader { .. } => {
+                return Err(ApiError::Refused(format!(
+                    "operation {id} is a single step and cannot be cancelled"
+                )));
+            }
+            OperationKind::MoveReplica { shard, to, .. } => {
+                let voter = registry_descriptor(context, *shard)
+                    .await
+                    .is_some_and(|descriptor| descriptor.replicas.contains(to));
+                if voter {
+                    return Err(ApiError::Refused(format!(
+                        "node {to} is already a voter of shard {shard}: the move completes"
+                    )));
+                }
+            }
+            OperationKind::Drain { .. } => {}
+        }
+        let cancelled = Operation {
+            state: OperationState::Failed {
+                reason: "cancelled by an operator".to_string(),
+            },
+            ..operation.clone()
+        };
+        if record_operation(context, &cancelled, Some(&operation)).await? {
+            tracing::info!(operation = id, "cancelled");
+            // No executor may be running it now (one resumes only running operations):
+            // roll a move back here. One running meanwhile does the same, harmlessly.
+            if let OperationKind::MoveReplica { shard, to, .. } = operation.kind {
+                if let Some(descriptor) = registry_descriptor(context, shard).await {
+                    if descriptor.learners.contains(&to) {
+                        let remove = ReplicaChange::Remove(to);
+                        change_replicas_step(context, &descriptor, remove).await;
+                    }
+                }
+            }
+            return Ok(ApiResponse::Operation(cancelled));
+        }
+    }
+    Err(ApiError::Busy(format!(
+        "operation {id} changing too often to cancel"
+    )))
 }
 
 /// Moves the leadership of `shard` to `to`: asks the leader, then watches `to` until it
@@ -1370,12 +1507,12 @@ const MOVE_LEAVE_JOINT_WAIT: Duration = Duration::from_secs(5);
 /// scheduler round resumes it where the registry says it stands. A move to a node that is
 /// no longer live fails, and takes its learner back out.
 async fn execute_move(
-    context: &NodeContext,
-    id: u64,
+    record: &mut OperationRecord<'_>,
     shard: ShardId,
     from: NodeId,
     to: NodeId,
 ) -> OperationState {
+    let (context, id) = (record.context, record.id());
     let deadline = Instant::now() + context.config.request_timeout;
     let mut both_voters_since: Option<Instant> = None;
     while Instant::now() < deadline {
@@ -1384,6 +1521,15 @@ async fn execute_move(
         };
         let holds = |node: NodeId| descriptor.members().any(|member| member == node);
         let voter = |node: NodeId| descriptor.replicas.contains(&node);
+        if record.ended_elsewhere().await {
+            // Cancelled: a learner added for the move goes again (a voter stays; the
+            // cancel is refused once the new replica votes).
+            if descriptor.learners.contains(&to) {
+                change_replicas_step(context, &descriptor, ReplicaChange::Remove(to)).await;
+            }
+            tracing::info!(operation = id, shard, "move cancelled");
+            return OperationState::Running;
+        }
         if voter(to) && !holds(from) {
             tracing::info!(operation = id, shard, from, to, "move done");
             return OperationState::Done;
@@ -1406,6 +1552,15 @@ async fn execute_move(
             };
         }
         let leader = leader_of(context, shard);
+        let step = |done: u64, what: String| (done, what);
+        let (done, what) = if !holds(to) {
+            step(0, format!("adding a learner on node {to}"))
+        } else if !voter(to) {
+            step(1, format!("node {to} receiving the shard and catching up"))
+        } else {
+            step(3, format!("promoting node {to} and removing node {from}"))
+        };
+        record.progress(what, done, 4).await;
         if !holds(to) {
             change_replicas_step(context, &descriptor, ReplicaChange::AddLearner(to)).await;
         } else if !voter(to) {
