@@ -223,6 +223,85 @@ fn a_replica_moved_off_a_node_is_destroyed_with_its_data_and_may_come_back_later
     assert!(world.run_until(2_000, |w| w.shard_data(from, SHARD).len() == 60));
 }
 
+/// A learner that restarts under a quiet leader knows no leader and never campaigns to
+/// find one: it asks its voters, so the leader wakes the group and its quiescing
+/// heartbeat names it. (A quick restart: the learner's node is never declared dead.)
+#[test]
+fn a_learner_restarted_under_a_quiet_leader_learns_who_leads() {
+    let (mut world, leader) = three_replicas_and_a_spare(13);
+    add_caught_up_learner(&mut world, SPARE);
+    assert!(
+        world.run_until_quiet(4_000).is_some(),
+        "the shard never went quiet"
+    );
+    world.crash_and_reopen((SPARE - 1) as usize);
+    let leader_known = |w: &World| w.driver(SPARE).and_then(|d| d.leader_of(SHARD));
+    assert_eq!(leader_known(&world), None);
+    assert!(
+        world.run_until(100 * STEPS_PER_TICK, |w| leader_known(w) == Some(leader)),
+        "the learner never learned its leader: {:?}",
+        world.driver(SPARE).and_then(|d| d.replica_status(SHARD))
+    );
+    assert!(
+        world.run_until_quiet(4_000).is_some(),
+        "the shard never went quiet again"
+    );
+    assert_eq!(counter(&world, leader, |c| c.groups_woken_by_leaderless), 1);
+}
+
+/// A learner removed while its node is down knows no leader when it comes back and never
+/// campaigns, so it says nothing that would draw a removal notice: it asks its voters
+/// who leads, and they answer with one.
+#[test]
+fn a_learner_removed_while_down_learns_it_when_it_asks_for_its_leader() {
+    let (mut world, _) = three_replicas_and_a_spare(14);
+    add_caught_up_learner(&mut world, SPARE);
+    world.crash((SPARE - 1) as usize, false, 200);
+    let remove = ConfChange::new([ConfChangeStep::Remove(SPARE)]);
+    assert!(world.change_replicas(SHARD, remove));
+    assert!(world.run_until(2_000, |w| settled_on(w, &[1, 2, 3])));
+    let gone = world.run_until(4_000, |w| {
+        w.driver(SPARE)
+            .is_some_and(|d| d.descriptor(SHARD).is_none())
+            && w.shard_data(SPARE, SHARD).is_empty()
+    });
+    assert!(
+        gone,
+        "the removed learner never went: {:?}",
+        world.driver(SPARE).and_then(|d| d.replica_status(SHARD))
+    );
+    assert_eq!(
+        counter(&world, SPARE, |c| c.replicas_destroyed_by_notice),
+        1
+    );
+}
+
+/// The same for a learner cut off while it is removed: it still names the leader it last
+/// heard from, which no longer speaks to it, so it asks once an election timeout passes.
+#[test]
+fn a_learner_cut_off_while_it_is_removed_asks_and_learns_it() {
+    let (mut world, _) = three_replicas_and_a_spare(15);
+    add_caught_up_learner(&mut world, SPARE);
+    world.isolate(SPARE, 400);
+    let remove = ConfChange::new([ConfChangeStep::Remove(SPARE)]);
+    assert!(world.change_replicas(SHARD, remove));
+    assert!(world.run_until(2_000, |w| settled_on(w, &[1, 2, 3])));
+    let gone = world.run_until(4_000, |w| {
+        w.driver(SPARE)
+            .is_some_and(|d| d.descriptor(SHARD).is_none())
+            && w.shard_data(SPARE, SHARD).is_empty()
+    });
+    assert!(
+        gone,
+        "the removed learner never went: {:?}",
+        world.driver(SPARE).and_then(|d| d.replica_status(SHARD))
+    );
+    assert_eq!(
+        counter(&world, SPARE, |c| c.replicas_destroyed_by_notice),
+        1
+    );
+}
+
 #[test]
 fn a_replica_cut_off_while_it_is_removed_learns_it_from_a_removal_notice() {
     let (mut world, leader) = three_replicas_and_a_spare(12);

@@ -180,7 +180,13 @@ impl Progress {
         if self.next == 0 || self.next - 1 != rejected {
             return false;
         }
-        self.next = rejected.min(match_hint + 1).max(self.matched + 1);
+        let next = rejected.min(match_hint + 1).max(self.matched + 1);
+        if next == self.next {
+            // Rejected at what it acknowledged: it lost state (a replica destroyed). Nothing
+            // was learned, so sending again at once would loop; the probe timer retries.
+            return false;
+        }
+        self.next = next;
         self.probe_sent = false;
         true
     }

@@ -417,6 +417,25 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// The driver learned that `to` no longer holds a replica of this group (its node
+    /// answered an append for a group it does not know): whatever it acknowledged is gone.
+    /// For a learner, its progress starts over from nothing, so it is probed from the
+    /// start of the log and sent a snapshot as a new learner is; without this, its old
+    /// acknowledgements make every rejection look stale and it is never caught up again. A
+    /// voter is left alone: its acknowledgements may have counted toward commits, and a
+    /// voter that lost its replica is not something the leader can repair.
+    pub fn report_replica_lost(&mut self, to: NodeId) {
+        if self.role != Role::Leader || !self.conf.learners.contains(&to) {
+            return;
+        }
+        if let Some(progress) = self.progress.get_mut(&to) {
+            progress.matched = 0;
+            progress.commit_known = 0;
+            progress.pending_snapshot = 0;
+            progress.become_probe();
+        }
+    }
+
     /// The driver failed to deliver the snapshot it was handed for `to`: try again later
     /// (probing from what `to` is known to hold, so a new snapshot follows if needed).
     pub fn report_snapshot_failed(&mut self, to: NodeId) {

@@ -336,3 +336,38 @@ fn a_membership_change_during_joint_consensus_is_refused() {
     );
     assert_eq!(leader.last_index(), last_index);
 }
+
+/// A learner whose replica was lost (destroyed on its node, then added again) had
+/// acknowledged entries it no longer holds: it rejects every append at what it
+/// acknowledged, which teaches the leader nothing (and must not make it send again at once:
+/// that loops), so it is never caught up, until the driver reports it lost; then it is
+/// probed from nothing.
+#[test]
+fn a_learner_reported_lost_is_caught_up_from_nothing() {
+    let mut cluster = group_led_by(1, &[4]);
+    change(&mut cluster, 1, &[AddLearner(4)]);
+    cluster.propose(1, b"held").expect("leader");
+    assert_eq!(cluster.applied_data(4), vec![b"held".to_vec()]);
+    // Node 4 loses its replica and starts over empty.
+    cluster.add_node(4, founders(), |_| {});
+    cluster
+        .propose(1, b"after")
+        .expect("leader (and no append loop)");
+    cluster.tick_all(ELECTION_TIMEOUT_TICKS);
+    cluster.stabilize();
+    let last = cluster.node(1).last_index();
+    assert_eq!(
+        cluster.node(4).last_index(),
+        0,
+        "caught up without the report: the test does not test"
+    );
+    cluster.node_mut(1).report_replica_lost(4);
+    cluster.tick(1, 1);
+    cluster.stabilize();
+    assert_eq!(cluster.node(4).last_index(), last);
+    assert_eq!(cluster.node(4).commit_index(), last);
+    // A voter's progress is never reset: its acknowledgements may have counted.
+    let matched = cluster.node(1).progress(2).map(|p| p.matched);
+    cluster.node_mut(1).report_replica_lost(2);
+    assert_eq!(cluster.node(1).progress(2).map(|p| p.matched), matched);
+}

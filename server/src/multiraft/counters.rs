@@ -54,6 +54,10 @@ pub struct Counters {
     /// Peers declared dead, and groups woken because a dead peer led them.
     pub peers_declared_dead: u64,
     pub groups_woken_by_dead_peer: u64,
+    /// Leaderless replicas here that asked their voters (see `Frame::leaderless`), and
+    /// quiet groups led here woken by such a question.
+    pub leaderless_asks_sent: u64,
+    pub groups_woken_by_leaderless: u64,
     /// Snapshot transfers started, completed (every chunk acknowledged) and failed.
     pub snapshot_sends_started: u64,
     pub snapshots_sent: u64,

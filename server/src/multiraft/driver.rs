@@ -766,10 +766,34 @@ impl<T: Transport> MultiRaft<T> {
             .tick(&mut self.replicas, &self.config, &mut self.counters);
         self.counters.ticks += 1;
         self.counters.group_ticks += self.ticking.len() as u64;
+        let timeout = self.config.election_timeout_ticks.max(1);
+        let mut asks = Vec::new();
         for &group in &self.ticking {
             if let Some(replica) = self.replicas.get_mut(&group) {
                 replica.raft.tick().map_err(raft_failure(group))?;
                 self.dirty.insert(group);
+                // A replica that cannot campaign waits for a leader to speak; one that has
+                // heard none for an election timeout asks its voters (see
+                // `Frame::leaderless`). Messages from its leader reset the count (`step`).
+                if replica.raft.is_promotable() || self.snapshots.is_installing(group) {
+                    replica.leaderless_ticks = 0;
+                    continue;
+                }
+                replica.leaderless_ticks += 1;
+                if replica.leaderless_ticks.is_multiple_of(timeout) {
+                    let conf = replica.raft.conf_state();
+                    let voters = conf.voters.union(&conf.voters_outgoing);
+                    asks.extend(voters.map(|&voter| (voter, group)));
+                }
+            }
+        }
+        for (voter, group) in asks {
+            if voter != self.config.node {
+                self.held
+                    .entry(voter)
+                    .or_insert_with(|| Frame::new(self.config.node, voter))
+                    .push_leaderless(group);
+                self.counters.leaderless_asks_sent += 1;
             }
         }
         let mut newly_dead = Vec::new();
@@ -808,6 +832,44 @@ impl<T: Transport> MultiRaft<T> {
         }
     }
 
+    /// `from`'s replica of `group` hears from no leader and cannot campaign (see
+    /// [`Frame::leaderless`]). If `from` is no member here, it is told so; if this replica
+    /// leads, quietly, it wakes: the group quiesces again at once if its followers still
+    /// look caught up, and the quiescing heartbeat names the leader (else it ticks and
+    /// heartbeats). Any other replica ignores it: `from` asks every voter.
+    fn on_leaderless(&mut self, from: NodeId, group: GroupId) {
+        if self.snapshots.is_installing(group) {
+            return;
+        }
+        let Some(replica) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        if !is_member(replica.raft.conf_state(), from) {
+            self.notify_removed(group, from);
+        } else if replica.raft.role() == Role::Leader && replica.raft.is_quiesced() {
+            replica.raft.wake();
+            self.ticking.insert(group);
+            self.dirty.insert(group);
+            self.counters.groups_woken_by_leaderless += 1;
+        }
+    }
+
+    /// Tells `to` that this replica's membership of `group` leaves it out.
+    fn notify_removed(&mut self, group: GroupId, to: NodeId) {
+        let Some(replica) = self.replicas.get(&group) else {
+            return;
+        };
+        let notice = RemovedNotice {
+            group,
+            conf_version: replica.descriptor.epoch.conf_version,
+        };
+        self.held
+            .entry(to)
+            .or_insert_with(|| Frame::new(self.config.node, to))
+            .push_removed(notice);
+        self.counters.removal_notices_sent += 1;
+    }
+
     fn receive(&mut self, mut frame: Frame) -> Result<(), StoreError> {
         if frame.to != self.config.node || frame.check().is_err() {
             self.counters.malformed_messages += 1;
@@ -817,6 +879,9 @@ impl<T: Transport> MultiRaft<T> {
         self.counters.peer(frame.from).frames_received += 1;
         for notice in std::mem::take(&mut frame.removed) {
             self.on_removed_notice(notice)?;
+        }
+        for group in std::mem::take(&mut frame.leaderless) {
+            self.on_leaderless(frame.from, group);
         }
         for (group, message) in frame.into_messages() {
             if matches!(message.kind, MessageKind::InstallSnapshot { .. }) {
@@ -850,22 +915,34 @@ impl<T: Transport> MultiRaft<T> {
             // A replica removed while cut off (or one whose removal this replica applied
             // first): tell it, so it stops campaigning and goes. Stepped anyway; the core
             // ignores what a non-member says.
-            let notice = RemovedNotice {
-                group,
-                conf_version: replica.descriptor.epoch.conf_version,
-            };
-            let from = message.from;
-            self.held
-                .entry(from)
-                .or_insert_with(|| Frame::new(self.config.node, from))
-                .push_removed(notice);
-            self.counters.removal_notices_sent += 1;
+            self.notify_removed(group, message.from);
         }
         let Some(replica) = self.replicas.get_mut(&group) else {
             return Ok(());
         };
+        let from = message.from;
+        // The answer a node gives for a group it holds no replica of (see
+        // `reject_append_for_unknown_group`): whatever it acknowledged is gone.
+        let lost = matches!(
+            message.kind,
+            MessageKind::AppendResponse {
+                result: rshard_raft::AppendResult::Rejected {
+                    hint_index: 0,
+                    hint_term: 0,
+                    ..
+                },
+                ..
+            }
+        );
+        if lost {
+            replica.raft.report_replica_lost(from);
+        }
         match replica.raft.step(message) {
-            Ok(()) => {}
+            Ok(()) => {
+                if replica.raft.leader() == Some(from) {
+                    replica.leaderless_ticks = 0;
+                }
+            }
             Err(rshard_raft::Error::Storage(error)) => {
                 return Err(StoreError::Engine(error.to_string()))
             }

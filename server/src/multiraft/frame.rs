@@ -28,6 +28,13 @@ pub struct Frame {
     /// knows (see [`RemovedNotice`]).
     #[serde(default)]
     pub removed: Vec<RemovedNotice>,
+    /// Groups whose replica on the sender has heard from no leader for an election timeout
+    /// and cannot campaign to find one (a learner, say after a restart, or one whose leader
+    /// lost office): a quiet leader here wakes, so its heartbeat names it; a replica here
+    /// whose membership leaves the sender out answers with a [`RemovedNotice`] (a learner
+    /// removed while it was down or cut off never says anything else that would draw one).
+    #[serde(default)]
+    pub leaderless: Vec<GroupId>,
 }
 
 /// "Your replica of `group` is not a member as of `conf_version`": sent by a replica whose
@@ -92,6 +99,13 @@ impl Frame {
     /// True if the frame carries heartbeats or their answers.
     pub fn has_heartbeats(&self) -> bool {
         !self.heartbeats.is_empty() || !self.heartbeat_responses.is_empty()
+    }
+
+    /// Adds a leaderless group, once per frame.
+    pub fn push_leaderless(&mut self, group: GroupId) {
+        if !self.leaderless.contains(&group) {
+            self.leaderless.push(group);
+        }
     }
 
     /// Adds a removal notice, once per group per frame.

@@ -31,7 +31,9 @@
 //! pending proposals or reads, stops ticking and tells its followers to stop too. Node-level
 //! liveness (any frame from a peer) stands in for the heartbeats of quiet groups: when a peer
 //! is silent for `peer_dead_after_ticks`, the quiet groups it led here wake and may elect a new
-//! leader; the other quiet groups stay quiet.
+//! leader; the other quiet groups stay quiet. A replica that cannot campaign (a learner)
+//! and has heard from no leader for an election timeout asks its voters: a quiet leader
+//! wakes, and one that no longer counts it a member sends it a removal notice.
 //!
 //! Deterministic: the driver reads no clock and draws no unseeded randomness, so the
 //! simulation replays a seed exactly. The production loop around it (tokio, QUIC) feeds it

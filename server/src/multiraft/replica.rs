@@ -65,6 +65,8 @@ pub(super) struct Replica {
     pub unconfirmed_reads: BTreeMap<RequestId, PendingRead>,
     /// Confirmed reads: serve each once the applied index reaches its index.
     pub confirmed_reads: Vec<(Index, PendingRead)>,
+    /// Ticks this replica, unable to campaign, has gone without a message from its leader.
+    pub leaderless_ticks: u32,
 }
 
 /// Entries a learner may trail the commit index by and still count as caught up, once the
@@ -84,6 +86,7 @@ impl Replica {
             batched_bytes: 0,
             unconfirmed_reads: BTreeMap::new(),
             confirmed_reads: Vec::new(),
+            leaderless_ticks: 0,
         }
     }
 

@@ -345,6 +345,13 @@ impl Snapshots {
         let MessageKind::InstallSnapshot { snapshot } = &mut message.kind else {
             return Ok(());
         };
+        // The core may have taken this metadata while an earlier iteration was applying
+        // entries (applying a membership change broadcasts appends at once), so before that
+        // iteration's batch was written: it can name an older applied index than the
+        // descriptor and data sent below. Take it again now, from the same committed state.
+        snapshot.metadata = rshard_raft::Storage::snapshot(replica.raft.storage())
+            .map_err(|error| StoreError::Engine(error.to_string()))?
+            .metadata;
         let index = snapshot.metadata.index;
         // Raft asked again (a new leadership, or a follower re-added): an earlier refusal's
         // timer must not end the transfer that starts now.
