@@ -9,3 +9,4 @@ pub mod balance;
 pub mod leaders;
 pub mod repair;
 pub mod replication;
+pub mod round;

@@ -25,10 +25,10 @@ use rshard_common::api::{
     PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
-use rshard_placement::balance::plan_replica_balance;
-use rshard_placement::leaders::plan_leader_balance;
-use rshard_placement::repair::{plan_repair, RepairMove};
-use rshard_placement::replication::{plan_replication, Operator, ShardState};
+use rshard_placement::leaders::TransferLeader;
+use rshard_placement::repair::RepairMove;
+use rshard_placement::replication::{Operator, ShardState};
+use rshard_placement::round::{plan_round, ClusterModel};
 use serde::{Deserialize, Serialize};
 
 use super::api::Caller;
@@ -48,8 +48,6 @@ const ID_COUNTER_KEY: &[u8] = b"\xff/counter/ids";
 const SCHEDULER_SETTINGS_KEY: &[u8] = b"\xff/settings/schedulers";
 /// Attempts at allocating ids when operations start at once.
 const MAX_ALLOCATION_ATTEMPTS: usize = 8;
-/// Leadership transfers the balancer starts from, and to, one node per round.
-const MAX_LEADER_MOVES_PER_NODE: usize = 8;
 /// How long a shard whose leadership the balancer moved gets no other operator: until the
 /// reports show where its leadership went.
 const LEADER_MOVE_SETTLE: Duration = Duration::from_secs(2);
@@ -57,10 +55,6 @@ const LEADER_MOVE_SETTLE: Duration = Duration::from_secs(2);
 const MAX_LEADER_ATTEMPTS: u32 = 10;
 /// Attempts at allocating a node id when joins race.
 const MAX_JOIN_ATTEMPTS: usize = 8;
-/// Repair moves under way to one node at once (each streams it a snapshot).
-const MAX_REPAIRS_PER_NODE: usize = 4;
-/// Replica balance moves leaving and arriving at one node per round.
-const MAX_BALANCE_MOVES_PER_NODE: usize = 2;
 
 /// A registered node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -439,22 +433,58 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
         (live, dead, shards)
     };
     let running = resume_operations(context).await?;
-    // A draining node takes nothing new, and its replicas move as a dead node's do.
-    let live: BTreeSet<NodeId> = live.difference(&running.draining).copied().collect();
-    let leaving: BTreeSet<NodeId> = dead.union(&running.draining).copied().collect();
-    repair(context, &live, &leaving, &shards, &running.moves_to);
-    let operators = plan_replication(&live, &shards, context.config.replication_factor);
-    let count = operators.len();
+    let settings: SchedulerSettings = read_record(context, SCHEDULER_SETTINGS_KEY)
+        .await?
+        .map(|(settings, _)| settings)
+        .unwrap_or_default();
+    let model = {
+        let Ok(memory) = context.placement.lock() else {
+            return Err(ApiError::Unavailable(
+                "placement state poisoned".to_string(),
+            ));
+        };
+        ClusterModel {
+            // A draining node takes nothing new, and its replicas move as a dead node's do.
+            live: live.difference(&running.draining).copied().collect(),
+            leaving: dead.union(&running.draining).copied().collect(),
+            shards,
+            busy: memory.operating.clone(),
+            moves_in_flight: running.moves_to,
+            replication_factor: context.config.replication_factor,
+            // A stale count would move a leader that need not move.
+            leader_balance: !settings.leader_balance_paused && memory.leader_moves_settling == 0,
+            replica_balance: !settings.replica_balance_paused,
+            // A move started last round and not yet recorded would not be counted.
+            quiet: memory.operating.is_empty() && memory.executing.is_empty(),
+        }
+    };
+    let plan = plan_round(&model);
+    let count = plan.replication.len();
+    start_moves(context, plan.repairs, &model.shards, "repair");
+    start_replication(context, plan.replication, &model);
+    start_leader_transfers(context, plan.leader_transfers);
+    start_moves(
+        context,
+        plan.balance_moves,
+        &model.shards,
+        "replica balance",
+    );
+    Ok(count)
+}
+
+/// Starts this round's replication operators, each on its shard's leader (beside the
+/// round: a slow shard leader must not hold up the others).
+fn start_replication(context: &Arc<NodeContext>, operators: Vec<Operator>, model: &ClusterModel) {
     for operator in operators {
         let (shard, change) = match operator {
             Operator::AddLearner { shard, node } => (shard, ReplicaChange::AddLearner(node)),
             Operator::Promote { shard, node } => (shard, ReplicaChange::Promote(node)),
         };
-        let Some(state) = shards.iter().find(|s| s.descriptor.id == shard) else {
+        let Some(state) = model.shards.iter().find(|s| s.descriptor.id == shard) else {
             continue;
         };
         // A leader placement has not heard from lately would only time the call out.
-        let Some(leader) = state.leader.filter(|leader| live.contains(leader)) else {
+        let Some(leader) = state.leader.filter(|leader| model.live.contains(leader)) else {
             continue;
         };
         if !context.begin_operator(shard) {
@@ -467,7 +497,6 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             conf_version: state.descriptor.epoch.conf_version,
         };
         let context = context.clone();
-        // Operators run beside the round: a slow shard leader must not hold up the others.
         // Each ends within the request timeout, and its shard takes no other meanwhile.
         tokio::spawn(async move {
             let outcome = context.call_node(leader, request).await;
@@ -481,59 +510,6 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             }
         });
     }
-    let settings: SchedulerSettings = read_record(context, SCHEDULER_SETTINGS_KEY)
-        .await?
-        .map(|(settings, _)| settings)
-        .unwrap_or_default();
-    if !settings.leader_balance_paused {
-        balance_leaders(context, &live, &shards);
-    }
-    // Only on a settled picture: every shard fully replicated, nothing else moving
-    // replicas, nothing left to repair.
-    let replicated = shards.iter().all(|shard| {
-        shard.descriptor.learners.is_empty()
-            && shard.descriptor.replicas.len() >= context.config.replication_factor
-    });
-    if !settings.replica_balance_paused
-        && replicated
-        && leaving.is_empty()
-        && running.moves_to.is_empty()
-    {
-        // Nor any operator or operation of this round or the last under way: a move not yet
-        // recorded would not be counted yet.
-        let settled = context
-            .placement
-            .lock()
-            .is_ok_and(|memory| memory.operating.is_empty() && memory.executing.is_empty());
-        if !settled {
-            return Ok(count);
-        }
-        let none = BTreeSet::new();
-        let moves = plan_replica_balance(&live, &shards, &none, MAX_BALANCE_MOVES_PER_NODE);
-        start_moves(context, moves, &shards, "replica balance");
-    }
-    Ok(count)
-}
-
-/// Starts this round's repairs (see `rshard_placement::repair`): each a replica move off a
-/// dead node, recorded and carried out like an operator's `move` (and so resumed the same
-/// way), on a shard with nothing else under way.
-fn repair(
-    context: &Arc<NodeContext>,
-    live: &BTreeSet<NodeId>,
-    dead: &BTreeSet<NodeId>,
-    shards: &[ShardState],
-    in_flight: &BTreeMap<NodeId, usize>,
-) {
-    if dead.is_empty() {
-        return;
-    }
-    let busy = match context.placement.lock() {
-        Ok(memory) => memory.operating.clone(),
-        Err(_) => return,
-    };
-    let moves = plan_repair(live, dead, shards, &busy, in_flight, MAX_REPAIRS_PER_NODE);
-    start_moves(context, moves, shards, "repair");
 }
 
 /// Starts `moves`, each a recorded `MoveReplica` operation carried out like an operator's
@@ -624,18 +600,9 @@ pub async fn set_scheduler(
 }
 
 /// Starts this round's leadership transfers (see `rshard_placement::leaders`), each on a
-/// shard with no other operator under way.
-fn balance_leaders(context: &Arc<NodeContext>, live: &BTreeSet<NodeId>, shards: &[ShardState]) {
-    // Decide only on a settled picture: every leader known, and the last round's moves
-    // reported (a stale count would move a leader that need not move).
-    if shards.iter().any(|shard| shard.leader.is_none()) {
-        return;
-    }
-    let busy = match context.placement.lock() {
-        Ok(memory) if memory.leader_moves_settling == 0 => memory.operating.clone(),
-        _ => return,
-    };
-    let transfers = plan_leader_balance(live, shards, &busy, MAX_LEADER_MOVES_PER_NODE);
+/// shard with no other operator under way; the shard takes no other operator until the
+/// reports show where its leadership went.
+fn start_leader_transfers(context: &Arc<NodeContext>, transfers: Vec<TransferLeader>) {
     for transfer in transfers {
         if !context.begin_operator(transfer.shard) {
             continue;
@@ -958,7 +925,7 @@ pub async fn admin_transfer_leader(
             descriptor.replicas
         )));
     }
-    check_live(context, to)?;
+    check_live(context, to).await?;
     let (id, _) = allocate_ids(context).await?;
     let operation = Operation {
         id,
@@ -979,7 +946,20 @@ fn is_live(context: &NodeContext, node: NodeId) -> bool {
     })
 }
 
-fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
+/// Refuses unless `node` is live. A placement leader that took over moments ago has heard
+/// nobody yet: it waits for the next reports (two intervals) before it refuses.
+async fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
+    let new_leader = |context: &NodeContext| {
+        context.placement.lock().ok().is_some_and(|memory| {
+            memory
+                .leading_since
+                .is_none_or(|since| since.elapsed() < REPORT_INTERVAL * 2)
+        })
+    };
+    let deadline = Instant::now() + REPORT_INTERVAL * 3;
+    while !is_live(context, node) && new_leader(context) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if is_live(context, node) {
         Ok(())
     } else {
@@ -1141,7 +1121,7 @@ pub async fn admin_move_replica(
     if !nodes.iter().any(|node| node.id == to) {
         return Err(ApiError::Refused(format!("there is no node {to}")));
     }
-    check_live(context, to)?;
+    check_live(context, to).await?;
     let (id, _) = allocate_ids(context).await?;
     let operation = Operation {
         id,
