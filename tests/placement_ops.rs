@@ -693,7 +693,15 @@ fn operations(cluster: &Cluster, via: usize) -> Vec<serde_json::Value> {
 #[test]
 fn a_move_stuck_on_its_new_replica_shows_its_step_and_is_cancelled_and_rolled_back() {
     runtime().block_on(async {
-        let mut cluster = Cluster::formed(&[]).await;
+        // The paused node must still count as live when the cancel comes (else the move
+        // fails by itself first).
+        let flags = [
+            "--suspect-node-timeout-seconds",
+            "60",
+            "--dead-node-timeout-seconds",
+            "120",
+        ];
+        let mut cluster = Cluster::formed(&flags).await;
         let (ok, stdout, stderr) = cluster.cli(0, &["admin", "replica-balance", "off"]);
         assert!(ok, "{stdout}{stderr}");
         let spare = cluster.add_node(Some(cluster.addresses()[0]));

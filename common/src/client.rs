@@ -27,6 +27,10 @@ use crate::shard::{ShardDescriptor, ShardId};
 
 /// `NotLeader` answers followed to reach the placement leader (it may move meanwhile).
 const MAX_PLACEMENT_REDIRECTS: usize = 3;
+/// `Busy` answers to one admin request asked again (nothing had started), and the wait
+/// before each: about 5 s in all.
+const MAX_PLACEMENT_BUSY_RETRIES: usize = 20;
+const PLACEMENT_BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 use crate::tls::Identity;
 use crate::{quic, wire};
 
@@ -362,15 +366,29 @@ impl Client {
     /// again: the operation may have started (`rshard admin ops` shows it).
     async fn placement_call(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let mut last = String::from("no seed");
+        let mut busy_answers = 0;
         for &seed in &self.seeds {
             let mut target = seed;
-            for _ in 0..=MAX_PLACEMENT_REDIRECTS {
+            let mut redirects = 0;
+            while redirects <= MAX_PLACEMENT_REDIRECTS {
                 match self.call(target, &request).await {
+                    // Busy: refused before anything started (another operation holds the
+                    // shard a moment); asking again a little later is safe.
+                    Ok(ApiResponse::Error(ApiError::Busy(_)))
+                        if busy_answers < MAX_PLACEMENT_BUSY_RETRIES =>
+                    {
+                        busy_answers += 1;
+                        tokio::time::sleep(PLACEMENT_BUSY_BACKOFF).await;
+                        continue;
+                    }
                     Ok(ApiResponse::Error(ApiError::NotLeader {
                         leader: Some(leader),
                         ..
                     })) => match leader.address.parse::<SocketAddr>() {
-                        Ok(address) if address != target => target = address,
+                        Ok(address) if address != target => {
+                            target = address;
+                            redirects += 1;
+                        }
                         _ => {
                             last = format!("{target}: no placement leader known");
                             break;

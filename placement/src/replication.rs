@@ -7,9 +7,11 @@
 //! while it catches up.
 //!
 //! Per shard and round, at most one operator: promote a caught-up learner, or add a
-//! learner on the live node holding the fewest replicas (ties: the lowest id). Shards
-//! without a known leader get nothing (no one could carry the change out). The scheduler
-//! never removes replicas (that is repair and rebalancing, later).
+//! learner on the live node holding the fewest replicas (ties: the lowest id), or remove a
+//! learner nobody needs (on a node that is not live, or in a shard that has all its voters:
+//! left by a move that was cancelled or failed; a running move's shard is busy and never
+//! planned). Shards without a known leader get nothing (no one could carry the change out).
+//! Voters are never removed here (that is repair and rebalancing).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,8 +31,20 @@ pub struct ShardState {
 /// A membership step for a shard's leader to carry out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operator {
-    AddLearner { shard: ShardId, node: NodeId },
-    Promote { shard: ShardId, node: NodeId },
+    AddLearner {
+        shard: ShardId,
+        node: NodeId,
+    },
+    Promote {
+        shard: ShardId,
+        node: NodeId,
+    },
+    /// A learner nobody needs: on a node that is not live, or in a shard that has all its
+    /// voters (left behind by a move that was cancelled or failed).
+    RemoveLearner {
+        shard: ShardId,
+        node: NodeId,
+    },
 }
 
 /// The operators that move `shards` toward `replication_factor` voters on `live_nodes`.
@@ -49,7 +63,22 @@ pub fn plan_replication(
     let mut operators = Vec::new();
     for shard in shards {
         let descriptor = &shard.descriptor;
-        if shard.leader.is_none() || descriptor.replicas.len() >= replication_factor {
+        if shard.leader.is_none() {
+            continue;
+        }
+        let full = descriptor.replicas.len() >= replication_factor;
+        if let Some(&stale) = descriptor
+            .learners
+            .iter()
+            .find(|learner| full || !live_nodes.contains(learner))
+        {
+            operators.push(Operator::RemoveLearner {
+                shard: descriptor.id,
+                node: stale,
+            });
+            continue;
+        }
+        if full {
             continue;
         }
         if let Some(&learner) = descriptor.learners.first() {
@@ -146,6 +175,20 @@ mod tests {
         assert_eq!(
             plan_replication(&nodes(&[1, 2, 3, 4]), &[leaderless, full], 3),
             vec![]
+        );
+    }
+
+    #[test]
+    fn learners_nobody_needs_are_removed() {
+        // A learner left in a full shard, and one on a node that is not live.
+        let shards = [shard(0, &[1, 2, 3], &[4]), shard(1, &[1, 2], &[5])];
+        let plan = plan_replication(&nodes(&[1, 2, 3, 4]), &shards, 3);
+        assert_eq!(
+            plan,
+            vec![
+                Operator::RemoveLearner { shard: 0, node: 4 },
+                Operator::RemoveLearner { shard: 1, node: 5 },
+            ]
         );
     }
 }

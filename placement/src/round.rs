@@ -134,6 +134,8 @@ pub fn plan_round(model: &ClusterModel) -> RoundPlan {
 
 fn operator_shard(operator: &Operator) -> ShardId {
     match operator {
-        Operator::AddLearner { shard, .. } | Operator::Promote { shard, .. } => *shard,
+        Operator::AddLearner { shard, .. }
+        | Operator::Promote { shard, .. }
+        | Operator::RemoveLearner { shard, .. } => *shard,
     }
 }

@@ -162,6 +162,10 @@ fn simulate(mut scenario: Scenario) -> Result<String, String> {
                     let index = find(shards, shard)?;
                     shards[index].descriptor.learners.push(node);
                 }
+                Operator::RemoveLearner { shard, node } => {
+                    let index = find(shards, shard)?;
+                    shards[index].descriptor.learners.retain(|&l| l != node);
+                }
                 Operator::Promote { shard, node } => {
                     let index = find(shards, shard)?;
                     let descriptor = &mut shards[index].descriptor;

@@ -5,7 +5,7 @@ use crate::progress::ProgressState;
 use crate::quorum::committed_index;
 use crate::raft::Raft;
 use crate::storage::{Storage, StorageError};
-use crate::types::{Entry, Index, LogPosition, NodeId, Payload, Role, Snapshot};
+use crate::types::{Entry, Index, LogPosition, NodeId, Payload, Role, Snapshot, Term};
 use crate::Error;
 
 /// Whether an append with no entries is still worth sending.
@@ -424,11 +424,19 @@ impl<S: Storage> Raft<S> {
     /// acknowledgements make every rejection look stale and it is never caught up again. A
     /// voter is left alone: its acknowledgements may have counted toward commits, and a
     /// voter that lost its replica is not something the leader can repair.
-    pub fn report_replica_lost(&mut self, to: NodeId) {
-        if self.role != Role::Leader || !self.conf.learners.contains(&to) {
+    ///
+    /// `term` and `rejected_index` are the answer's: one from an older term, or rejecting
+    /// past what `to` acknowledged (a rejection the usual probing handles), says nothing of
+    /// a loss and is ignored, so a delayed answer never costs a caught-up learner a snapshot.
+    pub fn report_replica_lost(&mut self, to: NodeId, term: Term, rejected_index: Index) {
+        if self.role != Role::Leader || term != self.term || !self.conf.learners.contains(&to) {
             return;
         }
-        if let Some(progress) = self.progress.get_mut(&to) {
+        if let Some(progress) = self
+            .progress
+            .get_mut(&to)
+            .filter(|progress| rejected_index <= progress.matched)
+        {
             progress.matched = 0;
             progress.commit_known = 0;
             progress.pending_snapshot = 0;

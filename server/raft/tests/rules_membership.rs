@@ -361,13 +361,28 @@ fn a_learner_reported_lost_is_caught_up_from_nothing() {
         0,
         "caught up without the report: the test does not test"
     );
-    cluster.node_mut(1).report_replica_lost(4);
+    let (term, matched) = (
+        cluster.node(1).term(),
+        cluster.node(1).progress(4).map_or(0, |p| p.matched),
+    );
+    // A stale answer (older term, or past what was acknowledged) says nothing of a loss.
+    cluster
+        .node_mut(1)
+        .report_replica_lost(4, term - 1, matched);
+    cluster
+        .node_mut(1)
+        .report_replica_lost(4, term, matched + 1);
+    assert_eq!(
+        cluster.node(1).progress(4).map(|p| p.matched),
+        Some(matched)
+    );
+    cluster.node_mut(1).report_replica_lost(4, term, matched);
     cluster.tick(1, 1);
     cluster.stabilize();
     assert_eq!(cluster.node(4).last_index(), last);
     assert_eq!(cluster.node(4).commit_index(), last);
     // A voter's progress is never reset: its acknowledgements may have counted.
     let matched = cluster.node(1).progress(2).map(|p| p.matched);
-    cluster.node_mut(1).report_replica_lost(2);
+    cluster.node_mut(1).report_replica_lost(2, term, 0);
     assert_eq!(cluster.node(1).progress(2).map(|p| p.matched), matched);
 }

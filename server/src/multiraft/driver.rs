@@ -54,6 +54,9 @@ pub struct MultiRaft<T: Transport> {
     snapshot_inbox_bytes: usize,
     /// Set when storage failed: the driver answers everything with it and does nothing else.
     stopped: Option<String>,
+    /// Removal notices received this iteration, acted on after its batch is written (at
+    /// most one per group per frame, and frames per iteration are bounded).
+    removal_notices: Vec<RemovedNotice>,
 }
 
 fn stop_error(reason: &str) -> RequestError {
@@ -94,6 +97,7 @@ impl<T: Transport> MultiRaft<T> {
             snapshots,
             snapshot_inbox_bytes: 0,
             stopped: None,
+            removal_notices: Vec::new(),
         };
         for &group in &groups {
             driver.load_replica(group)?;
@@ -471,6 +475,9 @@ impl<T: Transport> MultiRaft<T> {
         self.send_frames(held);
         for group in membership_changed {
             self.destroy_if_removed(group)?;
+        }
+        for notice in std::mem::take(&mut self.removal_notices) {
+            self.on_removed_notice(notice)?;
         }
         Ok(())
     }
@@ -877,9 +884,9 @@ impl<T: Transport> MultiRaft<T> {
         }
         self.heard_from(frame.from);
         self.counters.peer(frame.from).frames_received += 1;
-        for notice in std::mem::take(&mut frame.removed) {
-            self.on_removed_notice(notice)?;
-        }
+        // Acted on once this iteration's batch is written: destroying commits a batch of
+        // its own, which must come after the iteration's (it records the pending clears).
+        self.removal_notices.append(&mut frame.removed);
         for group in std::mem::take(&mut frame.leaderless) {
             self.on_leaderless(frame.from, group);
         }
@@ -923,19 +930,19 @@ impl<T: Transport> MultiRaft<T> {
         let from = message.from;
         // The answer a node gives for a group it holds no replica of (see
         // `reject_append_for_unknown_group`): whatever it acknowledged is gone.
-        let lost = matches!(
-            message.kind,
-            MessageKind::AppendResponse {
-                result: rshard_raft::AppendResult::Rejected {
+        if let MessageKind::AppendResponse {
+            result:
+                rshard_raft::AppendResult::Rejected {
+                    rejected_index,
                     hint_index: 0,
                     hint_term: 0,
-                    ..
                 },
-                ..
-            }
-        );
-        if lost {
-            replica.raft.report_replica_lost(from);
+            ..
+        } = message.kind
+        {
+            replica
+                .raft
+                .report_replica_lost(from, message.term, rejected_index);
         }
         match replica.raft.step(message) {
             Ok(()) => {

@@ -382,7 +382,15 @@ async fn cluster_view(
 /// One scheduler round, if this node leads the placement group: plan, then ask each
 /// shard's leader to carry its operator out.
 pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
-    let nodes = member_nodes(context).await?;
+    let records: Vec<NodeRecord> = scan_records(context, NODE_PREFIX).await?;
+    // A decommissioned node holding a replica (one placed there while it drained) is
+    // leaving like a dead one.
+    let retired: BTreeSet<NodeId> = records
+        .iter()
+        .filter(|n| n.decommissioned)
+        .map(|n| n.id)
+        .collect();
+    let nodes: Vec<NodeRecord> = records.into_iter().filter(|n| !n.decommissioned).collect();
     let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
     let (live, dead, shards) = {
         let Ok(memory) = context.placement.lock() else {
@@ -446,7 +454,12 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
         ClusterModel {
             // A draining node takes nothing new, and its replicas move as a dead node's do.
             live: live.difference(&running.draining).copied().collect(),
-            leaving: dead.union(&running.draining).copied().collect(),
+            leaving: dead
+                .iter()
+                .chain(&running.draining)
+                .chain(&retired)
+                .copied()
+                .collect(),
             shards,
             busy: memory.operating.clone(),
             moves_in_flight: running.moves_to,
@@ -479,6 +492,7 @@ fn start_replication(context: &Arc<NodeContext>, operators: Vec<Operator>, model
         let (shard, change) = match operator {
             Operator::AddLearner { shard, node } => (shard, ReplicaChange::AddLearner(node)),
             Operator::Promote { shard, node } => (shard, ReplicaChange::Promote(node)),
+            Operator::RemoveLearner { shard, node } => (shard, ReplicaChange::Remove(node)),
         };
         let Some(state) = model.shards.iter().find(|s| s.descriptor.id == shard) else {
             continue;
@@ -542,11 +556,12 @@ fn start_moves(
                     state: OperationState::Running,
                     progress: None,
                 };
-                run_operation(&context, operation, version).await
+                run_operation(&context, operation, version, Marked::Already).await
             }
             .await;
-            context.end_operator(shard);
             if let Err(error) = started {
+                // Not recorded (ids not allocated): nothing runs, so the mark goes.
+                context.end_operator(shard);
                 tracing::info!(shard, %error, why, "move not started");
             }
         });
@@ -904,7 +919,7 @@ pub async fn admin_split(
         progress: None,
     };
     tracing::info!(operation = id, shard, new_shard, "split started");
-    run_operation(context, operation, descriptor.epoch.version).await
+    run_operation(context, operation, descriptor.epoch.version, Marked::No).await
 }
 
 /// Moves the leadership of `shard` to node `to`, as an operation (see [`admin_split`] for
@@ -933,10 +948,22 @@ pub async fn admin_transfer_leader(
         state: OperationState::Running,
         progress: None,
     };
-    run_operation(context, operation, descriptor.epoch.version).await
+    run_operation(context, operation, descriptor.epoch.version, Marked::No).await
 }
 
-/// True if placement heard from `node` within the dead-node timeout.
+/// True if `node` went quiet: this placement leader has led long enough to have heard from
+/// it (the suspect timeout) and has not lately. A leader that took over a moment ago has
+/// heard nobody yet, which says nothing.
+fn gone_quiet(context: &NodeContext, node: NodeId) -> bool {
+    let tenured = context.placement.lock().ok().is_some_and(|memory| {
+        memory
+            .leading_since
+            .is_some_and(|since| since.elapsed() >= context.config.suspect_node_timeout)
+    });
+    tenured && !is_live(context, node)
+}
+
+/// True if placement heard from `node` within the suspect timeout.
 fn is_live(context: &NodeContext, node: NodeId) -> bool {
     context.placement.lock().ok().is_some_and(|memory| {
         memory
@@ -1015,7 +1042,7 @@ pub async fn admin_drain_node(
         progress: None,
     };
     tracing::info!(operation = id, node, decommission, "drain started");
-    run_operation(context, operation, 0).await
+    run_operation(context, operation, 0, Marked::No).await
 }
 
 /// Waits for the repair scheduler to move every replica off `node` (it treats a node with
@@ -1121,6 +1148,14 @@ pub async fn admin_move_replica(
     if !nodes.iter().any(|node| node.id == to) {
         return Err(ApiError::Refused(format!("there is no node {to}")));
     }
+    let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+    let draining = operations.iter().any(|op| {
+        !op.state.is_terminal()
+            && matches!(op.kind, OperationKind::Drain { node, .. } if node == to)
+    });
+    if draining {
+        return Err(ApiError::Refused(format!("node {to} is being drained")));
+    }
     check_live(context, to).await?;
     let (id, _) = allocate_ids(context).await?;
     let operation = Operation {
@@ -1130,28 +1165,62 @@ pub async fn admin_move_replica(
         progress: None,
     };
     tracing::info!(operation = id, shard, from, to, "move started");
-    run_operation(context, operation, descriptor.epoch.version).await
+    run_operation(context, operation, descriptor.epoch.version, Marked::No).await
+}
+
+/// Whether the caller already holds its shard's operator mark (which the operation then
+/// owns and clears when it ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Marked {
+    Already,
+    No,
 }
 
 /// Records `operation` as running and carries it out (marked as executing meanwhile, so a
-/// scheduler round does not resume it at the same time).
+/// scheduler round does not resume it at the same time). Refused `Busy`, before anything
+/// is recorded, while its shard has another operation or operator under way.
 async fn run_operation(
     context: &NodeContext,
     operation: Operation,
     version: u64,
+    marked: Marked,
 ) -> Result<ApiResponse, ApiError> {
     let id = operation.id;
     let shard = operation.kind.shard();
     // Marked first, so a scheduler round neither resumes it nor puts an operator of its own
-    // on the shard meanwhile.
+    // on the shard meanwhile; one operation or operator per shard at a time (two moves of
+    // one shard could each take the other's new voter for its own and remove a voter).
     let marked = match context.placement.lock() {
         Ok(mut memory) => {
+            let owned = match (shard, marked) {
+                (None, _) => false,
+                (Some(_), Marked::Already) => true,
+                (Some(shard), Marked::No) => memory.operating.insert(shard),
+            };
+            if shard.is_some() && !owned {
+                return Err(ApiError::Busy(format!(
+                    "shard {} has another operation or operator under way; retry once it ends",
+                    shard.unwrap_or_default()
+                )));
+            }
             memory.executing.insert(id);
-            shard.is_some_and(|shard| memory.operating.insert(shard))
+            owned
         }
         Err(_) => false,
     };
     let ended = async {
+        if let Some(shard) = shard {
+            let running: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+            if let Some(other) = running
+                .iter()
+                .find(|op| !op.state.is_terminal() && op.kind.shard() == Some(shard))
+            {
+                return Err(ApiError::Busy(format!(
+                    "shard {shard} has operation {} running; wait for it or cancel it",
+                    other.id
+                )));
+            }
+        }
         if !record_operation(context, &operation, None).await? {
             return Err(ApiError::Refused(format!(
                 "operation id {id} already in use"
@@ -1523,7 +1592,7 @@ async fn execute_move(
                 reason: format!("node {from} no longer holds a replica of shard {shard}"),
             };
         }
-        if !is_live(context, to) {
+        if gone_quiet(context, to) {
             if descriptor.learners.contains(&to) {
                 change_replicas_step(context, &descriptor, ReplicaChange::Remove(to)).await;
             }
@@ -1565,6 +1634,16 @@ async fn execute_move(
             // Both voters: the joint change not left yet, or not reported yet.
             let since = *both_voters_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= MOVE_LEAVE_JOINT_WAIT {
+                if descriptor.replicas.len() <= context.config.replication_factor {
+                    // Not this move's joint change (that leaves one voter above the factor
+                    // until it is left): the membership changed under the move.
+                    return OperationState::Failed {
+                        reason: format!(
+                            "shard {shard}'s membership changed under the move (voters {:?})",
+                            descriptor.replicas
+                        ),
+                    };
+                }
                 if leader == Some(from) {
                     hand_leadership_away(context, &descriptor, from).await;
                 } else {
