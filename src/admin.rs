@@ -213,11 +213,13 @@ pub async fn follow_operation(
             last_line = line;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // Placement may be moving (a drain can move its leader): keep following through
+        // errors until the timeout, which says the operation still runs.
         if let Some(current) = client
             .operations()
-            .await?
-            .into_iter()
-            .find(|o| o.id == operation.id)
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|o| o.id == operation.id))
         {
             operation = current;
         }

@@ -388,6 +388,9 @@ impl Client {
                         Ok(address) if address != target => {
                             target = address;
                             redirects += 1;
+                            last = format!(
+                                "placement leadership moving (redirected {redirects} times)"
+                            );
                         }
                         _ => {
                             last = format!("{target}: no placement leader known");
