@@ -31,6 +31,10 @@ const MAX_PLACEMENT_REDIRECTS: usize = 3;
 /// before each: about 5 s in all.
 const MAX_PLACEMENT_BUSY_RETRIES: usize = 20;
 const PLACEMENT_BUSY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+/// Rounds over the seeds when placement's leadership is moving or no seed answers, and the
+/// first wait between them (doubling to 1 s): about 5 s in all.
+const PLACEMENT_ROUNDS: usize = 7;
+const PLACEMENT_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::tls::Identity;
 use crate::{quic, wire};
 
@@ -367,54 +371,64 @@ impl Client {
     async fn placement_call(&self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let mut last = String::from("no seed");
         let mut busy_answers = 0;
-        for &seed in &self.seeds {
-            let mut target = seed;
-            let mut redirects = 0;
-            while redirects <= MAX_PLACEMENT_REDIRECTS {
-                match self.call(target, &request).await {
-                    // Busy: refused before anything started (another operation holds the
-                    // shard a moment); asking again a little later is safe.
-                    Ok(ApiResponse::Error(ApiError::Busy(_)))
-                        if busy_answers < MAX_PLACEMENT_BUSY_RETRIES =>
-                    {
-                        busy_answers += 1;
-                        tokio::time::sleep(PLACEMENT_BUSY_BACKOFF).await;
-                        continue;
-                    }
-                    Ok(ApiResponse::Error(ApiError::NotLeader {
-                        leader: Some(leader),
-                        ..
-                    })) => match leader.address.parse::<SocketAddr>() {
-                        Ok(address) if address != target => {
-                            target = address;
-                            redirects += 1;
-                            last = format!(
-                                "placement leadership moving (redirected {redirects} times)"
-                            );
+        let mut backoff = PLACEMENT_RETRY_BACKOFF;
+        for round in 0..PLACEMENT_ROUNDS {
+            if round > 0 {
+                // Placement's leadership is moving, or no seed answered: every failure so
+                // far happened before anything started, so asking again is safe.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+            for &seed in &self.seeds {
+                let mut target = seed;
+                let mut redirects = 0;
+                while redirects <= MAX_PLACEMENT_REDIRECTS {
+                    match self.call(target, &request).await {
+                        // Busy: refused before anything started (another operation holds
+                        // the shard a moment); asking again a little later is safe.
+                        Ok(ApiResponse::Error(ApiError::Busy(_)))
+                            if busy_answers < MAX_PLACEMENT_BUSY_RETRIES =>
+                        {
+                            busy_answers += 1;
+                            tokio::time::sleep(PLACEMENT_BUSY_BACKOFF).await;
                         }
-                        _ => {
-                            last = format!("{target}: no placement leader known");
+                        Ok(ApiResponse::Error(ApiError::NotLeader { leader, .. })) => {
+                            match leader.and_then(|l| l.address.parse::<SocketAddr>().ok()) {
+                                Some(address) if address != target => {
+                                    target = address;
+                                    redirects += 1;
+                                    last = format!(
+                                        "placement leadership moving (redirected {redirects} \
+                                         times)"
+                                    );
+                                }
+                                _ => {
+                                    last = format!("{target}: no placement leader known");
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(ApiResponse::Error(error)) => return Err(ClientError::Refused(error)),
+                        Ok(answer) => return Ok(answer),
+                        Err(CallError::Untrusted(error)) => {
+                            return Err(ClientError::Untrusted(error))
+                        }
+                        Err(CallError::NotSent(error)) => {
+                            last = format!("{target}: {error}");
                             break;
                         }
-                    },
-                    Ok(ApiResponse::Error(error)) => return Err(ClientError::Refused(error)),
-                    Ok(answer) => return Ok(answer),
-                    Err(CallError::Untrusted(error)) => return Err(ClientError::Untrusted(error)),
-                    Err(CallError::NotSent(error)) => {
-                        last = format!("{target}: {error}");
-                        break;
-                    }
-                    Err(CallError::Lost(error)) => {
-                        return Err(ClientError::OutcomeUnknown(format!(
-                            "{target}: {error}; the operation may have started (see the \
-                             operations placement recorded)"
-                        )))
+                        Err(CallError::Lost(error)) => {
+                            return Err(ClientError::OutcomeUnknown(format!(
+                                "{target}: {error}; the operation may have started (see the \
+                                 operations placement recorded)"
+                            )))
+                        }
                     }
                 }
             }
         }
         Err(ClientError::Unavailable {
-            attempts: self.seeds.len() as u32,
+            attempts: (self.seeds.len() * PLACEMENT_ROUNDS) as u32,
             last,
         })
     }
