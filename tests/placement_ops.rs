@@ -435,7 +435,12 @@ fn replicas_move_between_four_nodes_under_a_checked_load_and_a_leader_killed_mid
             // The node moved from destroys its replica.
             let deadline = Instant::now() + Duration::from_secs(10);
             while replicas_held(&cluster, from).await != held - 1 {
-                assert!(Instant::now() < deadline, "node {from} kept its replica");
+                assert!(
+                    Instant::now() < deadline,
+                    "node {from} kept its replica (held {held}, now {})\n{}",
+                    replicas_held(&cluster, from).await,
+                    cluster.logs()
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

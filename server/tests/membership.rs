@@ -330,3 +330,35 @@ fn a_replica_cut_off_while_it_is_removed_learns_it_from_a_removal_notice() {
     assert_eq!(counter(&world, from, |c| c.replicas_destroyed_by_notice), 1);
     assert!(settled_on(&world, &voters));
 }
+
+#[test]
+fn a_quiet_replica_removed_while_briefly_cut_off_is_told_by_the_leader() {
+    let (mut world, leader) = three_replicas_and_a_spare(14);
+    let from = (1..=3).find(|&n| n != leader).expect("a follower");
+    add_caught_up_learner(&mut world, SPARE);
+    assert!(
+        world.run_until_quiet(4_000).is_some(),
+        "the group never went quiet"
+    );
+    assert!(world.driver(from).is_some_and(|d| d.is_quiet(SHARD)));
+    // Cut off for less than a peer takes to be declared dead, so nothing wakes its quiet
+    // replica, and it misses the whole change.
+    world.isolate(from, 36);
+    replace(&mut world, SPARE, from);
+    let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
+    voters.sort_unstable();
+    assert!(
+        world.run_until(36, |w| settled_on(w, &voters)),
+        "the change outlasted the cut"
+    );
+    assert!(world.driver(from).is_some_and(|d| d.is_quiet(SHARD)));
+    let gone = world.run_until(2_000, |w| {
+        w.driver(from)
+            .is_some_and(|d| d.descriptor(SHARD).is_none())
+    });
+    assert!(
+        gone,
+        "the quiet removed replica never heard: {:?}",
+        members(&world, from)
+    );
+}

@@ -57,7 +57,15 @@ pub struct MultiRaft<T: Transport> {
     /// Removal notices received this iteration, acted on after its batch is written (at
     /// most one per group per frame, and frames per iteration are bounded).
     removal_notices: Vec<RemovedNotice>,
+    /// (group, node) pairs a membership change led here removed, with the ticks left to
+    /// keep telling the node so at each liveness frame: a removed replica hears nothing
+    /// more from its group, and one that never campaigns (a learner, or a quiet follower)
+    /// would otherwise never learn of it. At most [`MAX_REMOVED_MEMBERS_TOLD`].
+    removed_members: BTreeMap<(GroupId, NodeId), u32>,
 }
+
+/// Removed members told at once (each for ten election timeouts).
+const MAX_REMOVED_MEMBERS_TOLD: usize = 4096;
 
 fn stop_error(reason: &str) -> RequestError {
     RequestError::Stopped(reason.to_string())
@@ -98,6 +106,7 @@ impl<T: Transport> MultiRaft<T> {
             snapshot_inbox_bytes: 0,
             stopped: None,
             removal_notices: Vec::new(),
+            removed_members: BTreeMap::new(),
         };
         for &group in &groups {
             driver.load_replica(group)?;
@@ -391,6 +400,7 @@ impl<T: Transport> MultiRaft<T> {
                 entries += ready.entries.len();
                 let before = ready.snapshot.as_ref().map(|_| replica.descriptor.clone());
                 let conf_version = replica.descriptor.epoch.conf_version;
+                let members_before: Vec<NodeId> = replica.descriptor.members().collect();
                 let install = replica.stage(
                     ready,
                     &mut applier,
@@ -415,6 +425,19 @@ impl<T: Transport> MultiRaft<T> {
                 self.counters.entries_applied += ready.committed_entries.len() as u64;
                 if replica.descriptor.epoch.conf_version != conf_version {
                     membership_changed.push(*group);
+                    if replica.raft.role() == Role::Leader {
+                        // The nodes this change removed hear nothing more from the group;
+                        // tell them for a while (see `removed_members`).
+                        let removed = members_before
+                            .into_iter()
+                            .filter(|node| !replica.descriptor.members().any(|m| m == *node));
+                        let ticks = self.config.election_timeout_ticks.saturating_mul(10);
+                        for node in removed {
+                            if self.removed_members.len() < MAX_REMOVED_MEMBERS_TOLD {
+                                self.removed_members.insert((*group, node), ticks);
+                            }
+                        }
+                    }
                 }
                 for member in replica.descriptor.members() {
                     if member != self.config.node {
@@ -822,7 +845,21 @@ impl<T: Transport> MultiRaft<T> {
                     .entry(node)
                     .or_insert_with(|| Frame::new(self.config.node, node));
             }
+            let told: Vec<(GroupId, NodeId)> = self.removed_members.keys().copied().collect();
+            for (group, node) in told {
+                let removed = self
+                    .replicas
+                    .get(&group)
+                    .is_some_and(|replica| !is_member(replica.raft.conf_state(), node));
+                if removed {
+                    self.notify_removed(group, node);
+                }
+            }
         }
+        self.removed_members.retain(|_, ticks| {
+            *ticks = ticks.saturating_sub(1);
+            *ticks > 0
+        });
         Ok(())
     }
 
