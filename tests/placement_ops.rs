@@ -387,17 +387,18 @@ async fn wait_for_voters(cluster: &Cluster, voters: &[u64]) {
 fn replicas_move_between_four_nodes_under_a_checked_load_and_a_leader_killed_mid_move() {
     runtime().block_on(async {
         let mut cluster = Cluster::formed(&[]).await;
+        // Leaders and replicas stay where the moves put them (paused before the fourth
+        // node joins, or the replica balancer gives it a replica of its own accord).
+        for scheduler in ["leader-balance", "replica-balance"] {
+            let (ok, stdout, stderr) = cluster.cli(0, &["admin", scheduler, "off"]);
+            assert!(ok, "{stdout}{stderr}");
+        }
         cluster.add_node(Some(cluster.addresses()[0]));
         cluster
             .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
                 nodes.len() == 4 && nodes.iter().all(|n| n.live)
             })
             .await;
-        // Leaders and replicas stay where the moves put them.
-        for scheduler in ["leader-balance", "replica-balance"] {
-            let (ok, stdout, stderr) = cluster.cli(0, &["admin", scheduler, "off"]);
-            assert!(ok, "{stdout}{stderr}");
-        }
         let client = cluster.client(cluster.addresses());
         for i in 0..KEYS {
             client
