@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Seconds without a report after which a node's replicas are rebuilt elsewhere.
     #[arg(long, env = "RSHARD_DEAD_NODE_TIMEOUT_SECONDS")]
     dead_node_timeout_seconds: Option<u64>,
+    /// Ended operations placement keeps on record (`rshard admin ops`).
+    #[arg(long, env = "RSHARD_ENDED_OPERATIONS_KEPT")]
+    ended_operations_kept: Option<usize>,
     /// Snapshot bytes per second sent to each peer.
     #[arg(long, env = "RSHARD_SNAPSHOT_BYTES_PER_SECOND")]
     snapshot_bytes_per_second: Option<u64>,
@@ -79,6 +82,7 @@ struct ServeFile {
     shutdown_timeout_seconds: Option<u64>,
     suspect_node_timeout_seconds: Option<u64>,
     dead_node_timeout_seconds: Option<u64>,
+    ended_operations_kept: Option<usize>,
     snapshot_bytes_per_second: Option<u64>,
 }
 
@@ -143,6 +147,9 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         .or(file.dead_node_timeout_seconds)
     {
         config.dead_node_timeout = Duration::from_secs(seconds.max(1));
+    }
+    if let Some(kept) = args.ended_operations_kept.or(file.ended_operations_kept) {
+        config.ended_operations_kept = kept;
     }
     if config.dead_node_timeout < config.suspect_node_timeout {
         bail!(

@@ -191,7 +191,8 @@ fn a_shard_split_twenty_times_serves_every_key_throughout_and_covers_the_key_spa
 #[test]
 fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused() {
     runtime().block_on(async {
-        let cluster = Cluster::formed(&[]).await;
+        // Three ended operations kept: the history is pruned as more end.
+        let cluster = Cluster::formed(&["--ended-operations-kept", "3"]).await;
         let via = 0;
         // Leaders placed by hand stay only while the balancer is paused.
         let (ok, stdout, stderr) = cluster.cli(via, &["admin", "leader-balance", "off"]);
@@ -228,6 +229,23 @@ fn leadership_moves_to_each_voter_asked_and_a_node_without_a_replica_is_refused(
             !ok && stderr.contains("not a voter of shard"),
             "{stdout}{stderr}"
         );
+        // Six operations ended; within a few rounds only the newest three are on record.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids: Vec<u64> = operations(&cluster, via)
+                .iter()
+                .filter_map(|op| op["id"].as_u64())
+                .collect();
+            if ids.len() == 3 {
+                assert!(
+                    ids.iter().all(|&id| id >= 4),
+                    "the oldest went first: {ids:?}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "never pruned to 3: {ids:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     });
 }
 

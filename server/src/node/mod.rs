@@ -73,6 +73,9 @@ pub struct ServeConfig {
     /// A node placement has not heard from for this long is dead: its replicas are rebuilt
     /// on other nodes (see `rshard_placement::repair`). Never below the suspect timeout.
     pub dead_node_timeout: Duration,
+    /// Ended operations placement keeps on record (the oldest beyond go, a bounded number
+    /// per scheduler round), so the records every round scans stay bounded.
+    pub ended_operations_kept: usize,
     /// How long a request may wait for its shard.
     pub request_timeout: Duration,
     /// How long a graceful shutdown may take before the node stops anyway.
@@ -99,6 +102,7 @@ impl ServeConfig {
             replication_factor: 3,
             suspect_node_timeout: Duration::from_secs(10),
             dead_node_timeout: Duration::from_secs(300),
+            ended_operations_kept: 1000,
             request_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             snapshot_bytes_per_second: 64 << 20,

@@ -1252,6 +1252,44 @@ async fn run_operation(
     Ok(ApiResponse::Operation(ended?))
 }
 
+/// Ended operations deleted per scheduler round at most (one write).
+const MAX_OPERATIONS_PRUNED_PER_ROUND: usize = 256;
+
+/// Deletes the oldest ended operations beyond `ended_operations_kept`. An ended record
+/// never changes again, so a plain delete cannot lose an update.
+async fn prune_ended_operations(
+    context: &NodeContext,
+    operations: &[Operation],
+) -> Result<(), ApiError> {
+    let ended: Vec<u64> = operations
+        .iter()
+        .filter(|operation| operation.state.is_terminal())
+        .map(|operation| operation.id)
+        .collect();
+    let excess = ended
+        .len()
+        .saturating_sub(context.config.ended_operations_kept)
+        .min(MAX_OPERATIONS_PRUNED_PER_ROUND);
+    if excess == 0 {
+        return Ok(());
+    }
+    // Oldest first: ids rise, and the scan is in key (id) order.
+    let ops = ended[..excess]
+        .iter()
+        .map(|&id| KvOp::Delete {
+            key: record_key(OPERATION_PREFIX, id),
+        })
+        .collect();
+    let command = crate::kv::KvCommand {
+        shard: PLACEMENT_SHARD,
+        epoch: placement_epoch(context)?,
+        ops,
+    };
+    context.request(Request::Write(command)).await?;
+    tracing::debug!(pruned = excess, "ended operations pruned");
+    Ok(())
+}
+
 /// What the operations still running mean for the schedulers.
 #[derive(Debug, Default)]
 struct RunningOperations {
@@ -1265,6 +1303,7 @@ struct RunningOperations {
 /// could not reach the shard's leader), each in its own task.
 async fn resume_operations(context: &Arc<NodeContext>) -> Result<RunningOperations, ApiError> {
     let operations: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
+    prune_ended_operations(context, &operations).await?;
     let mut running = RunningOperations::default();
     for operation in operations {
         if operation.state.is_terminal() {
