@@ -973,9 +973,9 @@ fn is_live(context: &NodeContext, node: NodeId) -> bool {
     })
 }
 
-/// Refuses unless `node` is live. A placement leader that took over moments ago has heard
-/// nobody yet: it waits for the next reports (two intervals) before it refuses.
-async fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
+/// A placement leader that took over moments ago has heard nobody yet: wait for the next
+/// reports (two intervals; three at most) before judging who is live.
+async fn await_reports(context: &NodeContext) {
     let new_leader = |context: &NodeContext| {
         context.placement.lock().ok().is_some_and(|memory| {
             memory
@@ -984,8 +984,15 @@ async fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError>
         })
     };
     let deadline = Instant::now() + REPORT_INTERVAL * 3;
-    while !is_live(context, node) && new_leader(context) && Instant::now() < deadline {
+    while new_leader(context) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Refuses unless `node` is live (judged on the reports, see [`await_reports`]).
+async fn check_live(context: &NodeContext, node: NodeId) -> Result<(), ApiError> {
+    if !is_live(context, node) {
+        await_reports(context).await;
     }
     if is_live(context, node) {
         Ok(())
@@ -1022,6 +1029,7 @@ pub async fn admin_drain_node(
             draining.insert(*other);
         }
     }
+    await_reports(context).await;
     let staying = nodes
         .iter()
         .filter(|record| record.id != node && !draining.contains(&record.id))
