@@ -334,6 +334,35 @@ fn thirty_shards_created_on_one_node_get_their_leaders_balanced_within_30_second
     });
 }
 
+/// Starts a fourth node (joining node 0) and waits until every node is live; its index.
+async fn add_fourth_node(cluster: &mut Cluster) -> usize {
+    let index = cluster.add_node(Some(cluster.addresses()[0]));
+    cluster
+        .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
+            nodes.len() == 4 && nodes.iter().all(|n| n.live)
+        })
+        .await;
+    index
+}
+
+/// Writes `KEYS` keys, each with the value the key's number names.
+async fn write_keys(client: &rshard_common::client::Client) {
+    for i in 0..KEYS {
+        client
+            .put(&key(i), format!("v{i}").as_bytes())
+            .await
+            .expect("a put");
+    }
+}
+
+/// Every key [`write_keys`] wrote reads back with its value.
+async fn read_keys_back(client: &rshard_common::client::Client) {
+    for i in 0..KEYS {
+        let value = client.get(&key(i)).await.expect("a read");
+        assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
+    }
+}
+
 /// `rshard admin move` through node `via`, following the operation: (success, stdout,
 /// stderr).
 fn move_replica(cluster: &Cluster, via: usize, from: u64, to: u64) -> (bool, String, String) {
@@ -411,19 +440,9 @@ fn replicas_move_between_four_nodes_under_a_checked_load_and_a_leader_killed_mid
             let (ok, stdout, stderr) = cluster.cli(0, &["admin", scheduler, "off"]);
             assert!(ok, "{stdout}{stderr}");
         }
-        cluster.add_node(Some(cluster.addresses()[0]));
-        cluster
-            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
-                nodes.len() == 4 && nodes.iter().all(|n| n.live)
-            })
-            .await;
+        add_fourth_node(&mut cluster).await;
         let client = cluster.client(cluster.addresses());
-        for i in 0..KEYS {
-            client
-                .put(&key(i), format!("v{i}").as_bytes())
-                .await
-                .expect("a put");
-        }
+        write_keys(&client).await;
         let load = CheckedLoad::start(&cluster, 3);
 
         // A follower's replica, then the leader's (its leadership moves first), then a
@@ -527,10 +546,7 @@ fn replicas_move_between_four_nodes_under_a_checked_load_and_a_leader_killed_mid
         load.finish(50).await;
         // Nothing lost: every key written before the moves reads back.
         let client = cluster.client(cluster.addresses());
-        for i in 0..KEYS {
-            let value = client.get(&key(i)).await.expect("a read");
-            assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
-        }
+        read_keys_back(&client).await;
     });
 }
 
@@ -548,19 +564,9 @@ fn a_dead_nodes_replicas_are_rebuilt_elsewhere_and_it_is_reconciled_when_it_is_b
         // Node 4 takes replicas only by repair here.
         let (ok, stdout, stderr) = cluster.cli(0, &["admin", "replica-balance", "off"]);
         assert!(ok, "{stdout}{stderr}");
-        cluster.add_node(Some(cluster.addresses()[0]));
-        cluster
-            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
-                nodes.len() == 4 && nodes.iter().all(|n| n.live)
-            })
-            .await;
+        add_fourth_node(&mut cluster).await;
         let client = cluster.client(cluster.addresses());
-        for i in 0..KEYS {
-            client
-                .put(&key(i), format!("v{i}").as_bytes())
-                .await
-                .expect("a put");
-        }
+        write_keys(&client).await;
         // Node 2 holds a replica of both shards (the placement shard and the data shard).
         let victim = 1;
         let dead = cluster.nodes[victim].id;
@@ -583,10 +589,7 @@ fn a_dead_nodes_replicas_are_rebuilt_elsewhere_and_it_is_reconciled_when_it_is_b
             .await;
         eprintln!("repaired {:?} after the kill", killed.elapsed());
         let client = cluster.client(cluster.addresses());
-        for i in 0..KEYS {
-            let value = client.get(&key(i)).await.expect("a read");
-            assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
-        }
+        read_keys_back(&client).await;
         // Back, the node learns its replicas were removed and destroys them.
         cluster.restart(victim);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -605,19 +608,9 @@ fn a_dead_nodes_replicas_are_rebuilt_elsewhere_and_it_is_reconciled_when_it_is_b
 fn a_decommissioned_node_is_drained_of_every_replica_and_leaves_the_cluster() {
     runtime().block_on(async {
         let mut cluster = Cluster::formed(&[]).await;
-        cluster.add_node(Some(cluster.addresses()[0]));
-        cluster
-            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
-                nodes.len() == 4 && nodes.iter().all(|n| n.live)
-            })
-            .await;
+        add_fourth_node(&mut cluster).await;
         let client = cluster.client(cluster.addresses());
-        for i in 0..KEYS {
-            client
-                .put(&key(i), format!("v{i}").as_bytes())
-                .await
-                .expect("a put");
-        }
+        write_keys(&client).await;
         let (ok, stdout, stderr) = cluster.cli(0, &["node", "drain", "9"]);
         assert!(!ok && stderr.contains("no node 9"), "{stdout}{stderr}");
         // Node 2 holds a replica of both shards, and may lead either (or placement).
@@ -648,10 +641,7 @@ fn a_decommissioned_node_is_drained_of_every_replica_and_leaves_the_cluster() {
             !ok && stderr.contains("would leave 2 live nodes"),
             "{stdout}{stderr}"
         );
-        for i in 0..KEYS {
-            let value = client.get(&key(i)).await.expect("a read");
-            assert_eq!(value, Some(format!("v{i}").into_bytes()), "key {i}");
-        }
+        read_keys_back(&client).await;
     });
 }
 
@@ -732,12 +722,7 @@ fn a_move_stuck_on_its_new_replica_shows_its_step_and_is_cancelled_and_rolled_ba
         let mut cluster = Cluster::formed(&flags).await;
         let (ok, stdout, stderr) = cluster.cli(0, &["admin", "replica-balance", "off"]);
         assert!(ok, "{stdout}{stderr}");
-        let spare = cluster.add_node(Some(cluster.addresses()[0]));
-        cluster
-            .wait_for("4 live nodes", FORMATION_TIMEOUT, |nodes, _| {
-                nodes.len() == 4 && nodes.iter().all(|n| n.live)
-            })
-            .await;
+        let spare = add_fourth_node(&mut cluster).await;
         // The new replica's node stops answering (it still counts as live for a while):
         // the move waits for its snapshot.
         cluster.pause(spare, true);

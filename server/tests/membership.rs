@@ -192,19 +192,40 @@ fn counter(world: &World, node: NodeId, read: impl Fn(&Counters) -> u64) -> u64 
     world.driver(node).map_or(0, |d| read(d.counters()))
 }
 
+/// Nodes 1-4 but `from`, in order: the voters once `from`'s replica moved to the spare.
+fn voters_without(from: NodeId) -> Vec<NodeId> {
+    (1..=4).filter(|&n| n != from).collect()
+}
+
+/// True if `node` (up) holds no replica of the shard.
+fn holds_none(world: &World, node: NodeId) -> bool {
+    world
+        .driver(node)
+        .is_some_and(|d| d.descriptor(SHARD).is_none())
+}
+
+/// Runs until `node`'s removed replica and its data are gone, and checks that a removal
+/// notice destroyed it.
+fn assert_destroyed_by_notice(world: &mut World, node: NodeId) {
+    let gone = world.run_until(4_000, |w| {
+        holds_none(w, node) && w.shard_data(node, SHARD).is_empty()
+    });
+    assert!(
+        gone,
+        "node {node}'s removed replica never went: {:?}",
+        world.driver(node).and_then(|d| d.replica_status(SHARD))
+    );
+    assert_eq!(counter(world, node, |c| c.replicas_destroyed_by_notice), 1);
+}
+
 #[test]
 fn a_replica_moved_off_a_node_is_destroyed_with_its_data_and_may_come_back_later() {
     let (mut world, leader) = three_replicas_and_a_spare(11);
     let from = (1..=3).find(|&n| n != leader).expect("a follower");
     add_caught_up_learner(&mut world, SPARE);
     replace(&mut world, SPARE, from);
-    let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
-    voters.sort_unstable();
-    let moved = world.run_until(4_000, |w| {
-        settled_on(w, &voters)
-            && w.driver(from)
-                .is_some_and(|d| d.descriptor(SHARD).is_none())
-    });
+    let voters = voters_without(from);
+    let moved = world.run_until(4_000, |w| settled_on(w, &voters) && holds_none(w, from));
     assert!(moved, "the move never settled: {:?}", members(&world, from));
     assert_eq!(counter(&world, from, |c| c.replicas_destroyed), 1);
     // Cleared in bounded steps after the replica went.
@@ -213,9 +234,7 @@ fn a_replica_moved_off_a_node_is_destroyed_with_its_data_and_may_come_back_later
 
     // Gone for good: a restart finds neither the replica nor its data.
     world.crash_and_reopen((from - 1) as usize);
-    assert!(world
-        .driver(from)
-        .is_some_and(|d| d.descriptor(SHARD).is_none()));
+    assert!(holds_none(&world, from));
     assert!(world.shard_data(from, SHARD).is_empty());
 
     // Its tombstone holds back only what is older: added again, it gets a snapshot.
@@ -260,20 +279,7 @@ fn a_learner_removed_while_down_learns_it_when_it_asks_for_its_leader() {
     let remove = ConfChange::new([ConfChangeStep::Remove(SPARE)]);
     assert!(world.change_replicas(SHARD, remove));
     assert!(world.run_until(2_000, |w| settled_on(w, &[1, 2, 3])));
-    let gone = world.run_until(4_000, |w| {
-        w.driver(SPARE)
-            .is_some_and(|d| d.descriptor(SHARD).is_none())
-            && w.shard_data(SPARE, SHARD).is_empty()
-    });
-    assert!(
-        gone,
-        "the removed learner never went: {:?}",
-        world.driver(SPARE).and_then(|d| d.replica_status(SHARD))
-    );
-    assert_eq!(
-        counter(&world, SPARE, |c| c.replicas_destroyed_by_notice),
-        1
-    );
+    assert_destroyed_by_notice(&mut world, SPARE);
 }
 
 /// The same for a learner cut off while it is removed: it still names the leader it last
@@ -286,20 +292,7 @@ fn a_learner_cut_off_while_it_is_removed_asks_and_learns_it() {
     let remove = ConfChange::new([ConfChangeStep::Remove(SPARE)]);
     assert!(world.change_replicas(SHARD, remove));
     assert!(world.run_until(2_000, |w| settled_on(w, &[1, 2, 3])));
-    let gone = world.run_until(4_000, |w| {
-        w.driver(SPARE)
-            .is_some_and(|d| d.descriptor(SHARD).is_none())
-            && w.shard_data(SPARE, SHARD).is_empty()
-    });
-    assert!(
-        gone,
-        "the removed learner never went: {:?}",
-        world.driver(SPARE).and_then(|d| d.replica_status(SHARD))
-    );
-    assert_eq!(
-        counter(&world, SPARE, |c| c.replicas_destroyed_by_notice),
-        1
-    );
+    assert_destroyed_by_notice(&mut world, SPARE);
 }
 
 #[test]
@@ -311,23 +304,12 @@ fn a_replica_cut_off_while_it_is_removed_learns_it_from_a_removal_notice() {
     // old membership once it is back.
     world.isolate(from, 2_000);
     replace(&mut world, SPARE, from);
-    let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
-    voters.sort_unstable();
+    let voters = voters_without(from);
     assert!(world.run_until(1_900, |w| settled_on(w, &voters)));
     assert!(world
         .driver(from)
         .is_some_and(|d| d.descriptor(SHARD).is_some()));
-    let gone = world.run_until(4_000, |w| {
-        w.driver(from)
-            .is_some_and(|d| d.descriptor(SHARD).is_none())
-            && w.shard_data(from, SHARD).is_empty()
-    });
-    assert!(
-        gone,
-        "the removed replica never went: {:?}",
-        members(&world, from)
-    );
-    assert_eq!(counter(&world, from, |c| c.replicas_destroyed_by_notice), 1);
+    assert_destroyed_by_notice(&mut world, from);
     assert!(settled_on(&world, &voters));
 }
 
@@ -345,17 +327,13 @@ fn a_quiet_replica_removed_while_briefly_cut_off_is_told_by_the_leader() {
     // replica, and it misses the whole change.
     world.isolate(from, 36);
     replace(&mut world, SPARE, from);
-    let mut voters: Vec<NodeId> = (1..=4).filter(|&n| n != from).collect();
-    voters.sort_unstable();
+    let voters = voters_without(from);
     assert!(
         world.run_until(36, |w| settled_on(w, &voters)),
         "the change outlasted the cut"
     );
     assert!(world.driver(from).is_some_and(|d| d.is_quiet(SHARD)));
-    let gone = world.run_until(2_000, |w| {
-        w.driver(from)
-            .is_some_and(|d| d.descriptor(SHARD).is_none())
-    });
+    let gone = world.run_until(2_000, |w| holds_none(w, from));
     assert!(
         gone,
         "the quiet removed replica never heard: {:?}",

@@ -400,7 +400,16 @@ impl<T: Transport> MultiRaft<T> {
                 entries += ready.entries.len();
                 let before = ready.snapshot.as_ref().map(|_| replica.descriptor.clone());
                 let conf_version = replica.descriptor.epoch.conf_version;
-                let members_before: Vec<NodeId> = replica.descriptor.members().collect();
+                // Only a ready that applies a membership change needs the members before it.
+                let changes_members = ready
+                    .committed_entries
+                    .iter()
+                    .any(|entry| matches!(entry.payload, rshard_raft::Payload::ConfChange(_)));
+                let members_before: Vec<NodeId> = if changes_members {
+                    replica.descriptor.members().collect()
+                } else {
+                    Vec::new()
+                };
                 let install = replica.stage(
                     ready,
                     &mut applier,
@@ -1251,7 +1260,8 @@ fn is_member(conf: &ConfState, node: NodeId) -> bool {
         || conf.learners_next.contains(&node)
 }
 
-fn store_error(error: rshard_raft::StorageError) -> StoreError {
+/// A Raft storage error as the store's (the log and state live in the node store).
+pub(super) fn store_error(error: rshard_raft::StorageError) -> StoreError {
     StoreError::Engine(error.to_string())
 }
 

@@ -322,13 +322,13 @@ impl Replica {
     pub fn unapplied_conf_changes(&self) -> Result<u64, StoreError> {
         use rshard_raft::Storage;
         let storage = self.raft.storage();
-        let last = storage.last_index().map_err(engine_error)?;
+        let last = storage.last_index().map_err(super::driver::store_error)?;
         let mut next = self.raft.applied_index() + 1;
         let mut changes = 0;
         while next <= last {
             let entries = storage
                 .entries(next, last + 1, 1 << 20)
-                .map_err(engine_error)?;
+                .map_err(super::driver::store_error)?;
             let Some(end) = entries.last().map(|entry| entry.index) else {
                 break;
             };
@@ -557,8 +557,4 @@ fn answer_each(
             .into_iter()
             .map(|request| (request, answer.clone())),
     );
-}
-
-fn engine_error(error: rshard_raft::StorageError) -> StoreError {
-    StoreError::Engine(error.to_string())
 }

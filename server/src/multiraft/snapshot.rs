@@ -350,7 +350,7 @@ impl Snapshots {
         // iteration's batch was written: it can name an older applied index than the
         // descriptor and data sent below. Take it again now, from the same committed state.
         snapshot.metadata = rshard_raft::Storage::snapshot(replica.raft.storage())
-            .map_err(|error| StoreError::Engine(error.to_string()))?
+            .map_err(super::driver::store_error)?
             .metadata;
         let index = snapshot.metadata.index;
         // Raft asked again (a new leadership, or a follower re-added): an earlier refusal's

@@ -96,6 +96,22 @@ pub struct PlacementMemory {
     leading_since: Option<Instant>,
 }
 
+impl PlacementMemory {
+    /// True if `node` reported to this placement leader within `window`.
+    fn heard_within(&self, node: NodeId, window: Duration) -> bool {
+        self.last_heard
+            .get(&node)
+            .is_some_and(|heard| heard.elapsed() < window)
+    }
+
+    /// True if this node has led placement for `window` or more: only then has it heard
+    /// every live node at least once in that window.
+    fn led_for(&self, window: Duration) -> bool {
+        self.leading_since
+            .is_some_and(|since| since.elapsed() >= window)
+    }
+}
+
 /// What an operator set about the schedulers (replicated, so it survives a change of
 /// placement leader). Absent: every scheduler runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,10 +368,7 @@ async fn cluster_view(
     let nodes: Vec<NodeInfo> = nodes
         .into_iter()
         .map(|record| NodeInfo {
-            live: memory
-                .last_heard
-                .get(&record.id)
-                .is_some_and(|heard| heard.elapsed() < live_within),
+            live: memory.heard_within(record.id, live_within),
             capacity: memory.capacity.get(&record.id).copied(),
             id: record.id,
             address: record.address,
@@ -399,32 +412,15 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             ));
         };
         let dead_after = context.config.dead_node_timeout;
-        let dead: BTreeSet<NodeId> = if memory
-            .leading_since
-            .is_some_and(|since| since.elapsed() >= dead_after)
-        {
-            nodes
-                .iter()
-                .map(|n| n.id)
-                .filter(|id| {
-                    memory
-                        .last_heard
-                        .get(id)
-                        .is_none_or(|heard| heard.elapsed() >= dead_after)
-                })
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
+        let dead: BTreeSet<NodeId> = nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| memory.led_for(dead_after) && !memory.heard_within(id, dead_after))
+            .collect();
         let live: BTreeSet<NodeId> = nodes
             .iter()
             .map(|n| n.id)
-            .filter(|id| {
-                memory
-                    .last_heard
-                    .get(id)
-                    .is_some_and(|heard| heard.elapsed() < context.config.suspect_node_timeout)
-            })
+            .filter(|&id| memory.heard_within(id, context.config.suspect_node_timeout))
             .collect();
         let shards: Vec<ShardState> = descriptors
             .into_iter()
@@ -955,33 +951,33 @@ pub async fn admin_transfer_leader(
 /// it (the suspect timeout) and has not lately. A leader that took over a moment ago has
 /// heard nobody yet, which says nothing.
 fn gone_quiet(context: &NodeContext, node: NodeId) -> bool {
-    let tenured = context.placement.lock().ok().is_some_and(|memory| {
-        memory
-            .leading_since
-            .is_some_and(|since| since.elapsed() >= context.config.suspect_node_timeout)
-    });
-    tenured && !is_live(context, node)
+    let window = context.config.suspect_node_timeout;
+    context
+        .placement
+        .lock()
+        .ok()
+        .is_some_and(|memory| memory.led_for(window) && !memory.heard_within(node, window))
 }
 
 /// True if placement heard from `node` within the suspect timeout.
 fn is_live(context: &NodeContext, node: NodeId) -> bool {
-    context.placement.lock().ok().is_some_and(|memory| {
-        memory
-            .last_heard
-            .get(&node)
-            .is_some_and(|heard| heard.elapsed() < context.config.suspect_node_timeout)
-    })
+    let window = context.config.suspect_node_timeout;
+    context
+        .placement
+        .lock()
+        .ok()
+        .is_some_and(|memory| memory.heard_within(node, window))
 }
 
 /// A placement leader that took over moments ago has heard nobody yet: wait for the next
 /// reports (two intervals; three at most) before judging who is live.
 async fn await_reports(context: &NodeContext) {
     let new_leader = |context: &NodeContext| {
-        context.placement.lock().ok().is_some_and(|memory| {
-            memory
-                .leading_since
-                .is_none_or(|since| since.elapsed() < REPORT_INTERVAL * 2)
-        })
+        context
+            .placement
+            .lock()
+            .ok()
+            .is_some_and(|memory| !memory.led_for(REPORT_INTERVAL * 2))
     };
     let deadline = Instant::now() + REPORT_INTERVAL * 3;
     while new_leader(context) && Instant::now() < deadline {
