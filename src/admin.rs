@@ -33,6 +33,10 @@ pub enum AdminAction {
         shard: u64,
         #[arg(long)]
         at: String,
+        /// Automatic merges may remove the boundary after this long (e.g. 1h); without it,
+        /// a manual split stays until an operator merges it away.
+        #[arg(long, value_parser = crate::bench::parse_duration)]
+        sticky_for: Option<Duration>,
         #[command(flatten)]
         follow: Follow,
     },
@@ -116,12 +120,18 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
             print_shards(&shards, format);
             Ok(0)
         }
-        AdminAction::Split { shard, at, follow } => {
+        AdminAction::Split {
+            shard,
+            at,
+            sticky_for,
+            follow,
+        } => {
             let at = parse_bytes(&at)?;
             if at.is_empty() {
                 bail!("--at needs a key: the first key of the new shard");
             }
-            let operation = client.split_shard(shard, &at).await?;
+            let sticky_seconds = sticky_for.map(|duration| duration.as_secs().max(1));
+            let operation = client.split_shard(shard, &at, sticky_seconds).await?;
             follow_operation(&client, operation, &follow).await
         }
         AdminAction::LeaderBalance { state } => {
@@ -344,21 +354,41 @@ fn print_shards(shards: &[ShardRoute], format: Format) {
     match format {
         Format::Table => {
             println!(
-                "{:<6} {:<24} {:<24} {:<8} {:<7} {:<12} LEARNERS",
-                "SHARD", "START", "END", "VERSION", "LEADER", "REPLICAS"
+                "{:<6} {:<24} {:<24} {:<8} {:<7} {:<12} {:<9} {:>10} {:>9} {:>8}",
+                "SHARD",
+                "START",
+                "END",
+                "VERSION",
+                "LEADER",
+                "REPLICAS",
+                "LEARNERS",
+                "BYTES",
+                "KEYS",
+                "REQ/S"
             );
+            let known =
+                |value: Option<u64>| value.map_or_else(|| "-".to_string(), |v| v.to_string());
             for route in shards {
                 let d = &route.descriptor;
                 let leader = route.leader.as_ref().map(|l| l.id.to_string());
+                let stats = route.stats.as_ref();
+                let learners = if d.learners.is_empty() {
+                    "-".to_string()
+                } else {
+                    ids(&d.learners)
+                };
                 println!(
-                    "{:<6} {:<24} {:<24} {:<8} {:<7} {:<12} {}",
+                    "{:<6} {:<24} {:<24} {:<8} {:<7} {:<12} {:<9} {:>10} {:>9} {:>8}",
                     d.id,
                     show_bytes(&d.start_key),
                     show_bytes(&d.end_key),
                     d.epoch.version,
                     leader.unwrap_or_else(|| "-".to_string()),
                     ids(&d.replicas),
-                    ids(&d.learners)
+                    learners,
+                    known(stats.and_then(|s| s.bytes)),
+                    known(stats.and_then(|s| s.keys)),
+                    known(stats.map(|s| s.requests_per_second)),
                 );
             }
         }
@@ -376,6 +406,9 @@ fn print_shards(shards: &[ShardRoute], format: Format) {
                         "leader": route.leader.as_ref().map(|l| l.id),
                         "replicas": d.replicas,
                         "learners": d.learners,
+                        "bytes": route.stats.as_ref().and_then(|s| s.bytes),
+                        "keys": route.stats.as_ref().and_then(|s| s.keys),
+                        "requests_per_second": route.stats.as_ref().map(|s| s.requests_per_second),
                     })
                 })
                 .collect();

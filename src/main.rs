@@ -30,7 +30,7 @@ enum Command {
         action: CertAction,
     },
     /// Run a node: bootstrap a new cluster, or join one with --join.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Read and write keys (for scripts).
     Kv {
         #[command(flatten)]
@@ -173,7 +173,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Cert { action } => run_cert(action).map(|()| 0).map_err(anyhow::Error::from),
-        Command::Serve(args) => serve::serve_config(args)
+        Command::Serve(args) => serve::serve_config(*args)
             .and_then(|config| runtime()?.block_on(serve::run(config)).map(|()| 0)),
         Command::Kv { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_kv(&client, action)))

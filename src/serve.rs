@@ -63,6 +63,22 @@ pub struct ServeArgs {
     /// Snapshot bytes per second sent to each peer.
     #[arg(long, env = "RSHARD_SNAPSHOT_BYTES_PER_SECOND")]
     snapshot_bytes_per_second: Option<u64>,
+    /// Bytes (keys and values) at which a shard is split in two (default 64 MiB).
+    #[arg(long, env = "RSHARD_SPLIT_SIZE_BYTES")]
+    split_size_bytes: Option<u64>,
+    /// Requests per second that, sustained, split a shard by load (0: never; default 2500).
+    #[arg(long, env = "RSHARD_SPLIT_LOAD_REQUESTS_PER_SECOND")]
+    split_load_requests_per_second: Option<u64>,
+    /// Seconds the load must stay at or over the threshold before a load split (default 10).
+    #[arg(long, env = "RSHARD_SPLIT_LOAD_SECONDS")]
+    split_load_seconds: Option<u32>,
+    /// Two small cold neighbours holding fewer bytes than this together are merged (0:
+    /// never; default 16 MiB; must be below the split size).
+    #[arg(long, env = "RSHARD_MERGE_SIZE_BYTES")]
+    merge_size_bytes: Option<u64>,
+    /// Seconds after a shard's range changed before it may be merged (default 600).
+    #[arg(long, env = "RSHARD_MERGE_AFTER_RANGE_CHANGE_SECONDS")]
+    merge_after_range_change_seconds: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -84,6 +100,11 @@ struct ServeFile {
     dead_node_timeout_seconds: Option<u64>,
     ended_operations_kept: Option<usize>,
     snapshot_bytes_per_second: Option<u64>,
+    split_size_bytes: Option<u64>,
+    split_load_requests_per_second: Option<u64>,
+    split_load_seconds: Option<u32>,
+    merge_size_bytes: Option<u64>,
+    merge_after_range_change_seconds: Option<u64>,
 }
 
 /// The node's settings: flags and variables over the file over the defaults.
@@ -163,6 +184,38 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         .or(file.snapshot_bytes_per_second)
     {
         config.snapshot_bytes_per_second = rate.max(1);
+    }
+    if let Some(bytes) = args.split_size_bytes.or(file.split_size_bytes) {
+        if bytes < 4096 {
+            bail!("split_size_bytes must be at least 4096, not {bytes}");
+        }
+        config.split_size_bytes = bytes;
+    }
+    if let Some(rate) = args
+        .split_load_requests_per_second
+        .or(file.split_load_requests_per_second)
+    {
+        config.split_load_requests_per_second = rate;
+    }
+    if let Some(seconds) = args.split_load_seconds.or(file.split_load_seconds) {
+        // One report a second: the load must hold over that many reports in a row.
+        config.split_load_sustained_reports = seconds.max(1);
+    }
+    if let Some(bytes) = args.merge_size_bytes.or(file.merge_size_bytes) {
+        config.merge_size_bytes = bytes;
+    }
+    if let Some(seconds) = args
+        .merge_after_range_change_seconds
+        .or(file.merge_after_range_change_seconds)
+    {
+        config.merge_after_range_change = Duration::from_secs(seconds);
+    }
+    if config.merge_size_bytes >= config.split_size_bytes {
+        bail!(
+            "merge_size_bytes ({}) must be below split_size_bytes ({}), or a merged shard would split again",
+            config.merge_size_bytes,
+            config.split_size_bytes
+        );
     }
     Ok(config)
 }

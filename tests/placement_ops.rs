@@ -14,7 +14,9 @@
 //! - a fourth node gets its share of the replicas from the replica balance scheduler, and
 //!   then nothing moves;
 //! - a move stuck on its new replica shows its step, is cancelled by `rshard admin cancel`
-//!   and rolled back.
+//!   and rolled back;
+//! - a shard written past the (scaled down) size limit splits into shards under it, and a
+//!   hot key range splits at the key that halves its load.
 
 mod support;
 
@@ -777,6 +779,133 @@ fn a_move_stuck_on_its_new_replica_shows_its_step_and_is_cancelled_and_rolled_ba
                 .all(|route| !route.descriptor.members().any(|m| m == 4)),
             "{shards:?}"
         );
+    });
+}
+
+/// The data shards as `rshard admin shards --format json` prints them through node `via`:
+/// (id, start, end, bytes as placement last heard).
+fn data_shard_sizes(cluster: &Cluster, via: usize) -> Vec<(u64, String, String, Option<u64>)> {
+    let (ok, stdout, stderr) = cluster.cli(via, &["admin", "shards", "--format", "json"]);
+    assert!(ok, "{stderr}");
+    let parsed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    parsed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|shard| {
+            let text = |field: &str| shard[field].as_str().expect("a string").to_string();
+            (
+                shard["id"].as_u64().expect("an id"),
+                text("start"),
+                text("end"),
+                shard["bytes"].as_u64(),
+            )
+        })
+        .filter(|shard| shard.0 != 0)
+        .collect()
+}
+
+#[test]
+fn a_shard_written_past_the_size_limit_splits_into_shards_under_it() {
+    // The 200 MiB into one shard of a 64 MiB limit, scaled down: about 0.9 MiB
+    // into a 256 KiB limit (the same three to four times the limit).
+    const LIMIT_BYTES: u64 = 256 << 10;
+    const VALUES: usize = 1024;
+    runtime().block_on(async {
+        let limit = LIMIT_BYTES.to_string();
+        let cluster =
+            Cluster::formed(&["--split-size-bytes", &limit, "--merge-size-bytes", "0"]).await;
+        let client = cluster.client(cluster.addresses());
+        let big = |i: usize| format!("big/{i:04}").into_bytes();
+        let value = vec![b'v'; 900];
+        for i in 0..VALUES {
+            client.put(&big(i), &value).await.expect("a put");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let settled = loop {
+            let shards = data_shard_sizes(&cluster, 0);
+            let measured: Option<Vec<u64>> = shards.iter().map(|s| s.3).collect();
+            // The data shards end where the system range (placement's shard) starts.
+            let covered = cover_the_key_space(&self::shards(&cluster, 0));
+            let under = measured
+                .as_ref()
+                .is_some_and(|sizes| sizes.iter().all(|&bytes| bytes < LIMIT_BYTES));
+            let total: u64 = measured.iter().flatten().sum();
+            if covered && under && total >= (VALUES * 908) as u64 {
+                break shards;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the shard never split under the limit: {shards:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(settled.len() >= 4, "{settled:?}");
+        for i in 0..VALUES {
+            assert_eq!(
+                client.get(&big(i)).await,
+                Ok(Some(value.clone())),
+                "key {i}"
+            );
+        }
+        let (ok, stdout, _) = cluster.cli(0, &["admin", "ops"]);
+        assert!(ok && stdout.contains("split"), "{stdout}");
+    });
+}
+
+#[test]
+fn a_hot_key_range_splits_at_the_key_that_halves_its_load() {
+    runtime().block_on(async {
+        let cluster = Cluster::formed(&[
+            "--split-load-requests-per-second",
+            "100",
+            "--split-load-seconds",
+            "3",
+            "--merge-size-bytes",
+            "0",
+        ])
+        .await;
+        let client = cluster.client(cluster.addresses());
+        write_keys(&client).await;
+        // Reads of keys 100 to 199 only: the load halves at about key 150.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (client, stop) = (cluster.client(cluster.addresses()), stop.clone());
+            tokio::spawn(async move {
+                let mut index = 100;
+                while !stop.load(Ordering::Relaxed) {
+                    client.get(&key(index)).await.expect("a read");
+                    index = if index == 199 { 100 } else { index + 1 };
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let split_at = loop {
+            let shards = data_shard_sizes(&cluster, 0);
+            let inside_hot_range = shards
+                .iter()
+                .map(|s| s.1.clone())
+                .find(|start| start.as_str() >= "key/120" && start.as_str() <= "key/180");
+            if let Some(start) = inside_hot_range {
+                break start;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no split inside the hot range: {shards:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        stop.store(true, Ordering::Relaxed);
+        reader.await.expect("the reader ran");
+        // Nothing split the cold half: no boundary below key 100.
+        let shards = data_shard_sizes(&cluster, 0);
+        assert!(
+            shards
+                .iter()
+                .all(|s| s.1.is_empty() || s.1.as_str() >= "key/100"),
+            "split at {split_at}: {shards:?}"
+        );
+        read_keys_back(&client).await;
     });
 }
 

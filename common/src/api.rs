@@ -148,6 +148,10 @@ pub enum ApiRequest {
         shard: ShardId,
         #[serde(with = "serde_bytes")]
         at: Vec<u8>,
+        /// The split is sticky (automatic merges keep the boundary) for this long; `None`:
+        /// for ever.
+        #[serde(default)]
+        sticky_seconds: Option<u64>,
     },
     /// Admin, for the placement leader: the operations it recorded, oldest first.
     AdminOperations,
@@ -283,6 +287,33 @@ pub struct NodeReport {
     /// after the first release go last, with a default, so older senders still decode.)
     #[serde(default)]
     pub disk: Option<DiskSpace>,
+    /// Size and load of the shards this node leads, as measured here (see [`ShardStats`]).
+    #[serde(default)]
+    pub shard_stats: Vec<ShardStats>,
+}
+
+/// A shard's size and load as its leader measured them, for placement's split and merge
+/// schedulers. Every figure is of the shard at epoch version `version`: a report of an
+/// older version (the shard split or merged since) is stale.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStats {
+    pub shard: ShardId,
+    pub version: u64,
+    /// Bytes of keys and values in the shard's range at the last size check; `None`
+    /// before the first.
+    pub bytes: Option<u64>,
+    pub keys: Option<u64>,
+    /// The key that halves the shard's bytes, from the last size check (`None` if no key
+    /// strictly inside the range does).
+    #[serde(default, with = "serde_bytes")]
+    pub size_split_key: Option<Vec<u8>>,
+    /// Requests answered per second over the last report interval.
+    pub requests_per_second: u64,
+    /// The key that halves the requests of the last interval, from a sample of their keys
+    /// (`None` if no key strictly inside the range splits the sample into two sides of a
+    /// quarter or more each: one hot key cannot be split).
+    #[serde(default, with = "serde_bytes")]
+    pub load_split_key: Option<Vec<u8>>,
 }
 
 /// The file system holding a node's data directory.
@@ -320,6 +351,10 @@ pub struct NodeInfo {
 pub struct ShardRoute {
     pub descriptor: ShardDescriptor,
     pub leader: Option<NodeInfo>,
+    /// Size and load as placement last heard them from the shard's leader (placement's
+    /// view only). Last, defaulted and skipped when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ShardStats>,
 }
 
 /// This node's status.

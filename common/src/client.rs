@@ -265,10 +265,17 @@ impl Client {
 
     /// Asks placement to split `shard` at `at`; the operation as it stands when placement
     /// answers (ended, or still running).
-    pub async fn split_shard(&self, shard: ShardId, at: &[u8]) -> Result<Operation, ClientError> {
+    /// The boundary stays (automatic merges keep it) for `sticky_seconds`, or for ever.
+    pub async fn split_shard(
+        &self,
+        shard: ShardId,
+        at: &[u8],
+        sticky_seconds: Option<u64>,
+    ) -> Result<Operation, ClientError> {
         let request = ApiRequest::AdminSplit {
             shard,
             at: at.to_vec(),
+            sticky_seconds,
         };
         match self.placement_call(request).await? {
             ApiResponse::Operation(operation) => Ok(operation),
@@ -554,7 +561,11 @@ impl Client {
             routes.retain(|_, route| !route.descriptor.overlaps(&descriptor));
             routes.insert(
                 descriptor.start_key.clone(),
-                ShardRoute { descriptor, leader },
+                ShardRoute {
+                    descriptor,
+                    leader,
+                    stats: None,
+                },
             );
         }
     }

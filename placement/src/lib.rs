@@ -10,3 +10,4 @@ pub mod leaders;
 pub mod repair;
 pub mod replication;
 pub mod round;
+pub mod splits;

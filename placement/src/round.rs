@@ -6,11 +6,15 @@
 //! Order and gating, each scheduler skipping the shards an earlier one took:
 //! 1. repair: voters on leaving nodes (dead, or being drained) move to live nodes;
 //! 2. replication: shards short of voters gain a learner, caught-up learners are promoted;
-//! 3. leader balance, only when enabled and every shard's leader is known (and the caller
+//! 3. splits, by size and by load (see `crate::splits`), on shards nothing else took;
+//! 4. leader balance, only when enabled and every shard's leader is known (and the caller
 //!    says its last transfers settled);
-//! 4. replica balance, only when enabled and the picture is settled: no replica left on a
-//!    leaving node, no shard short of voters or with a learner, no move under way, nothing
-//!    else planned this round, and nothing under way on the placement leader (`quiet`).
+//! 5. merges of small cold neighbours, and then replica balance, only when the picture is
+//!    settled: no replica left on a leaving node, no shard short of voters or with a
+//!    learner, no move under way, nothing else planned this round, and nothing under way
+//!    on the placement leader (`quiet`); replica balance only when enabled. A merge may
+//!    move replicas (to align the right shard's with the left's), so it waits like a
+//!    balance move does, and takes precedence.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +24,7 @@ use crate::balance::plan_replica_balance;
 use crate::leaders::{plan_leader_balance, TransferLeader};
 use crate::repair::{plan_repair, RepairMove};
 use crate::replication::{plan_replication, NodeId, Operator, ShardState};
+use crate::splits::{plan_merges, plan_splits, AutoMerge, AutoSplit, SplitModel};
 
 /// Repair moves under way to one node at once (each streams it a snapshot).
 pub const MAX_REPAIRS_PER_NODE: usize = 4;
@@ -47,6 +52,8 @@ pub struct ClusterModel {
     pub replica_balance: bool,
     /// Nothing is under way on the placement leader (no operator, no operation).
     pub quiet: bool,
+    /// Sizes, loads and limits for the split and merge schedulers.
+    pub splits: SplitModel,
 }
 
 /// The operators of one round.
@@ -55,6 +62,8 @@ pub struct RoundPlan {
     pub repairs: Vec<RepairMove>,
     pub replication: Vec<Operator>,
     pub leader_transfers: Vec<TransferLeader>,
+    pub splits: Vec<AutoSplit>,
+    pub merges: Vec<AutoMerge>,
     pub balance_moves: Vec<RepairMove>,
 }
 
@@ -63,6 +72,8 @@ impl RoundPlan {
         self.repairs.is_empty()
             && self.replication.is_empty()
             && self.leader_transfers.is_empty()
+            && self.splits.is_empty()
+            && self.merges.is_empty()
             && self.balance_moves.is_empty()
     }
 }
@@ -88,6 +99,8 @@ pub fn plan_round(model: &ClusterModel) -> RoundPlan {
             .filter(|operator| !busy.contains(&operator_shard(operator)))
             .collect();
     busy.extend(replication.iter().map(operator_shard));
+    let splits = plan_splits(&model.shards, &model.splits, &busy);
+    busy.extend(splits.iter().map(|split| split.shard));
     let leaders_known = model.shards.iter().all(|shard| shard.leader.is_some());
     let leader_transfers = if model.leader_balance && leaders_known {
         plan_leader_balance(&model.live, &model.shards, &busy, MAX_LEADER_MOVES_PER_NODE)
@@ -113,8 +126,15 @@ pub fn plan_round(model: &ClusterModel) -> RoundPlan {
         && model.moves_in_flight.is_empty()
         && repairs.is_empty()
         && replication.is_empty()
+        && splits.is_empty()
         && leader_transfers.is_empty();
-    let balance_moves = if model.replica_balance && settled {
+    let merges = if settled {
+        plan_merges(&model.shards, &model.splits, &busy)
+    } else {
+        Vec::new()
+    };
+    busy.extend(merges.iter().flat_map(|merge| [merge.left, merge.right]));
+    let balance_moves = if model.replica_balance && settled && merges.is_empty() {
         plan_replica_balance(
             &model.live,
             &model.shards,
@@ -128,6 +148,8 @@ pub fn plan_round(model: &ClusterModel) -> RoundPlan {
         repairs,
         replication,
         leader_transfers,
+        splits,
+        merges,
         balance_moves,
     }
 }

@@ -204,9 +204,11 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             at,
             new_shard,
         } => split_shard(context, shard, version, at, new_shard).await,
-        ApiRequest::AdminSplit { shard, at } => {
-            super::placement::admin_split(context, shard, at).await
-        }
+        ApiRequest::AdminSplit {
+            shard,
+            at,
+            sticky_seconds,
+        } => super::placement::admin_split(context, shard, at, sticky_seconds).await,
         ApiRequest::AdminOperations => super::placement::operations(context).await,
         ApiRequest::TransferLeadership { shard, to } => transfer_leadership(context, shard, to),
         ApiRequest::AdminTransferLeader { shard, to } => {
@@ -251,6 +253,7 @@ pub(super) fn route(context: &NodeContext, key: &[u8]) -> ApiResponse {
         return ApiResponse::Route(ShardRoute {
             descriptor: replica.descriptor.clone(),
             leader: replica.leader.and_then(|node| context.node_info(node)),
+            stats: None,
         });
     }
     let (_, shards) = context.cluster_snapshot();
@@ -276,6 +279,17 @@ async fn shard_request(
     if context.is_draining() {
         return Err(ApiError::Unavailable("draining".to_string()));
     }
+    // What the request counts for in the shard's load and size (see `shard_stats`).
+    let (load_key, written_bytes) = match &op {
+        ShardOp::Get { key } => (key.clone(), 0),
+        ShardOp::Scan { start, .. } => (start.clone(), 0),
+        ShardOp::Write { ops } => (
+            ops.first().map(|op| op.key().to_vec()).unwrap_or_default(),
+            ops.iter()
+                .map(|op| (op.key().len() + op.written_value().map_or(0, <[u8]>::len)) as u64)
+                .sum(),
+        ),
+    };
     let request = match op {
         ShardOp::Get { key } => Request::Read { shard, epoch, key },
         ShardOp::Scan { start, end, limit } => Request::Scan {
@@ -287,7 +301,9 @@ async fn shard_request(
         },
         ShardOp::Write { ops } => Request::Write(KvCommand { shard, epoch, ops }),
     };
-    match context.request(request).await? {
+    let response = context.request(request).await?;
+    context.shard_stats.record(shard, &load_key, written_bytes);
+    match response {
         Response::Value(value) => Ok(ApiResponse::Value(value)),
         Response::Written(KvOutcome::Applied) => Ok(ApiResponse::Written {
             failed_condition: None,

@@ -20,6 +20,7 @@ mod driver_thread;
 mod http;
 mod network;
 mod placement;
+mod shard_stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +77,20 @@ pub struct ServeConfig {
     /// Ended operations placement keeps on record (the oldest beyond go, a bounded number
     /// per scheduler round), so the records every round scans stay bounded.
     pub ended_operations_kept: usize,
+    /// A shard whose keys and values reach this many bytes is split in two (by its middle
+    /// key by bytes); see `rshard_placement::splits`.
+    pub split_size_bytes: u64,
+    /// A shard answering this many requests per second or more for
+    /// [`ServeConfig::split_load_sustained_reports`] reports in a row is split at the key
+    /// that halves its load. 0 turns load splits off.
+    pub split_load_requests_per_second: u64,
+    pub split_load_sustained_reports: u32,
+    /// Two adjacent shards holding fewer bytes than this together, and each cold (under a
+    /// quarter of the load threshold), are merged. Below `split_size_bytes`, so a merged
+    /// shard is never split again at once; 0 turns automatic merges off.
+    pub merge_size_bytes: u64,
+    /// A shard whose range changed (a split or merge) this recently is not merged.
+    pub merge_after_range_change: Duration,
     /// How long a request may wait for its shard.
     pub request_timeout: Duration,
     /// How long a graceful shutdown may take before the node stops anyway.
@@ -103,6 +118,11 @@ impl ServeConfig {
             suspect_node_timeout: Duration::from_secs(10),
             dead_node_timeout: Duration::from_secs(300),
             ended_operations_kept: 1000,
+            split_size_bytes: 64 << 20,
+            split_load_requests_per_second: 2500,
+            split_load_sustained_reports: 10,
+            merge_size_bytes: 16 << 20,
+            merge_after_range_change: Duration::from_secs(600),
             request_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             snapshot_bytes_per_second: 64 << 20,
@@ -137,6 +157,8 @@ pub struct NodeContext {
     network: Arc<Network>,
     cluster: RwLock<(Vec<NodeInfo>, Vec<ShardRoute>)>,
     placement: Mutex<PlacementMemory>,
+    /// Size and load of the shards led here, for the reports to placement.
+    shard_stats: shard_stats::ShardStatsTracker,
     connections: quic::ConnectionPool<String>,
     store: NodeStore,
     known_peers: Mutex<Vec<(NodeId, String)>>,
@@ -413,6 +435,7 @@ impl Node {
             network,
             cluster: RwLock::default(),
             placement: Mutex::default(),
+            shard_stats: shard_stats::ShardStatsTracker::default(),
             connections: quic::ConnectionPool::default(),
             store,
             known_peers: Mutex::new(known_peers),
@@ -422,6 +445,7 @@ impl Node {
         });
         tokio::spawn(accept(context.clone(), endpoint.clone()));
         tokio::spawn(placement::run(context.clone()));
+        tokio::spawn(shard_stats::run_size_checks(context.clone()));
         let http_address = match config.http_listen {
             Some(address) => Some(http::start(context.clone(), address).await?),
             None => None,

@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use rshard_common::api::{
     ApiError, ApiRequest, ApiResponse, DiskSpace, NodeCapacity, NodeId, NodeInfo, NodeReport,
     Operation, OperationKind, OperationProgress, OperationState, ReplicaChange, ShardRoute,
-    PLACEMENT_SHARD,
+    ShardStats, PLACEMENT_SHARD,
 };
 use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_placement::leaders::TransferLeader;
 use rshard_placement::repair::RepairMove;
 use rshard_placement::replication::{Operator, ShardState};
 use rshard_placement::round::{plan_round, ClusterModel};
+use rshard_placement::splits::{AutoSplit, ShardLoad, SplitLimits, SplitModel};
 use serde::{Deserialize, Serialize};
 
 use super::api::Caller;
@@ -46,6 +47,8 @@ const OPERATION_PREFIX: &[u8] = b"\xff/op/";
 const ID_COUNTER_KEY: &[u8] = b"\xff/counter/ids";
 /// Whether the leader balance scheduler is paused ([`SchedulerSettings`]).
 const SCHEDULER_SETTINGS_KEY: &[u8] = b"\xff/settings/schedulers";
+/// Sticky split keys (see [`StickySplit`]): `\xff/sticky/<key>`.
+const STICKY_PREFIX: &[u8] = b"\xff/sticky/";
 /// Attempts at allocating ids when operations start at once.
 const MAX_ALLOCATION_ATTEMPTS: usize = 8;
 /// How long a shard whose leadership the balancer moved gets no other operator: until the
@@ -94,6 +97,12 @@ pub struct PlacementMemory {
     /// Since when this node leads placement (`None` while it does not): `last_heard` is
     /// only this leader's, so no node counts as dead before a dead-node timeout of it.
     leading_since: Option<Instant>,
+    /// Each shard's size and load from its leader's last report (of the epoch version
+    /// they name), and how many reports in a row were at or above the load threshold.
+    loads: BTreeMap<ShardId, (ShardStats, u32)>,
+    /// The epoch version each shard was first seen at by this placement leader, and when:
+    /// a shard whose range changed within `merge_after_range_change` is not merged.
+    range_seen: BTreeMap<ShardId, (u64, Instant)>,
 }
 
 impl PlacementMemory {
@@ -188,6 +197,19 @@ async fn scan_records<T: for<'de> Deserialize<'de>>(
             Some((key, _)) if more => start = [key.as_slice(), &[0]].concat(),
             _ => return Ok(records),
         }
+    }
+}
+
+/// Writes `key` whatever it holds (for records only one writer changes, like sticky marks).
+async fn put_record(context: &NodeContext, key: Vec<u8>, value: Vec<u8>) -> Result<(), ApiError> {
+    let command = crate::kv::KvCommand {
+        shard: PLACEMENT_SHARD,
+        epoch: placement_epoch(context)?,
+        ops: vec![KvOp::Put { key, value }],
+    };
+    match context.request(Request::Write(command)).await? {
+        Response::Written(_) => Ok(()),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
     }
 }
 
@@ -350,6 +372,19 @@ pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiR
         for (shard, learner) in &report.caught_up_learners {
             memory.caught_up.entry(*shard).or_default().push(*learner);
         }
+        let hot_at = context.config.split_load_requests_per_second;
+        for stats in &report.shard_stats {
+            let previous = memory
+                .loads
+                .get(&stats.shard)
+                .filter(|(last, _)| last.version == stats.version)
+                .map_or(0, |(_, hot_reports)| *hot_reports);
+            let hot = hot_at > 0 && stats.requests_per_second >= hot_at;
+            let hot_reports = if hot { previous.saturating_add(1) } else { 0 };
+            memory
+                .loads
+                .insert(stats.shard, (stats.clone(), hot_reports));
+        }
     }
     cluster_view(context, nodes).await
 }
@@ -382,6 +417,16 @@ async fn cluster_view(
                 .get(&descriptor.id)
                 .and_then(|leader| nodes.iter().find(|n| n.id == *leader))
                 .cloned(),
+            // Sizes and loads, not the split keys (every node gets this view each second).
+            stats: memory
+                .loads
+                .get(&descriptor.id)
+                .filter(|(stats, _)| stats.version == descriptor.epoch.version)
+                .map(|(stats, _)| ShardStats {
+                    size_split_key: None,
+                    load_split_key: None,
+                    ..stats.clone()
+                }),
             descriptor,
         })
         .collect();
@@ -437,16 +482,18 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
         (live, dead, shards)
     };
     let running = resume_operations(context).await?;
+    let sticky_keys = sticky_keys(context).await?;
     let settings: SchedulerSettings = read_record(context, SCHEDULER_SETTINGS_KEY)
         .await?
         .map(|(settings, _)| settings)
         .unwrap_or_default();
     let model = {
-        let Ok(memory) = context.placement.lock() else {
+        let Ok(mut memory) = context.placement.lock() else {
             return Err(ApiError::Unavailable(
                 "placement state poisoned".to_string(),
             ));
         };
+        let splits = split_model(context, &mut memory, &shards, sticky_keys);
         ClusterModel {
             // A draining node takes nothing new, and its replicas move as a dead node's do.
             live: live.difference(&running.draining).copied().collect(),
@@ -465,6 +512,7 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
             replica_balance: !settings.replica_balance_paused,
             // A move started last round and not yet recorded would not be counted.
             quiet: memory.operating.is_empty() && memory.executing.is_empty(),
+            splits,
         }
     };
     let plan = plan_round(&model);
@@ -472,6 +520,7 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
     start_moves(context, plan.repairs, &model.shards, "repair");
     start_replication(context, plan.replication, &model);
     start_leader_transfers(context, plan.leader_transfers);
+    start_splits(context, plan.splits, &model.shards);
     start_moves(
         context,
         plan.balance_moves,
@@ -479,6 +528,132 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
         "replica balance",
     );
     Ok(count)
+}
+
+/// The split and merge schedulers' picture: loads of the shards' current ranges only, and
+/// which shards changed their range lately (remembered here from round to round).
+fn split_model(
+    context: &NodeContext,
+    memory: &mut PlacementMemory,
+    shards: &[ShardState],
+    sticky_keys: BTreeSet<Vec<u8>>,
+) -> SplitModel {
+    let now = Instant::now();
+    memory
+        .range_seen
+        .retain(|shard, _| shards.iter().any(|s| s.descriptor.id == *shard));
+    memory
+        .loads
+        .retain(|shard, _| shards.iter().any(|s| s.descriptor.id == *shard));
+    let mut young = BTreeSet::new();
+    let mut loads = BTreeMap::new();
+    for shard in shards {
+        let (id, version) = (shard.descriptor.id, shard.descriptor.epoch.version);
+        let seen = memory.range_seen.entry(id).or_insert((version, now));
+        if seen.0 != version {
+            *seen = (version, now);
+        }
+        if now.duration_since(seen.1) < context.config.merge_after_range_change {
+            young.insert(id);
+        }
+        if let Some((stats, hot_reports)) = memory
+            .loads
+            .get(&id)
+            .filter(|(stats, _)| stats.version == version)
+        {
+            let load = ShardLoad {
+                bytes: stats.bytes,
+                size_split_key: stats.size_split_key.clone(),
+                requests_per_second: stats.requests_per_second,
+                hot_reports: *hot_reports,
+                load_split_key: stats.load_split_key.clone(),
+            };
+            loads.insert(id, load);
+        }
+    }
+    let config = &context.config;
+    SplitModel {
+        limits: SplitLimits {
+            split_size_bytes: config.split_size_bytes,
+            split_load_requests_per_second: config.split_load_requests_per_second,
+            split_load_sustained_reports: config.split_load_sustained_reports,
+            merge_size_bytes: config.merge_size_bytes,
+        },
+        loads,
+        young,
+        sticky_keys,
+        fixed: Some(PLACEMENT_SHARD),
+    }
+}
+
+/// A split an operator asked to keep: automatic merges never remove the boundary at its
+/// key (until `expires_unix_seconds`, if set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StickySplit {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    expires_unix_seconds: Option<u64>,
+}
+
+fn unix_seconds_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+fn sticky_key(at: &[u8]) -> Vec<u8> {
+    [STICKY_PREFIX, at].concat()
+}
+
+/// The split keys that are sticky now.
+async fn sticky_keys(context: &NodeContext) -> Result<BTreeSet<Vec<u8>>, ApiError> {
+    let now = unix_seconds_now();
+    let sticky: Vec<StickySplit> = scan_records(context, STICKY_PREFIX).await?;
+    Ok(sticky
+        .into_iter()
+        .filter(|split| split.expires_unix_seconds.is_none_or(|at| at > now))
+        .map(|split| split.key)
+        .collect())
+}
+
+/// Starts this round's automatic splits, each a recorded `Split` operation (resumed like
+/// an operator's), on a shard with nothing else under way.
+fn start_splits(context: &Arc<NodeContext>, splits: Vec<AutoSplit>, shards: &[ShardState]) {
+    for AutoSplit { shard, at, reason } in splits {
+        let Some(version) = shards
+            .iter()
+            .find(|state| state.descriptor.id == shard)
+            .map(|state| state.descriptor.epoch.version)
+        else {
+            continue;
+        };
+        if !context.begin_operator(shard) {
+            continue;
+        }
+        tracing::info!(shard, ?reason, at = %String::from_utf8_lossy(&at), "splitting a shard");
+        let context = context.clone();
+        tokio::spawn(async move {
+            let started = async {
+                let (id, new_shard) = allocate_ids(&context).await?;
+                let operation = Operation {
+                    id,
+                    kind: OperationKind::Split {
+                        shard,
+                        at,
+                        new_shard,
+                    },
+                    state: OperationState::Running,
+                    progress: None,
+                };
+                run_operation(&context, operation, version, Marked::Already).await
+            }
+            .await;
+            if let Err(error) = started {
+                context.end_operator(shard);
+                tracing::info!(shard, %error, "automatic split not started");
+            }
+        });
+    }
 }
 
 /// Starts this round's replication operators, each on its shard's leader (beside the
@@ -675,6 +850,13 @@ fn disk_space(context: &NodeContext) -> Option<DiskSpace> {
 pub fn report(context: &NodeContext) -> NodeReport {
     let view = context.driver.view();
     let leading: Vec<_> = view.leading().collect();
+    let led: Vec<ShardDescriptor> = leading
+        .iter()
+        .map(|replica| replica.descriptor.clone())
+        .filter(|descriptor| descriptor.id != PLACEMENT_SHARD)
+        .collect();
+    context.shard_stats.retain_led(&led);
+    let shard_stats = context.shard_stats.take(&led, Instant::now());
     NodeReport {
         node: context.identity.node,
         address: context.address.clone(),
@@ -689,6 +871,7 @@ pub fn report(context: &NodeContext) -> NodeReport {
         leading: leading.into_iter().map(|r| r.descriptor.clone()).collect(),
         replicas: view.replicas.len() as u64,
         disk: disk_space(context),
+        shard_stats,
     }
 }
 
@@ -885,6 +1068,7 @@ pub async fn admin_split(
     context: &NodeContext,
     shard: ShardId,
     at: Vec<u8>,
+    sticky_seconds: Option<u64>,
 ) -> Result<ApiResponse, ApiError> {
     if shard == PLACEMENT_SHARD {
         return Err(ApiError::Refused(
@@ -903,6 +1087,14 @@ pub async fn admin_split(
             "the split key must lie inside shard {shard}, after its first key"
         )));
     }
+    // Sticky before the split can happen, so no merge round ever sees the boundary without
+    // its mark (a split refused later leaves a mark on no boundary, which is harmless).
+    let sticky = StickySplit {
+        key: at.clone(),
+        expires_unix_seconds: sticky_seconds
+            .map(|seconds| unix_seconds_now().saturating_add(seconds)),
+    };
+    put_record(context, sticky_key(&at), encode(&sticky)?).await?;
     let (id, new_shard) = allocate_ids(context).await?;
     let operation = Operation {
         id,
