@@ -64,6 +64,14 @@ pub enum AdminAction {
         #[command(flatten)]
         follow: Follow,
     },
+    /// Merge a shard with its right neighbour (whose replicas first move onto the shard's
+    /// nodes); the neighbour is retired.
+    Merge {
+        #[arg(long)]
+        shard: u64,
+        #[command(flatten)]
+        follow: Follow,
+    },
     /// Pause or resume the leader balance scheduler (cluster-wide, kept across restarts).
     LeaderBalance {
         #[arg(value_enum)]
@@ -158,6 +166,10 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
                 bail!("--from and --to name the same node");
             }
             let operation = client.move_replica(shard, from, to).await?;
+            follow_operation(&client, operation, &follow).await
+        }
+        AdminAction::Merge { shard, follow } => {
+            let operation = client.merge_shard(shard).await?;
             follow_operation(&client, operation, &follow).await
         }
         AdminAction::Cancel { id } => {
@@ -293,6 +305,9 @@ fn describe(kind: &OperationKind) -> String {
             "split shard {shard} at {} (new shard {new_shard})",
             show_bytes(at)
         ),
+        OperationKind::Merge { left, right } => {
+            format!("merge shard {right} into shard {left}, its left neighbour")
+        }
     }
 }
 
@@ -322,6 +337,9 @@ fn operation_json(operation: &Operation) -> serde_json::Value {
             "move",
             serde_json::json!({"shard": shard, "from": from, "to": to}),
         ),
+        OperationKind::Merge { left, right } => {
+            ("merge", serde_json::json!({"left": left, "right": right}))
+        }
         OperationKind::Drain { node, decommission } => (
             if *decommission {
                 "decommission"

@@ -910,6 +910,80 @@ fn a_hot_key_range_splits_at_the_key_that_halves_its_load() {
 }
 
 #[test]
+fn a_merge_aligns_the_right_shards_replicas_and_completes_under_a_checked_load() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::formed(&[]).await;
+        for scheduler in ["leader-balance", "replica-balance"] {
+            let (ok, stdout, stderr) = cluster.cli(0, &["admin", scheduler, "off"]);
+            assert!(ok, "{stdout}{stderr}");
+        }
+        add_fourth_node(&mut cluster).await;
+        let client = cluster.client(cluster.addresses());
+        write_keys(&client).await;
+        let right = split(&cluster, 0, FIRST_DATA_SHARD, "key/100").expect("a split");
+        // The right shard's replicas differ from the left's: one moved to the spare node.
+        let (voters, _, _) = data_shard(&client).await;
+        let spare = (1..=4).find(|n| !voters.contains(n)).expect("a spare node");
+        let from = *voters.iter().find(|&&v| v != 1).expect("a voter");
+        let (shard, from_text, to_text) = (right.to_string(), from.to_string(), spare.to_string());
+        let (ok, stdout, stderr) = cluster.cli(
+            0,
+            &[
+                "admin", "move", "--shard", &shard, "--from", &from_text, "--to", &to_text,
+                "--wait",
+            ],
+        );
+        assert!(ok && stdout.contains(": done"), "{stdout}{stderr}");
+        // The checked keys (lin/...) lie in the right shard: frozen, then merged away
+        // while the clients write and read them.
+        let load = CheckedLoad::start(&cluster, 3);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = FIRST_DATA_SHARD.to_string();
+        let (ok, stdout, stderr) = cluster.cli(
+            0,
+            &[
+                "admin",
+                "merge",
+                "--shard",
+                &first,
+                "--wait",
+                "--timeout",
+                "90s",
+            ],
+        );
+        assert!(ok && stdout.contains(": done"), "{stdout}{stderr}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        load.finish(30).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = shards(&cluster, 0);
+            if listed.len() == 2 && cover_the_key_space(&listed) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{listed:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        read_keys_back(&client).await;
+        // The merged shard takes writes over the whole range, the retired one's included.
+        let fresh = cluster.client(vec![cluster.addresses()[1]]);
+        for key in ["key/050+", "key/150+"] {
+            fresh.put(key.as_bytes(), b"new").await.expect("a write");
+        }
+        // Every node retires its replica of the right shard.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in 1..=4u64 {
+            while replicas_held(&cluster, node).await > 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {node} keeps a replica of shard {right}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+}
+
+#[test]
 fn coverage_check_catches_gaps_and_overlaps() {
     let shard = |id: u64, start: &str, end: &str| (id, start.to_string(), end.to_string());
     assert!(cover_the_key_space(&[shard(1, "", "m"), shard(2, "m", "")]));

@@ -181,6 +181,29 @@ pub enum ApiRequest {
     /// Admin, for the placement leader: stop a running move or drain; a move not yet past
     /// its joint change is rolled back (its learner removed). Answered with the operation.
     AdminCancel { id: u64 },
+    /// Node only: freeze `shard` for its merge into `into`, its left neighbour; for the
+    /// shard's leader to propose, refused (`StaleEpoch`) unless the shard's range is still
+    /// at `version`. Asking again once it is frozen into `into` answers the same.
+    FreezeShard {
+        shard: ShardId,
+        version: u64,
+        into: ShardId,
+    },
+    /// Node only: whether this node's replica of `shard` is frozen at epoch version
+    /// `version` (it applied everything up to its freeze, durably).
+    MergeReady { shard: ShardId, version: u64 },
+    /// Node only: merge `shard` with `right`, its frozen right neighbour; for the shard's
+    /// leader to propose, refused unless the shard is still at `epoch` (version and conf
+    /// version). Asking again once merged answers the same.
+    MergeShards {
+        shard: ShardId,
+        epoch: Epoch,
+        right: ShardDescriptor,
+    },
+    /// Admin, for the placement leader: merge `shard` with its right neighbour, as an
+    /// operation with an id (the neighbour's replicas are first moved onto the shard's
+    /// nodes).
+    AdminMerge { shard: ShardId },
 }
 
 /// An operation placement carries out, with its id and how it ended.
@@ -224,15 +247,27 @@ pub enum OperationKind {
     /// Move every replica off `node` (placement's repair scheduler moves them, as from a
     /// dead node); with `decommission`, then remove the node from the cluster.
     Drain { node: NodeId, decommission: bool },
+    /// Merge shard `left` with `right`, its right neighbour: `right`'s replicas moved onto
+    /// `left`'s nodes, `right` frozen, then `left` takes its range and `right` is retired.
+    Merge { left: ShardId, right: ShardId },
 }
 
 impl OperationKind {
-    /// The shard the operation works on, if it works on one.
+    /// Every shard the operation works on (none for a drain, two for a merge).
+    pub fn shards(&self) -> Vec<ShardId> {
+        match self {
+            OperationKind::Merge { left, right } => vec![*left, *right],
+            other => other.shard().into_iter().collect(),
+        }
+    }
+
+    /// The shard the operation works on, if it works on one (the left one of a merge).
     pub fn shard(&self) -> Option<ShardId> {
         match self {
             OperationKind::Split { shard, .. }
             | OperationKind::TransferLeader { shard, .. }
             | OperationKind::MoveReplica { shard, .. } => Some(*shard),
+            OperationKind::Merge { left, .. } => Some(*left),
             OperationKind::Drain { .. } => None,
         }
     }
@@ -417,6 +452,14 @@ pub enum ApiResponse {
     ReplicaBalance {
         enabled: bool,
     },
+    /// A shard was frozen for its merge: its frozen descriptor.
+    Frozen(ShardDescriptor),
+    /// Whether this node's replica of a shard is frozen as asked.
+    MergeReady {
+        ready: bool,
+    },
+    /// Two shards merged: the left one's descriptor after the merge.
+    Merged(ShardDescriptor),
 }
 
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]

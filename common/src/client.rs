@@ -283,6 +283,18 @@ impl Client {
         }
     }
 
+    /// Asks placement to merge `shard` with its right neighbour; the operation as it stands
+    /// when placement answers.
+    pub async fn merge_shard(&self, shard: ShardId) -> Result<Operation, ClientError> {
+        match self
+            .placement_call(ApiRequest::AdminMerge { shard })
+            .await?
+        {
+            ApiResponse::Operation(operation) => Ok(operation),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Asks placement to move the leadership of `shard` to node `to`; the operation as it
     /// stands when placement answers.
     pub async fn transfer_leader(

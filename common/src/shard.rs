@@ -3,7 +3,9 @@
 //! A shard owns `[start_key, end_key)` in byte order; an empty `end_key` means "to the end
 //! of the key space". The epoch changes whenever the descriptor does: `version` on split and
 //! merge (the range changed), `conf_version` on membership changes. A request routed with an
-//! older epoch is answered `StaleEpoch` with the current descriptor.
+//! older epoch is answered `StaleEpoch` with the current descriptor. The right-hand shard of
+//! a merge is frozen first (`merging_into`, with a version bump): from then on it is retired,
+//! never changed again.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,10 @@ pub struct ShardDescriptor {
     /// catching up before it is promoted).
     #[serde(default)]
     pub learners: Vec<u64>,
+    /// Set when the shard was frozen for a merge into its left neighbour, this shard: it
+    /// serves and changes nothing more, and is retired when the merge applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merging_into: Option<ShardId>,
 }
 
 impl ShardDescriptor {
@@ -44,6 +50,13 @@ impl ShardDescriptor {
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start_key.as_slice()
             && (self.end_key.is_empty() || key < self.end_key.as_slice())
+    }
+
+    /// True if every key of `other`'s range lies in this shard's range.
+    pub fn covers(&self, other: &ShardDescriptor) -> bool {
+        self.start_key <= other.start_key
+            && (self.end_key.is_empty()
+                || (!other.end_key.is_empty() && other.end_key <= self.end_key))
     }
 
     /// True if the two shards' ranges share a key.
@@ -71,6 +84,7 @@ pub fn numbered_shards(count: u64, replicas: &[u64]) -> Vec<ShardDescriptor> {
             epoch: Epoch::default(),
             replicas: replicas.to_vec(),
             learners: Vec::new(),
+            merging_into: None,
         })
         .collect()
 }

@@ -18,6 +18,15 @@
 //! `[start, at)` and a new shard takes `[at, end)` with the same members. It is checked the
 //! same way on every replica ([`SplitCommand::split`]), so all of them split at the same log
 //! index or none does.
+//!
+//! A merge takes two entries, one in each shard (see docs/architecture.md for the protocol):
+//! - [`FreezeCommand`] in the right-hand shard: it is marked `merging_into` its left
+//!   neighbour (epoch version bumped) and from then on refuses every read, write, split
+//!   and membership change (`ShardMerging`): its data and members are final;
+//! - [`MergeCommand`] in the left-hand shard, carrying the frozen right descriptor: the
+//!   left shard's range grows over the right's. Every replica checks it alike
+//!   ([`MergeCommand::merge`]); the driver then retires its replica of the right shard
+//!   (whose data, in the shared keyspace, is already where the left shard reads it).
 
 use std::collections::BTreeMap;
 
@@ -67,6 +76,10 @@ pub enum KvError {
     Malformed(String),
     #[error("split refused: {0}")]
     SplitRefused(String),
+    #[error("shard {shard} is being merged into shard {into}; retry shortly")]
+    ShardMerging { shard: ShardId, into: ShardId },
+    #[error("merge refused: {0}")]
+    MergeRefused(String),
 }
 
 /// The answer to a command that passed the checks.
@@ -147,12 +160,132 @@ pub struct SplitCommand {
 /// The first byte of an entry that holds a [`SplitCommand`]. 0xc1 is the one byte
 /// MessagePack never uses, so no entry of commands (a MessagePack value) starts with it.
 const SPLIT_ENTRY_TAG: u8 = 0xc1;
+/// The first two bytes of an entry that holds a [`RangeCommand`]: a split's second byte
+/// starts a MessagePack value, so it is never 0xc1 either.
+const RANGE_ENTRY_TAG: [u8; 2] = [0xc1, 0xc1];
 
 /// What one log entry of a data shard carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryCommands {
     Writes(Vec<KvCommand>),
     Split(SplitCommand),
+    Freeze(FreezeCommand),
+    Merge(MergeCommand),
+}
+
+/// Freezes shard `shard` for its merge into `into`, its left neighbour. Routed with the
+/// epoch the caller planned with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeCommand {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    pub into: ShardId,
+}
+
+/// Merges shard `shard` with `right`, its frozen right neighbour: `epoch` is the left
+/// shard's as planned (version and conf version), `right` the frozen descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCommand {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    pub right: ShardDescriptor,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum RangeCommand {
+    Freeze(FreezeCommand),
+    Merge(MergeCommand),
+}
+
+/// True if `bytes` (an entry's payload) holds a freeze or a merge.
+pub fn is_range_command(bytes: &[u8]) -> bool {
+    bytes.starts_with(&RANGE_ENTRY_TAG)
+}
+
+fn encode_range_command(command: &RangeCommand) -> Vec<u8> {
+    let mut bytes = RANGE_ENTRY_TAG.to_vec();
+    // Plain data into a Vec: MessagePack encoding cannot fail.
+    bytes.extend(rmp_serde::to_vec(command).expect("a range command always encodes"));
+    bytes
+}
+
+impl FreezeCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_range_command(&RangeCommand::Freeze(self.clone()))
+    }
+
+    /// The shard's descriptor once frozen, if `descriptor` (as it is when the entry
+    /// applies) may be: the epoch version matches, it is not frozen yet, it has no
+    /// learners. (Not in a joint configuration either: the replica checks that.)
+    pub fn freeze(&self, descriptor: &ShardDescriptor) -> Result<ShardDescriptor, KvError> {
+        check_shard(descriptor, self.shard)?;
+        check_epoch(descriptor, self.epoch)?;
+        if self.into == descriptor.id {
+            return Err(KvError::MergeRefused(
+                "a shard cannot merge into itself".to_string(),
+            ));
+        }
+        if !descriptor.learners.is_empty() {
+            return Err(KvError::MergeRefused(format!(
+                "shard {} has learners; retry once they are promoted or removed",
+                descriptor.id
+            )));
+        }
+        let mut frozen = descriptor.clone();
+        frozen.merging_into = Some(self.into);
+        frozen.epoch.version += 1;
+        Ok(frozen)
+    }
+}
+
+impl MergeCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_range_command(&RangeCommand::Merge(self.clone()))
+    }
+
+    /// The left shard's descriptor after the merge, if `descriptor` (as it is when the
+    /// entry applies) may take `right`: its epoch (version and conf version) is the one
+    /// planned, `right` is frozen into it and starts where it ends, and both have the same
+    /// voters and no learners. Every replica decides alike.
+    pub fn merge(&self, descriptor: &ShardDescriptor) -> Result<ShardDescriptor, KvError> {
+        check_shard(descriptor, self.shard)?;
+        check_epoch(descriptor, self.epoch)?;
+        let refuse = |reason: String| Err(KvError::MergeRefused(reason));
+        let right = &self.right;
+        if descriptor.epoch.conf_version != self.epoch.conf_version {
+            return refuse(format!(
+                "shard {}'s membership changed since the merge was planned",
+                descriptor.id
+            ));
+        }
+        if right.merging_into != Some(descriptor.id) {
+            return refuse(format!("shard {} is not frozen for this merge", right.id));
+        }
+        if descriptor.end_key.is_empty() || descriptor.end_key != right.start_key {
+            return refuse(format!(
+                "shard {} does not start where shard {} ends",
+                right.id, descriptor.id
+            ));
+        }
+        let voters = |d: &ShardDescriptor| {
+            let mut voters = d.replicas.clone();
+            voters.sort_unstable();
+            voters
+        };
+        if voters(descriptor) != voters(right)
+            || !descriptor.learners.is_empty()
+            || !right.learners.is_empty()
+        {
+            return refuse(format!(
+                "shards {} and {} are not on the same nodes",
+                descriptor.id, right.id
+            ));
+        }
+        let mut merged = descriptor.clone();
+        merged.end_key = right.end_key.clone();
+        merged.epoch.version = descriptor.epoch.version.max(right.epoch.version) + 1;
+        Ok(merged)
+    }
 }
 
 impl SplitCommand {
@@ -189,6 +322,7 @@ impl SplitCommand {
             epoch: left.epoch,
             replicas: descriptor.replicas.clone(),
             learners: descriptor.learners.clone(),
+            merging_into: None,
         };
         Ok((left, right))
     }
@@ -196,6 +330,13 @@ impl SplitCommand {
 
 /// Decodes one entry of a data shard: a split, or writes (see [`decode_commands`]).
 pub fn decode_entry(bytes: &[u8]) -> Result<EntryCommands, KvError> {
+    if let Some(rest) = bytes.strip_prefix(&RANGE_ENTRY_TAG) {
+        return match rmp_serde::from_slice(rest) {
+            Ok(RangeCommand::Freeze(freeze)) => Ok(EntryCommands::Freeze(freeze)),
+            Ok(RangeCommand::Merge(merge)) => Ok(EntryCommands::Merge(merge)),
+            Err(error) => Err(KvError::Malformed(error.to_string())),
+        };
+    }
     match bytes.split_first() {
         Some((&SPLIT_ENTRY_TAG, rest)) => rmp_serde::from_slice(rest)
             .map(EntryCommands::Split)
@@ -241,6 +382,14 @@ fn check_shard(descriptor: &ShardDescriptor, shard: ShardId) -> Result<(), KvErr
 }
 
 fn check_epoch(descriptor: &ShardDescriptor, epoch: Epoch) -> Result<(), KvError> {
+    // A frozen shard serves nothing: its range is about to belong to its left neighbour,
+    // whose writes it would not see.
+    if let Some(into) = descriptor.merging_into {
+        return Err(KvError::ShardMerging {
+            shard: descriptor.id,
+            into,
+        });
+    }
     if epoch.version != descriptor.epoch.version {
         return Err(KvError::StaleEpoch {
             descriptor: Box::new(descriptor.clone()),

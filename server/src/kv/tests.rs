@@ -15,6 +15,7 @@ fn shard() -> ShardDescriptor {
         },
         replicas: vec![1, 2, 3],
         learners: Vec::new(),
+        merging_into: None,
     }
 }
 

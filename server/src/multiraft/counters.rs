@@ -48,6 +48,8 @@ pub struct Counters {
     /// their removal, or when a removal notice told them.
     pub replicas_destroyed: u64,
     pub replicas_destroyed_by_notice: u64,
+    /// Replicas of shards merged into their left neighbour, retired here.
+    pub replicas_merged_away: u64,
     /// Removal notices sent to nodes that are no longer members of a group.
     pub removal_notices_sent: u64,
     pub malformed_messages: u64,

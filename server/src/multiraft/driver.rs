@@ -115,6 +115,8 @@ impl<T: Transport> MultiRaft<T> {
         for group in groups {
             driver.destroy_if_removed(group)?;
         }
+        // A crash between applying a merge and retiring the right shard's replica.
+        driver.retire_merged()?;
         Ok(driver)
     }
 
@@ -393,6 +395,7 @@ impl<T: Transport> MultiRaft<T> {
         let mut entries = 0;
         let mut installs = Vec::new();
         let mut split_off = Vec::new();
+        let mut merged = Vec::new();
         let mut narrowed = Vec::new();
         let mut membership_changed = Vec::new();
         for (group, ready) in &readies {
@@ -410,12 +413,36 @@ impl<T: Transport> MultiRaft<T> {
                 } else {
                     Vec::new()
                 };
+                let rights = merge_rights(ready);
+                let frozen_here: BTreeMap<ShardId, ShardDescriptor> = if rights.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    // Another replica of this map than the one borrowed for staging: taken
+                    // out and put back around the lookup.
+                    let replica = self.replicas.remove(group);
+                    let found = rights
+                        .into_iter()
+                        .filter_map(|right| {
+                            let frozen = self.replicas.get(&right)?.descriptor.clone();
+                            Some((right, frozen))
+                        })
+                        .collect();
+                    if let Some(replica) = replica {
+                        self.replicas.insert(*group, replica);
+                    }
+                    found
+                };
+                let Some(replica) = self.replicas.get_mut(group) else {
+                    continue;
+                };
                 let install = replica.stage(
                     ready,
                     &mut applier,
                     &mut batch,
                     &mut self.unsynced_answers,
                     &mut split_off,
+                    &mut merged,
+                    &frozen_here,
                 )?;
                 if let Some(marker) = install {
                     if let Some(before) = before {
@@ -484,6 +511,7 @@ impl<T: Transport> MultiRaft<T> {
         }
         self.snapshots.finish_installs(&installed);
         self.counters.snapshots_installed += installed.len() as u64;
+        let installed_any = !installed.is_empty();
         for group in installed {
             self.ticking.insert(group);
             self.dirty.insert(group);
@@ -510,6 +538,9 @@ impl<T: Transport> MultiRaft<T> {
         }
         for notice in std::mem::take(&mut self.removal_notices) {
             self.on_removed_notice(notice)?;
+        }
+        if !merged.is_empty() || installed_any {
+            self.retire_merged()?;
         }
         Ok(())
     }
@@ -542,7 +573,12 @@ impl<T: Transport> MultiRaft<T> {
         let Some(replica) = self.replicas.get(&notice.group) else {
             return Ok(());
         };
-        if self.snapshots.is_installing(notice.group) || replica.raft.role() == Role::Leader {
+        // A frozen replica's members are final, and its data is what its left neighbour
+        // takes over when the merge applies here: it goes only by `retire_merged`.
+        if self.snapshots.is_installing(notice.group)
+            || replica.raft.role() == Role::Leader
+            || replica.descriptor.merging_into.is_some()
+        {
             return Ok(());
         }
         let applied = replica.descriptor.epoch.conf_version;
@@ -761,6 +797,24 @@ impl<T: Transport> MultiRaft<T> {
                 return Ok(());
             }
         }
+        match &request {
+            Request::Freeze(freeze) => {
+                if let Some(frozen) = self.replicas.get(&freeze.shard).filter(|r| {
+                    r.raft.role() == Role::Leader && r.descriptor.merging_into == Some(freeze.into)
+                }) {
+                    self.answers
+                        .push((id, Ok(Response::Frozen(frozen.descriptor.clone()))));
+                    return Ok(());
+                }
+            }
+            Request::Merge(merge) => {
+                if let Some(answer) = self.check_merge(merge) {
+                    self.answers.push((id, answer));
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
         let replicas = &self.replicas;
         let pending = *self
             .pending_requests
@@ -783,6 +837,74 @@ impl<T: Transport> MultiRaft<T> {
             replica.propose_batched(&mut self.answers)?;
         }
         self.dirty.insert(shard);
+        Ok(())
+    }
+
+    /// The answer to a merge request before it is proposed, if it gets one: done already
+    /// (the shard, led here, covers the right shard's range), or refused because this
+    /// node's replica of the right shard is not frozen as the merge says (the merge would
+    /// then fail here when it applies; placement waits for every replica first).
+    fn check_merge(
+        &self,
+        merge: &crate::kv::MergeCommand,
+    ) -> Option<Result<Response, RequestError>> {
+        let left = self.replicas.get(&merge.shard)?;
+        let right = &merge.right;
+        if left.raft.role() == Role::Leader
+            && left.descriptor.covers(right)
+            && left.descriptor.epoch.version > right.epoch.version
+        {
+            return Some(Ok(Response::Merged(left.descriptor.clone())));
+        }
+        let frozen_here = self.replicas.get(&right.id).map(|r| &r.descriptor);
+        (frozen_here != Some(right)).then(|| {
+            Err(RequestError::Refused(crate::kv::KvError::MergeRefused(
+                format!(
+                    "this node's replica of shard {} is not frozen for the merge yet",
+                    right.id
+                ),
+            )))
+        })
+    }
+
+    /// Retires this node's replicas of shards merged into a neighbour here: a frozen
+    /// replica whose range a replica here of the shard it merges into now covers (the
+    /// merge applied, or a snapshot of the merged shard was installed). Its log and Raft
+    /// state go with a tombstone no snapshot passes; its data stays (it is the merged
+    /// shard's now).
+    fn retire_merged(&mut self) -> Result<(), StoreError> {
+        let retired: Vec<GroupId> = self
+            .replicas
+            .iter()
+            .filter(|(group, replica)| {
+                let Some(into) = replica.descriptor.merging_into else {
+                    return false;
+                };
+                let right = &replica.descriptor;
+                !self.snapshots.is_installing(**group)
+                    && !self.snapshots.is_installing(into)
+                    && self
+                        .replicas
+                        .get(&into)
+                        .is_some_and(|left| left.descriptor.covers(right))
+            })
+            .map(|(group, _)| *group)
+            .collect();
+        for group in retired {
+            let Some(mut replica) = self.replicas.remove(&group) else {
+                continue;
+            };
+            replica.fail_all(&RequestError::UnknownShard(group), &mut self.answers);
+            self.ticking.remove(&group);
+            self.dirty.remove(&group);
+            self.snapshots.forget_group(group);
+            let mut batch = self.store.batch();
+            batch.destroy_group(replica.raft.storage(), u64::MAX)?;
+            self.store.commit(batch)?;
+            self.counters.syncs += 1;
+            self.snapshots.tombstones.insert(group, u64::MAX);
+            self.counters.replicas_merged_away += 1;
+        }
         Ok(())
     }
 
@@ -1288,6 +1410,24 @@ fn raft_failure(group: GroupId) -> impl Fn(rshard_raft::Error) -> StoreError {
         what: "raft step",
         detail: error.to_string(),
     }
+}
+
+/// The right shards of the merges among `ready`'s committed entries (rare: the entries are
+/// decoded only when they carry a range command).
+fn merge_rights(ready: &Ready) -> Vec<ShardId> {
+    ready
+        .committed_entries
+        .iter()
+        .filter_map(|entry| match &entry.payload {
+            rshard_raft::Payload::Normal(bytes) if crate::kv::is_range_command(bytes) => {
+                match crate::kv::decode_entry(bytes) {
+                    Ok(crate::kv::EntryCommands::Merge(merge)) => Some(merge.right.id),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// One seed per replica, from the node's seed (SplitMix64 finalizer).

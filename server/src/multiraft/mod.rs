@@ -51,7 +51,7 @@ use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_raft::{ConfChange, NodeId};
 use thiserror::Error;
 
-use crate::kv::{KvCommand, KvError, KvOutcome, SplitCommand};
+use crate::kv::{FreezeCommand, KvCommand, KvError, KvOutcome, MergeCommand, SplitCommand};
 
 pub use counters::{Counters, PeerCounters};
 pub use driver::MultiRaft;
@@ -168,6 +168,14 @@ pub enum Request {
     /// split that already happened (the shard ends at `at`, and this node holds
     /// `new_shard` from there) is answered as done.
     Split(SplitCommand),
+    /// Freezes the shard for its merge into its left neighbour (see
+    /// [`crate::kv::FreezeCommand`]), answered once the freeze applies. Asking again once
+    /// it is frozen into the same shard answers the frozen descriptor.
+    Freeze(FreezeCommand),
+    /// Merges the shard with its frozen right neighbour (see [`crate::kv::MergeCommand`]),
+    /// answered once the merge applies; refused unless this node's replica of the right
+    /// shard is frozen as the command says. Asking again once merged answers the same.
+    Merge(MergeCommand),
 }
 
 impl Request {
@@ -178,6 +186,8 @@ impl Request {
             | Request::Scan { shard, .. }
             | Request::ChangeReplicas { shard, .. } => *shard,
             Request::Split(split) => split.shard,
+            Request::Freeze(freeze) => freeze.shard,
+            Request::Merge(merge) => merge.shard,
         }
     }
 
@@ -186,7 +196,11 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         matches!(
             self,
-            Request::Write(_) | Request::ChangeReplicas { .. } | Request::Split(_)
+            Request::Write(_)
+                | Request::ChangeReplicas { .. }
+                | Request::Split(_)
+                | Request::Freeze(_)
+                | Request::Merge(_)
         )
     }
 }
@@ -212,6 +226,10 @@ pub enum Response {
         left: ShardDescriptor,
         right: ShardDescriptor,
     },
+    /// The freeze applied: the shard's frozen descriptor.
+    Frozen(ShardDescriptor),
+    /// The merge applied: the shard's descriptor after it.
+    Merged(ShardDescriptor),
 }
 
 /// Why a request got no result. Only [`RequestError::OutcomeUnknown`] leaves a write's fate

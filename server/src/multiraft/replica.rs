@@ -39,6 +39,8 @@ enum Applied {
     Malformed(crate::kv::KvError),
     Membership(Result<ShardDescriptor, String>),
     Split(Result<(ShardDescriptor, ShardDescriptor), crate::kv::KvError>),
+    Frozen(Result<ShardDescriptor, crate::kv::KvError>),
+    Merged(Result<ShardDescriptor, crate::kv::KvError>),
 }
 
 /// A shard created on this node by applying a split: its descriptor and its first
@@ -225,11 +227,35 @@ impl Replica {
                 // Checked again when it applies; this refuses the hopeless at once.
                 if let Err(refusal) = split
                     .split(&self.descriptor)
-                    .and_then(|_| self.check_splittable())
+                    .and_then(|_| self.check_settled(crate::kv::KvError::SplitRefused))
                 {
                     return Ok(Err(refusal.into()));
                 }
                 self.raft.propose(split.encode()).map(|position| {
+                    self.proposals
+                        .insert(position.index, (position.term, vec![id]));
+                })
+            }
+            Request::Freeze(freeze) => {
+                if let Err(refusal) = freeze
+                    .freeze(&self.descriptor)
+                    .and_then(|_| self.check_settled(crate::kv::KvError::MergeRefused))
+                {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.propose(freeze.encode()).map(|position| {
+                    self.proposals
+                        .insert(position.index, (position.term, vec![id]));
+                })
+            }
+            Request::Merge(merge) => {
+                if let Err(refusal) = merge
+                    .merge(&self.descriptor)
+                    .and_then(|_| self.check_settled(crate::kv::KvError::MergeRefused))
+                {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.propose(merge.encode()).map(|position| {
                     self.proposals
                         .insert(position.index, (position.term, vec![id]));
                 })
@@ -341,14 +367,18 @@ impl Replica {
         Ok(changes)
     }
 
-    /// A shard in a joint configuration is not split: the new shard would have to start in
-    /// the middle of a membership change.
-    fn check_splittable(&self) -> Result<(), crate::kv::KvError> {
+    /// A shard in a joint configuration is not split, frozen or merged: the new shard would
+    /// have to start in the middle of a membership change, and the two shards of a merge
+    /// must have one settled membership.
+    fn check_settled(
+        &self,
+        refusal: fn(String) -> crate::kv::KvError,
+    ) -> Result<(), crate::kv::KvError> {
         let conf = self.raft.conf_state();
         if conf.voters_outgoing.is_empty() && conf.learners_next.is_empty() {
             return Ok(());
         }
-        Err(crate::kv::KvError::SplitRefused(
+        Err(refusal(
             "the shard is changing its membership; retry once that is done".to_string(),
         ))
     }
@@ -385,7 +415,11 @@ impl Replica {
     /// the data writes), and queues the answers of applied proposals into `answers`, to be
     /// released only after the batch is durable. A snapshot starts an install: its marker
     /// goes into the batch and is returned (the data is installed in later steps). Shards
-    /// split off by applied splits go to `split_off`, for the driver to create.
+    /// split off by applied splits go to `split_off`, for the driver to create; shards
+    /// merged into this one by applied merges go to `merged`, for the driver to retire.
+    /// `frozen_here` holds this node's replicas of the right shards of the merges in
+    /// `ready` (see [`Replica::merge_rights`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn stage(
         &mut self,
         ready: &Ready,
@@ -393,6 +427,8 @@ impl Replica {
         batch: &mut NodeBatch,
         answers: &mut Vec<Answer>,
         split_off: &mut Vec<SplitOff>,
+        merged: &mut Vec<rshard_common::shard::ShardId>,
+        frozen_here: &BTreeMap<rshard_common::shard::ShardId, ShardDescriptor>,
     ) -> Result<Option<InstallMarker>, StoreError> {
         let group = self.descriptor.id;
         let mut install = None;
@@ -436,7 +472,7 @@ impl Replica {
         if let Some(last) = ready.committed_entries.last() {
             let epoch = self.descriptor.epoch;
             for entry in &ready.committed_entries {
-                self.apply(entry, applier, answers, split_off)?;
+                self.apply(entry, applier, answers, split_off, merged, frozen_here)?;
             }
             batch.set_applied(group, last.index, self.raft.conf_state().clone())?;
             if self.descriptor.epoch != epoch {
@@ -452,10 +488,19 @@ impl Replica {
         applier: &mut Applier<'_>,
         answers: &mut Vec<Answer>,
         split_off: &mut Vec<SplitOff>,
+        merged: &mut Vec<rshard_common::shard::ShardId>,
+        frozen_here: &BTreeMap<rshard_common::shard::ShardId, ShardDescriptor>,
     ) -> Result<(), StoreError> {
         let (entry_index, entry_term) = (entry.index, entry.term);
         let result = match &entry.payload {
             Payload::Empty => Applied::Nothing,
+            Payload::ConfChange(_) if self.descriptor.merging_into.is_some() => {
+                // Frozen: the members are final (every replica refuses alike).
+                Applied::Membership(Err(format!(
+                    "shard {} is frozen for a merge",
+                    self.descriptor.id
+                )))
+            }
             Payload::ConfChange(change) => {
                 // A refused change applies as a no-op on every replica alike.
                 let before = self.raft.conf_state().clone();
@@ -480,15 +525,55 @@ impl Replica {
                         .collect::<Result<_, _>>()?,
                 ),
                 Ok(EntryCommands::Split(split)) => {
-                    let outcome = split
-                        .split(&self.descriptor)
-                        .and_then(|halves| self.check_splittable().map(|()| halves));
+                    let outcome = split.split(&self.descriptor).and_then(|halves| {
+                        self.check_settled(crate::kv::KvError::SplitRefused)
+                            .map(|()| halves)
+                    });
                     if let Ok((left, right)) = &outcome {
                         self.descriptor = left.clone();
                         self.refuse_reads(answers);
                         split_off.push((right.clone(), self.raft.conf_state().clone()));
                     }
                     Applied::Split(outcome)
+                }
+                Ok(EntryCommands::Freeze(freeze)) => {
+                    let outcome = freeze.freeze(&self.descriptor).and_then(|frozen| {
+                        self.check_settled(crate::kv::KvError::MergeRefused)
+                            .map(|()| frozen)
+                    });
+                    if let Ok(frozen) = &outcome {
+                        self.descriptor = frozen.clone();
+                        self.refuse_reads(answers);
+                    }
+                    Applied::Frozen(outcome)
+                }
+                Ok(EntryCommands::Merge(merge)) => {
+                    let outcome = merge.merge(&self.descriptor).and_then(|after| {
+                        self.check_settled(crate::kv::KvError::MergeRefused)
+                            .map(|()| after)
+                    });
+                    if let Ok(after) = &outcome {
+                        // The right shard's data is in the shared keyspace; it is this
+                        // shard's only if this node's replica of it applied everything up
+                        // to its freeze. Placement proposes the merge only once every
+                        // replica reported that, durably, so anything else is corruption.
+                        if frozen_here.get(&merge.right.id) != Some(&merge.right) {
+                            return Err(StoreError::Corrupt {
+                                group: self.descriptor.id,
+                                what: "merge",
+                                detail: format!(
+                                    "merging shard {} whose replica here is {:?}, not frozen as {:?}",
+                                    merge.right.id,
+                                    frozen_here.get(&merge.right.id),
+                                    merge.right
+                                ),
+                            });
+                        }
+                        self.descriptor = after.clone();
+                        self.refuse_reads(answers);
+                        merged.push(merge.right.id);
+                    }
+                    Applied::Merged(outcome)
                 }
                 Err(refusal) => Applied::Malformed(refusal),
             },
@@ -536,6 +621,14 @@ impl Replica {
                     Ok((left, right)) => Ok(Response::Split { left, right }),
                     Err(refusal) => Err(RequestError::Refused(refusal)),
                 };
+                answer_each(answers, requests, answer);
+            }
+            Applied::Frozen(outcome) => {
+                let answer = outcome.map(Response::Frozen).map_err(RequestError::Refused);
+                answer_each(answers, requests, answer);
+            }
+            Applied::Merged(outcome) => {
+                let answer = outcome.map(Response::Merged).map_err(RequestError::Refused);
                 answer_each(answers, requests, answer);
             }
             Applied::Nothing => {

@@ -630,7 +630,10 @@ impl Snapshots {
 
     /// Whether a snapshot of `descriptor` may be installed here, checked at its first chunk
     /// and again at its last (another transfer may have created a replica meanwhile):
-    /// - never over a range another replica here holds;
+    /// - never over a range another replica here holds, but for a replica frozen for its
+    ///   merge into this very shard whose range the snapshot covers (this node's replica
+    ///   of the shard fell behind its merge: the install takes the range over, and the
+    ///   frozen replica is retired once it is done);
     /// - a new replica only where the descriptor places this node as a learner (how a
     ///   replica added by a membership change gets its first state), or as a voter inside
     ///   a split gap (a shard split off while this node's replica was behind, which this
@@ -647,10 +650,11 @@ impl Snapshots {
         replicas: &BTreeMap<GroupId, Replica>,
     ) -> Result<(), SnapshotRefusal> {
         let group = descriptor.id;
-        if let Some((&other, _)) = replicas
-            .iter()
-            .find(|(&id, r)| id != group && r.descriptor.overlaps(descriptor))
-        {
+        let merged_into_this =
+            |right: &ShardDescriptor| right.merging_into == Some(group) && descriptor.covers(right);
+        if let Some((&other, _)) = replicas.iter().find(|(&id, r)| {
+            id != group && r.descriptor.overlaps(descriptor) && !merged_into_this(&r.descriptor)
+        }) {
             return Err(SnapshotRefusal::Overlaps(other));
         }
         if replicas.contains_key(&group) {

@@ -34,6 +34,7 @@ fn shard(id: u64) -> ShardDescriptor {
         epoch: Epoch::default(),
         replicas: vec![1],
         learners: Vec::new(),
+        merging_into: None,
     }
 }
 
@@ -972,6 +973,7 @@ fn learner_chunk(
         epoch: Epoch::default(),
         replicas: vec![2],
         learners: vec![1],
+        merging_into: None,
     };
     let install = Message {
         from: 2,
@@ -1121,4 +1123,112 @@ fn a_removal_notice_destroys_only_a_replica_that_cannot_reach_its_conf_version()
     let ack = deliver(&mut driver, learner_chunk(1, (b"a", b"m"), 0, b"b", true));
     assert_eq!(ack.refused, Some(SnapshotRefusal::Removed(2)));
     assert!(driver.descriptor(1).is_none());
+}
+
+fn freeze(shard: u64, version: u64, into: u64) -> Request {
+    Request::Freeze(crate::kv::FreezeCommand {
+        shard,
+        epoch: Epoch {
+            version,
+            conf_version: 0,
+        },
+        into,
+    })
+}
+
+fn merge(left: &ShardDescriptor, right: &ShardDescriptor) -> Request {
+    Request::Merge(crate::kv::MergeCommand {
+        shard: left.id,
+        epoch: left.epoch,
+        right: right.clone(),
+    })
+}
+
+#[test]
+fn a_merge_freezes_the_right_shard_then_the_left_takes_its_range_and_data() {
+    let (engine, mut driver) = single_node();
+    elect(&mut driver, 1);
+    let Ok(Response::Split { left, right }) = offer_and_answer(&mut driver, 1, split(b"f", 2))
+    else {
+        panic!("the split applies");
+    };
+    for _ in 0..100 {
+        if driver.is_leader(2) {
+            break;
+        }
+        driver.offer(Input::Tick).expect("room");
+        driver.iterate();
+    }
+    assert!(offer_and_answer(&mut driver, 2, write_to(1, 1, b"b")).is_ok());
+    assert!(offer_and_answer(&mut driver, 3, write_to(2, 1, b"k")).is_ok());
+    // Not frozen yet: the merge is refused before it is proposed.
+    let early = offer_and_answer(&mut driver, 4, merge(&left, &right));
+    assert!(
+        matches!(early, Err(RequestError::Refused(KvError::MergeRefused(_)))),
+        "{early:?}"
+    );
+    let Ok(Response::Frozen(frozen)) = offer_and_answer(&mut driver, 5, freeze(2, 1, 1)) else {
+        panic!("the freeze applies");
+    };
+    assert_eq!((frozen.merging_into, frozen.epoch.version), (Some(1), 2));
+    // Asked again: the same answer. Frozen: no write, no read, whatever the epoch.
+    assert_eq!(
+        offer_and_answer(&mut driver, 6, freeze(2, 1, 1)),
+        Ok(Response::Frozen(frozen.clone()))
+    );
+    for (id, version) in [(7, 1), (8, 2)] {
+        let refused = offer_and_answer(&mut driver, id, write_to(2, version, b"l"));
+        assert!(
+            matches!(
+                refused,
+                Err(RequestError::Refused(KvError::ShardMerging {
+                    shard: 2,
+                    into: 1
+                }))
+            ),
+            "{refused:?}"
+        );
+    }
+    let read = Request::Read {
+        shard: 2,
+        epoch: frozen.epoch,
+        key: b"k".to_vec(),
+    };
+    assert!(offer_and_answer(&mut driver, 9, read).is_err());
+    // A merge planned against the unfrozen right descriptor is refused when it applies
+    // (here: before it is proposed, the replica here being frozen differently).
+    assert!(offer_and_answer(&mut driver, 10, merge(&left, &right)).is_err());
+    let Ok(Response::Merged(merged)) = offer_and_answer(&mut driver, 11, merge(&left, &frozen))
+    else {
+        panic!("the merge applies");
+    };
+    assert_eq!(
+        (merged.start_key.as_slice(), merged.end_key.as_slice()),
+        (&b"a"[..], &b"m"[..])
+    );
+    assert_eq!(merged.epoch.version, 3);
+    assert_eq!(driver.descriptor(2), None, "the right shard is retired");
+    assert_eq!(driver.counters().replicas_merged_away, 1);
+    assert_eq!(
+        offer_and_answer(&mut driver, 12, merge(&left, &frozen)),
+        Ok(Response::Merged(merged.clone())),
+        "asked again: done"
+    );
+    // The left shard serves the right one's data, and writes over its whole range.
+    let read = Request::Read {
+        shard: 1,
+        epoch: merged.epoch,
+        key: b"k".to_vec(),
+    };
+    assert_eq!(
+        offer_and_answer(&mut driver, 13, read),
+        Ok(Response::Value(Some(b"v".to_vec())))
+    );
+    assert!(offer_and_answer(&mut driver, 14, write_to(1, 3, b"l")).is_ok());
+    drop(driver);
+    let store = NodeStore::with_engine(engine);
+    let driver =
+        MultiRaft::open(DriverConfig::new(1), store, QueueTransport::new(4)).expect("opens");
+    assert_eq!(driver.descriptor(1), Some(&merged));
+    assert_eq!(driver.descriptor(2), None);
 }

@@ -175,6 +175,9 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             | ApiRequest::ChangeReplicas { .. }
             | ApiRequest::SplitShard { .. }
             | ApiRequest::TransferLeadership { .. }
+            | ApiRequest::FreezeShard { .. }
+            | ApiRequest::MergeReady { .. }
+            | ApiRequest::MergeShards { .. }
     );
     if node_only && caller != Caller::Node {
         return ApiResponse::Error(ApiError::NotPermitted(
@@ -229,6 +232,18 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
         ApiRequest::AdminDrainNode { node, decommission } => {
             super::placement::admin_drain_node(context, node, decommission).await
         }
+        ApiRequest::FreezeShard {
+            shard,
+            version,
+            into,
+        } => freeze_shard(context, shard, version, into).await,
+        ApiRequest::MergeReady { shard, version } => Ok(merge_ready(context, shard, version)),
+        ApiRequest::MergeShards {
+            shard,
+            epoch,
+            right,
+        } => merge_shards(context, shard, epoch, right).await,
+        ApiRequest::AdminMerge { shard } => super::placement::admin_merge(context, shard).await,
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -301,7 +316,13 @@ async fn shard_request(
         },
         ShardOp::Write { ops } => Request::Write(KvCommand { shard, epoch, ops }),
     };
-    let response = context.request(request).await?;
+    let response = match context.request(request).await {
+        Ok(response) => response,
+        Err(error @ (ApiError::NotLeader { .. } | ApiError::ShardUnavailable { .. })) => {
+            return Err(newer_route(context, shard, &load_key).unwrap_or(error))
+        }
+        Err(error) => return Err(error),
+    };
     context.shard_stats.record(shard, &load_key, written_bytes);
     match response {
         Response::Value(value) => Ok(ApiResponse::Value(value)),
@@ -320,6 +341,91 @@ async fn shard_request(
         }),
         Response::MembershipChanged(descriptor) => Ok(ApiResponse::ReplicasChanged(descriptor)),
         Response::Split { left, right } => Ok(ApiResponse::Split { left, right }),
+        Response::Frozen(descriptor) => Ok(ApiResponse::Frozen(descriptor)),
+        Response::Merged(descriptor) => Ok(ApiResponse::Merged(descriptor)),
+    }
+}
+
+/// For a request routed to `shard`, which has no replica here: if a replica here holds
+/// `key` (the shard was merged into it here, say), the route is stale; its descriptor is
+/// the newer route (the client keeps routes only if newer than what it has seen).
+fn newer_route(context: &NodeContext, shard: ShardId, key: &[u8]) -> Option<ApiError> {
+    let view = context.driver.view();
+    if view.replicas.contains_key(&shard) {
+        return None;
+    }
+    view.replicas
+        .values()
+        .find(|replica| {
+            replica.descriptor.contains(key) && replica.descriptor.merging_into.is_none()
+        })
+        .map(|replica| ApiError::StaleEpoch {
+            descriptor: Box::new(replica.descriptor.clone()),
+        })
+}
+
+/// Whether this node's replica of `shard` is frozen at `version`. The view is published
+/// after the batch that applied the freeze is durable, so a crash cannot take it back.
+pub(super) fn merge_ready(context: &NodeContext, shard: ShardId, version: u64) -> ApiResponse {
+    let ready = context
+        .driver
+        .view()
+        .replicas
+        .get(&shard)
+        .is_some_and(|replica| {
+            replica.descriptor.merging_into.is_some() && replica.descriptor.epoch.version == version
+        });
+    ApiResponse::MergeReady { ready }
+}
+
+/// Proposes the freeze of `shard` (this node must lead it) for its merge into `into`,
+/// answered once it applied.
+pub(super) async fn freeze_shard(
+    context: &NodeContext,
+    shard: ShardId,
+    version: u64,
+    into: ShardId,
+) -> Result<ApiResponse, ApiError> {
+    if shard == api::PLACEMENT_SHARD || into == api::PLACEMENT_SHARD {
+        return Err(ApiError::Refused(
+            "the placement shard is never merged".to_string(),
+        ));
+    }
+    let request = Request::Freeze(crate::kv::FreezeCommand {
+        shard,
+        epoch: Epoch {
+            version,
+            conf_version: 0,
+        },
+        into,
+    });
+    match context.request(request).await? {
+        Response::Frozen(descriptor) => Ok(ApiResponse::Frozen(descriptor)),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Proposes the merge of `shard` (this node must lead it) with its frozen right neighbour
+/// `right`, answered once it applied.
+pub(super) async fn merge_shards(
+    context: &NodeContext,
+    shard: ShardId,
+    epoch: Epoch,
+    right: rshard_common::shard::ShardDescriptor,
+) -> Result<ApiResponse, ApiError> {
+    if shard == api::PLACEMENT_SHARD || right.id == api::PLACEMENT_SHARD {
+        return Err(ApiError::Refused(
+            "the placement shard is never merged".to_string(),
+        ));
+    }
+    let request = Request::Merge(crate::kv::MergeCommand {
+        shard,
+        epoch,
+        right,
+    });
+    match context.request(request).await? {
+        Response::Merged(descriptor) => Ok(ApiResponse::Merged(descriptor)),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
     }
 }
 
@@ -476,7 +582,10 @@ impl NodeContext {
                 KvError::KeyTooLarge { .. }
                 | KvError::ValueTooLarge { .. }
                 | KvError::TooManyOps { .. } => ApiError::TooLarge(refusal.to_string()),
-                KvError::SplitRefused(reason) => ApiError::Refused(reason),
+                KvError::SplitRefused(reason) | KvError::MergeRefused(reason) => {
+                    ApiError::Refused(reason)
+                }
+                KvError::ShardMerging { .. } => ApiError::Busy(refusal.to_string()),
                 other => ApiError::Malformed(other.to_string()),
             },
             RequestError::Busy(reason) => ApiError::Busy(reason.to_string()),

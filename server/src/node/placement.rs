@@ -29,7 +29,7 @@ use rshard_placement::leaders::TransferLeader;
 use rshard_placement::repair::RepairMove;
 use rshard_placement::replication::{Operator, ShardState};
 use rshard_placement::round::{plan_round, ClusterModel};
-use rshard_placement::splits::{AutoSplit, ShardLoad, SplitLimits, SplitModel};
+use rshard_placement::splits::{AutoMerge, AutoSplit, ShardLoad, SplitLimits, SplitModel};
 use serde::{Deserialize, Serialize};
 
 use super::api::Caller;
@@ -344,6 +344,16 @@ pub async fn heartbeat(context: &NodeContext, report: NodeReport) -> Result<ApiR
         if current.is_some_and(|c| c.epoch >= descriptor.epoch) {
             continue;
         }
+        // A shard merged away, reported by a replica that has not applied the merge yet:
+        // the shard that took its range is newer.
+        let superseded = stored.iter().any(|other| {
+            other.id != descriptor.id
+                && other.overlaps(descriptor)
+                && other.epoch.version > descriptor.epoch.version
+        });
+        if superseded {
+            continue;
+        }
         let key = record_key(SHARD_PREFIX, descriptor.id);
         let expected = current.map(encode).transpose()?;
         // A lost race means another report stored a descriptor first; the next report
@@ -521,6 +531,7 @@ pub async fn schedule(context: &Arc<NodeContext>) -> Result<usize, ApiError> {
     start_replication(context, plan.replication, &model);
     start_leader_transfers(context, plan.leader_transfers);
     start_splits(context, plan.splits, &model.shards);
+    start_merges(context, plan.merges);
     start_moves(
         context,
         plan.balance_moves,
@@ -1382,35 +1393,32 @@ async fn run_operation(
     marked: Marked,
 ) -> Result<ApiResponse, ApiError> {
     let id = operation.id;
-    let shard = operation.kind.shard();
+    let shards = operation.kind.shards();
     // Marked first, so a scheduler round neither resumes it nor puts an operator of its own
     // on the shard meanwhile; one operation or operator per shard at a time (two moves of
     // one shard could each take the other's new voter for its own and remove a voter).
-    let marked = match context.placement.lock() {
+    let marked: Vec<ShardId> = match context.placement.lock() {
         Ok(mut memory) => {
-            let owned = match (shard, marked) {
-                (None, _) => false,
-                (Some(_), Marked::Already) => true,
-                (Some(shard), Marked::No) => memory.operating.insert(shard),
-            };
-            if shard.is_some() && !owned {
-                return Err(ApiError::Busy(format!(
-                    "shard {} has another operation or operator under way; retry once it ends",
-                    shard.unwrap_or_default()
-                )));
+            if let Marked::No = marked {
+                if let Some(shard) = shards.iter().find(|s| memory.operating.contains(s)) {
+                    return Err(ApiError::Busy(format!(
+                        "shard {shard} has another operation or operator under way; retry once it ends"
+                    )));
+                }
+                memory.operating.extend(shards.iter().copied());
             }
             memory.executing.insert(id);
-            owned
+            shards.clone()
         }
-        Err(_) => false,
+        Err(_) => Vec::new(),
     };
     let ended = async {
-        if let Some(shard) = shard {
+        if !shards.is_empty() {
             let running: Vec<Operation> = scan_records(context, OPERATION_PREFIX).await?;
-            if let Some(other) = running
-                .iter()
-                .find(|op| !op.state.is_terminal() && op.kind.shard() == Some(shard))
-            {
+            if let Some((other, shard)) = running.iter().find_map(|op| {
+                let shared = op.kind.shards().into_iter().find(|s| shards.contains(s))?;
+                (!op.state.is_terminal()).then_some((op, shared))
+            }) {
                 return Err(ApiError::Busy(format!(
                     "shard {shard} has operation {} running; wait for it or cancel it",
                     other.id
@@ -1441,8 +1449,8 @@ async fn run_operation(
     .await;
     if let Ok(mut memory) = context.placement.lock() {
         memory.executing.remove(&id);
-        if let Some(shard) = shard.filter(|_| marked) {
-            memory.operating.remove(&shard);
+        for shard in &marked {
+            memory.operating.remove(shard);
         }
     }
     Ok(ApiResponse::Operation(ended?))
@@ -1522,10 +1530,12 @@ async fn resume_operations(context: &Arc<NodeContext>) -> Result<RunningOperatio
         }
         // No scheduler operator on its shard meanwhile (a move leaves a learner that the
         // replication scheduler must not promote on its own).
-        let marked = operation
+        let marked: Vec<ShardId> = operation
             .kind
-            .shard()
-            .is_some_and(|shard| memory.operating.insert(shard));
+            .shards()
+            .into_iter()
+            .filter(|&shard| memory.operating.insert(shard))
+            .collect();
         drop(memory);
         let context = context.clone();
         tokio::spawn(async move {
@@ -1553,8 +1563,8 @@ async fn resume_operations(context: &Arc<NodeContext>) -> Result<RunningOperatio
             }
             if let Ok(mut memory) = context.placement.lock() {
                 memory.executing.remove(&id);
-                if let Some(shard) = shard.filter(|_| marked) {
-                    memory.operating.remove(&shard);
+                for shard in &marked {
+                    memory.operating.remove(shard);
                 }
             }
         });
@@ -1587,6 +1597,11 @@ async fn execute(
         OperationKind::Drain { node, decommission } => {
             let mut record = OperationRecord::new(context, operation.clone());
             let state = execute_drain(&mut record, node, decommission).await?;
+            return record.finish(state).await;
+        }
+        OperationKind::Merge { left, right } => {
+            let mut record = OperationRecord::new(context, operation.clone());
+            let state = execute_merge(&mut record, left, right).await?;
             return record.finish(state).await;
         }
     };
@@ -1626,9 +1641,17 @@ impl<'a> OperationRecord<'a> {
 
     /// Records where the operation stands, if that changed.
     async fn progress(&mut self, step: String, done: u64, total: u64) {
+        let _recorded = self.record_step(step, done, total).await;
+    }
+
+    /// Records where the operation stands; true once the record holds it (false if the
+    /// record changed meanwhile: someone else ended it, or it is unreadable). A step that
+    /// must not start after a cancel is recorded first: cancel and step are then ordered
+    /// by the record's compare-and-swap.
+    async fn record_step(&mut self, step: String, done: u64, total: u64) -> bool {
         let progress = Some(OperationProgress { step, done, total });
         if self.current.progress == progress {
-            return;
+            return true;
         }
         let next = Operation {
             progress,
@@ -1636,7 +1659,9 @@ impl<'a> OperationRecord<'a> {
         };
         if let Ok(true) = record_operation(self.context, &next, Some(&self.current)).await {
             self.current = next;
+            return true;
         }
+        false
     }
 
     /// Records how the operation ended (nothing while it still runs). Returns it as
@@ -1689,6 +1714,20 @@ pub async fn cancel_operation(context: &NodeContext, id: u64) -> Result<ApiRespo
                 }
             }
             OperationKind::Drain { .. } => {}
+            OperationKind::Merge { right, .. } => {
+                let frozen = registry_descriptor(context, *right)
+                    .await
+                    .is_some_and(|descriptor| descriptor.merging_into.is_some());
+                let freezing = operation
+                    .progress
+                    .as_ref()
+                    .is_some_and(|progress| progress.done >= MERGE_FREEZE_STEP);
+                if frozen || freezing {
+                    return Err(ApiError::Refused(format!(
+                        "shard {right} is frozen for the merge: the merge completes"
+                    )));
+                }
+            }
         }
         let cancelled = Operation {
             state: OperationState::Failed {
@@ -1889,6 +1928,287 @@ async fn execute_move(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     OperationState::Running
+}
+
+/// Steps of a merge, as its progress records them: a merge whose progress reached
+/// [`MERGE_FREEZE_STEP`] may have frozen its right shard and is never cancelled.
+const MERGE_STEPS: u64 = 5;
+const MERGE_FREEZE_STEP: u64 = 2;
+
+/// Merges `left` with its right neighbour `right` (see docs/architecture.md, "Merge"):
+/// 1. aligns the two shards' replicas (moves `right`'s onto `left`'s nodes) while neither
+///    is frozen; cancellable until here;
+/// 2. once every replica's node is live, records the freeze step, then asks `right`'s
+///    leader to freeze it: from here the merge only goes forward;
+/// 3. waits until every node of `right` reports its replica frozen (durably applied);
+/// 4. asks `left`'s leader to merge; stores the merged descriptor and deletes `right`'s.
+///
+/// Every step reads the registry first, so a resumed merge picks up where it stopped.
+async fn execute_merge(
+    record: &mut OperationRecord<'_>,
+    left: ShardId,
+    right: ShardId,
+) -> Result<OperationState, ApiError> {
+    let (context, id) = (record.context, record.id());
+    let deadline = Instant::now() + context.config.request_timeout;
+    let pause = || tokio::time::sleep(Duration::from_millis(250));
+    while Instant::now() < deadline {
+        let Some(left_now) = registry_descriptor(context, left).await else {
+            return Ok(OperationState::Running);
+        };
+        let Some(right_now) = registry_descriptor(context, right).await else {
+            // Deleted only once the merged descriptor was stored.
+            return Ok(if left_now.merging_into.is_none() {
+                OperationState::Done
+            } else {
+                OperationState::Running
+            });
+        };
+        if left_now.covers(&right_now) && left_now.epoch.version > right_now.epoch.version {
+            delete_record(context, record_key(SHARD_PREFIX, right)).await?;
+            tracing::info!(operation = id, left, right, "merge done");
+            return Ok(OperationState::Done);
+        }
+        let misaligned = |a: &ShardDescriptor, b: &ShardDescriptor| {
+            let from = a.replicas.iter().find(|n| !b.replicas.contains(n)).copied();
+            let to = b.replicas.iter().find(|n| !a.replicas.contains(n)).copied();
+            from.zip(to)
+        };
+        match right_now.merging_into {
+            None => {
+                if record.ended_elsewhere().await {
+                    return Ok(OperationState::Running);
+                }
+                if left_now.end_key.is_empty() || left_now.end_key != right_now.start_key {
+                    return Ok(OperationState::Failed {
+                        reason: format!("shard {right} no longer starts where shard {left} ends"),
+                    });
+                }
+                if !left_now.learners.is_empty()
+                    || !right_now.learners.is_empty()
+                    || left_now.replicas.len() != right_now.replicas.len()
+                {
+                    record
+                        .progress(
+                            "waiting for the shards' replication to settle".to_string(),
+                            0,
+                            MERGE_STEPS,
+                        )
+                        .await;
+                    pause().await;
+                    continue;
+                }
+                if let Some((from, to)) = misaligned(&right_now, &left_now) {
+                    record
+                        .progress(
+                            format!("moving shard {right}'s replica from node {from} to node {to}"),
+                            1,
+                            MERGE_STEPS,
+                        )
+                        .await;
+                    match execute_move(record, right, from, to).await {
+                        OperationState::Done => continue,
+                        OperationState::Running => return Ok(OperationState::Running),
+                        OperationState::Failed { reason } => {
+                            return Ok(OperationState::Failed {
+                                reason: format!("moving shard {right}'s replicas: {reason}"),
+                            })
+                        }
+                    }
+                }
+                if let Some(down) = right_now.replicas.iter().find(|&&n| !is_live(context, n)) {
+                    record
+                        .progress(
+                            format!("waiting for node {down}, which holds a replica"),
+                            1,
+                            MERGE_STEPS,
+                        )
+                        .await;
+                    pause().await;
+                    continue;
+                }
+                // Recorded before the freeze: a cancel either came first (then this fails
+                // and nothing is frozen) or is refused from now on.
+                let step = format!("freezing shard {right}");
+                if !record
+                    .record_step(step, MERGE_FREEZE_STEP, MERGE_STEPS)
+                    .await
+                {
+                    return Ok(OperationState::Running);
+                }
+                let request = ApiRequest::FreezeShard {
+                    shard: right,
+                    version: right_now.epoch.version,
+                    into: left,
+                };
+                match call_shard_leader(context, right, request).await {
+                    Ok(ApiResponse::Frozen(frozen)) => {
+                        tracing::info!(operation = id, left, right, "right shard frozen");
+                        store_descriptor(context, &frozen).await?;
+                    }
+                    Ok(other) => {
+                        tracing::info!(operation = id, ?other, "freeze not done yet");
+                        pause().await;
+                    }
+                    Err(error) => {
+                        tracing::info!(operation = id, %error, "freeze not done yet");
+                        pause().await;
+                    }
+                }
+            }
+            Some(into) if into != left => {
+                return Ok(OperationState::Failed {
+                    reason: format!("shard {right} is frozen for a merge into shard {into}"),
+                });
+            }
+            Some(_) => {
+                // Frozen: only forward. The left shard's replicas follow the right's if
+                // they differ (the right's members are final).
+                if let Some((from, to)) = misaligned(&left_now, &right_now) {
+                    record
+                        .progress(
+                            format!("moving shard {left}'s replica from node {from} to node {to}"),
+                            3,
+                            MERGE_STEPS,
+                        )
+                        .await;
+                    if execute_move(record, left, from, to).await != OperationState::Done {
+                        return Ok(OperationState::Running);
+                    }
+                    continue;
+                }
+                record
+                    .progress(
+                        format!("waiting for every replica of shard {right} to freeze"),
+                        3,
+                        MERGE_STEPS,
+                    )
+                    .await;
+                let mut ready = true;
+                for &node in &right_now.replicas {
+                    let request = ApiRequest::MergeReady {
+                        shard: right,
+                        version: right_now.epoch.version,
+                    };
+                    let answer = call_node_plain(context, node, request).await;
+                    ready &= matches!(answer, Ok(ApiResponse::MergeReady { ready: true }));
+                }
+                if !ready {
+                    pause().await;
+                    continue;
+                }
+                record
+                    .progress(
+                        format!("merging shard {right} into shard {left}"),
+                        4,
+                        MERGE_STEPS,
+                    )
+                    .await;
+                let request = ApiRequest::MergeShards {
+                    shard: left,
+                    epoch: left_now.epoch,
+                    right: right_now.clone(),
+                };
+                match call_shard_leader(context, left, request).await {
+                    Ok(ApiResponse::Merged(merged)) => {
+                        store_descriptor(context, &merged).await?;
+                        delete_record(context, record_key(SHARD_PREFIX, right)).await?;
+                        tracing::info!(operation = id, left, right, "merge done");
+                        return Ok(OperationState::Done);
+                    }
+                    Ok(other) => {
+                        // A registry a report behind (StaleEpoch), or a replica not frozen
+                        // yet: read again and retry.
+                        tracing::info!(operation = id, ?other, "merge not done yet");
+                        pause().await;
+                    }
+                    Err(error) => {
+                        tracing::info!(operation = id, %error, "merge not done yet");
+                        pause().await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(OperationState::Running)
+}
+
+/// Deletes a placement record.
+async fn delete_record(context: &NodeContext, key: Vec<u8>) -> Result<(), ApiError> {
+    let command = crate::kv::KvCommand {
+        shard: PLACEMENT_SHARD,
+        epoch: placement_epoch(context)?,
+        ops: vec![KvOp::Delete { key }],
+    };
+    match context.request(Request::Write(command)).await? {
+        Response::Written(_) => Ok(()),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Merges `shard` with its right neighbour, as an operation (see [`admin_split`] for how
+/// operations are recorded; [`execute_merge`] for its steps): checked first (both exist,
+/// neither is placement's nor frozen).
+pub async fn admin_merge(context: &NodeContext, shard: ShardId) -> Result<ApiResponse, ApiError> {
+    let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
+    let Some(left) = descriptors.iter().find(|d| d.id == shard) else {
+        return Err(ApiError::Refused(format!("there is no shard {shard}")));
+    };
+    let right = descriptors.iter().find(|d| {
+        !left.end_key.is_empty() && d.start_key == left.end_key && d.merging_into.is_none()
+    });
+    let Some(right) = right.filter(|d| d.id != PLACEMENT_SHARD) else {
+        return Err(ApiError::Refused(format!(
+            "shard {shard} has no right neighbour to merge with (it ends the data key space)"
+        )));
+    };
+    if shard == PLACEMENT_SHARD || left.merging_into.is_some() {
+        return Err(ApiError::Refused(format!("shard {shard} cannot be merged")));
+    }
+    let right = right.id;
+    let (id, _) = allocate_ids(context).await?;
+    let operation = Operation {
+        id,
+        kind: OperationKind::Merge { left: shard, right },
+        state: OperationState::Running,
+        progress: None,
+    };
+    tracing::info!(operation = id, left = shard, right, "merge started");
+    run_operation(context, operation, left.epoch.version, Marked::No).await
+}
+
+/// Starts this round's automatic merges, each a recorded `Merge` operation (resumed like
+/// an operator's), on shards with nothing else under way.
+fn start_merges(context: &Arc<NodeContext>, merges: Vec<AutoMerge>) {
+    for AutoMerge { left, right } in merges {
+        if !context.begin_operator(left) {
+            continue;
+        }
+        if !context.begin_operator(right) {
+            context.end_operator(left);
+            continue;
+        }
+        tracing::info!(left, right, "merging small cold shards");
+        let context = context.clone();
+        tokio::spawn(async move {
+            let started = async {
+                let (id, _) = allocate_ids(&context).await?;
+                let operation = Operation {
+                    id,
+                    kind: OperationKind::Merge { left, right },
+                    state: OperationState::Running,
+                    progress: None,
+                };
+                run_operation(&context, operation, 0, Marked::Already).await
+            }
+            .await;
+            if let Err(error) = started {
+                context.end_operator(left);
+                context.end_operator(right);
+                tracing::info!(left, right, %error, "automatic merge not started");
+            }
+        });
+    }
 }
 
 /// `shard`'s descriptor as placement's registry holds it (the newest its leaders reported,
@@ -2149,6 +2469,23 @@ async fn call_node_plain(
             Ok(super::api::transfer_leadership(context, shard, to)
                 .unwrap_or_else(ApiResponse::Error))
         }
+        ApiRequest::FreezeShard {
+            shard,
+            version,
+            into,
+        } => Ok(super::api::freeze_shard(context, shard, version, into)
+            .await
+            .unwrap_or_else(ApiResponse::Error)),
+        ApiRequest::MergeReady { shard, version } => {
+            Ok(super::api::merge_ready(context, shard, version))
+        }
+        ApiRequest::MergeShards {
+            shard,
+            epoch,
+            right,
+        } => Ok(super::api::merge_shards(context, shard, epoch, right)
+            .await
+            .unwrap_or_else(ApiResponse::Error)),
         other => Err(format!("not served locally: {other:?}")),
     }
 }
