@@ -190,8 +190,14 @@ pub enum ApiRequest {
         into: ShardId,
     },
     /// Node only: whether this node's replica of `shard` is frozen at epoch version
-    /// `version` (it applied everything up to its freeze, durably).
-    MergeReady { shard: ShardId, version: u64 },
+    /// `version` (it applied everything up to its freeze, durably), and this node holds a
+    /// replica of `into` (which will apply the merge from its log, or take a snapshot of
+    /// the merged shard over the frozen one).
+    MergeReady {
+        shard: ShardId,
+        version: u64,
+        into: ShardId,
+    },
     /// Node only: merge `shard` with `right`, its frozen right neighbour; for the shard's
     /// leader to propose, refused unless the shard is still at `epoch` (version and conf
     /// version). Asking again once merged answers the same.
@@ -200,6 +206,8 @@ pub enum ApiRequest {
         epoch: Epoch,
         right: ShardDescriptor,
     },
+    /// Node only: whether this node holds a replica of `shard`.
+    ReplicaHeld { shard: ShardId },
     /// Admin, for the placement leader: merge `shard` with its right neighbour, as an
     /// operation with an id (the neighbour's replicas are first moved onto the shard's
     /// nodes).
@@ -460,6 +468,10 @@ pub enum ApiResponse {
     },
     /// Two shards merged: the left one's descriptor after the merge.
     Merged(ShardDescriptor),
+    /// Whether a node holds a replica of a shard.
+    ReplicaHeld {
+        held: bool,
+    },
 }
 
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]

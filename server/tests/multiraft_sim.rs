@@ -17,6 +17,12 @@
 //! replica nor data of the shard (removed replicas are destroyed, also those cut off while
 //! they were removed, and their ranges cleared).
 //!
+//! Half the split seeds also merge adjacent shards as placement does: freeze the right one,
+//! wait until every replica of it is frozen, then merge it into the left one. Clients of the
+//! frozen shard are refused and look the key up again. After healing, no merge is left half
+//! done, no node keeps a replica of a shard merged away, and the shards that took merged
+//! ranges agree like the others.
+//!
 //! `RSHARD_MULTIRAFT_SEEDS=N` runs N seeds (default 300); `RSHARD_MULTIRAFT_SEED=S` runs one.
 
 mod support;
@@ -68,6 +74,9 @@ fn scenario(seed: u64) -> World {
     if rng.below(2) == 0 {
         world.keys_per_shard = world.keys_per_shard.max(4 + rng.below(12));
         world.split_every_steps = Some(40 + rng.below(200));
+        if rng.below(2) == 0 {
+            world.merge_every_steps = Some(10 + rng.below(60));
+        }
     } else if rng.below(2) == 0 {
         // Replica moves: the shards start on nodes 1-3 of 4 or 5, so there is room to move.
         let ids: Vec<u64> = (1..=3).collect();
@@ -99,6 +108,8 @@ struct Exercised {
     /// Replicas destroyed once removed: on applying their removal, and by a notice.
     destroyed: u64,
     destroyed_by_notice: u64,
+    /// Replicas retired because their shard merged into its left neighbour.
+    merged_away: u64,
 }
 
 fn run_seed(seed: u64) -> Result<Exercised, String> {
@@ -117,10 +128,22 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
         {
             world.move_random();
         }
+        if world
+            .merge_every_steps
+            .is_some_and(|every| step % every == every - 1)
+        {
+            world.merge_step();
+        }
         world.run_step();
     }
     world.heal();
-    world.run(SETTLE_STEPS);
+    // A merge whose right shard is frozen only goes forward: placement keeps at it.
+    for step in 0..SETTLE_STEPS {
+        if world.merging.is_some() && step % 10 == 0 {
+            world.merge_step();
+        }
+        world.run_step();
+    }
     let history = world.checked_history();
     let known = history
         .iter()
@@ -128,11 +151,14 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
         .count();
     if std::env::var("RSHARD_MULTIRAFT_SEED").is_ok() {
         eprintln!(
-            "seed {seed}: {} nodes, {} shards ({} split off of {} splits asked), {} operations ({known} answered), {} crashes, leaders {:?}, snapshots installed {}, chunks {}",
+            "seed {seed}: {} nodes, {} shards ({} now, {} splits asked; merged away {:?} into {:?}, under way {:?}), {} operations ({known} answered), {} crashes, leaders {:?}, snapshots installed {}, chunks {}",
             world.nodes.len(),
             world.shards.len(),
-            world.all_shards().len() - world.shards.len(),
+            world.all_shards().len(),
             world.splits_requested,
+            world.merged_away,
+            world.merged_into,
+            world.merging.as_ref().map(|(left, right, _)| (left, right)),
             history.len(),
             world.crashes,
             world.leaders().len(),
@@ -154,7 +180,7 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
         }
     }
     if std::env::var("RSHARD_MULTIRAFT_SEED").is_ok() {
-        for &shard in &world.hot_shards {
+        for shard in world.all_shards() {
             for node in world.up_nodes() {
                 if let Some(status) = world.driver(node).and_then(|d| d.replica_status(shard)) {
                     eprintln!("  shard {shard} on node {node}: {status}");
@@ -164,11 +190,13 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
     }
     check_liveness(&mut world)?;
     check_agreement(&world)?;
+    check_merges(&world)?;
     let exercised = Exercised {
         snapshots_installed: world.total_ever(|c| c.snapshots_installed),
         installs_resumed: world.total_ever(|c| c.installs_resumed),
         snapshot_chunks: world.total_ever(|c| c.snapshot_chunks_received),
         split_off: world.total_ever(|c| c.shards_split_off),
+        merged_away: world.total_ever(|c| c.replicas_merged_away),
         created_by_snapshot: world.total_ever(|c| c.replicas_created_by_snapshot),
         destroyed: world.total_ever(|c| c.replicas_destroyed),
         destroyed_by_notice: world.total_ever(|c| c.replicas_destroyed_by_notice),
@@ -194,11 +222,46 @@ fn run_seed(seed: u64) -> Result<Exercised, String> {
     }
 }
 
-/// The hot shards and every shard split off: the ones the checks after healing cover.
+/// The hot shards, every shard split off and every shard that took a merged one's range,
+/// but none merged away: the ones the checks after healing cover.
 fn checked_shards(world: &World) -> std::collections::BTreeSet<u64> {
     let laid_out = world.shards.len() as u64;
     let split_off = world.all_shards().into_iter().filter(|&s| s > laid_out);
-    world.hot_shards.iter().copied().chain(split_off).collect()
+    world
+        .hot_shards
+        .iter()
+        .copied()
+        .chain(split_off)
+        .chain(world.merged_into.iter().copied())
+        .filter(|shard| !world.merged_away.contains(shard))
+        .collect()
+}
+
+/// After healing, no node holds a replica of a shard merged away (every replica retired
+/// it once its left neighbour took the range), and no merge is left half done.
+fn check_merges(world: &World) -> Result<(), String> {
+    if let Some((left, right, _)) = &world.merging {
+        let frozen = world
+            .up_nodes()
+            .into_iter()
+            .filter_map(|node| world.driver(node)?.descriptor(*right).cloned())
+            .any(|descriptor| descriptor.merging_into.is_some());
+        if frozen {
+            return Err(format!(
+                "the merge of shard {right} into {left} froze it and never completed"
+            ));
+        }
+    }
+    for &shard in &world.merged_away {
+        for node in world.up_nodes() {
+            if let Some(status) = world.driver(node).and_then(|d| d.replica_status(shard)) {
+                return Err(format!(
+                    "shard {shard} was merged away but node {node} keeps a replica: {status}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The nodes `shard`'s leader counts as members (voters and learners).
@@ -317,6 +380,7 @@ fn multiraft_histories_are_linearizable_under_faults() {
             total.created_by_snapshot += exercised.created_by_snapshot;
             total.destroyed += exercised.destroyed;
             total.destroyed_by_notice += exercised.destroyed_by_notice;
+            total.merged_away += exercised.merged_away;
         }
         if let Err(failure) = result {
             let hint = scenario(seed).replay_hint("multiraft_sim");
@@ -331,7 +395,7 @@ fn multiraft_histories_are_linearizable_under_faults() {
     eprintln!(
         "{seeds} seeds: {} snapshots installed from {} chunks, {} installs resumed after a crash, \
          {} replicas split off, {} replicas created by a snapshot, {} replicas destroyed once \
-         removed ({} by a notice)",
+         removed ({} by a notice), {} replicas retired by a merge",
         total.snapshots_installed,
         total.snapshot_chunks,
         total.installs_resumed,
@@ -339,6 +403,7 @@ fn multiraft_histories_are_linearizable_under_faults() {
         total.created_by_snapshot,
         total.destroyed,
         total.destroyed_by_notice,
+        total.merged_away,
     );
     if seeds >= 100 {
         // The snapshot seeds must keep exercising transfers, installs and crashes in them,
@@ -354,6 +419,10 @@ fn multiraft_histories_are_linearizable_under_faults() {
         assert!(
             total.destroyed > 0 && total.destroyed_by_notice > 0,
             "the simulation stopped exercising replica moves"
+        );
+        assert!(
+            total.merged_away > 0,
+            "the simulation stopped exercising merges"
         );
     }
 }

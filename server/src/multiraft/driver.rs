@@ -116,7 +116,8 @@ impl<T: Transport> MultiRaft<T> {
             driver.destroy_if_removed(group)?;
         }
         // A crash between applying a merge and retiring the right shard's replica.
-        driver.retire_merged()?;
+        let retiring = driver.store.retiring()?;
+        driver.retire_merged(retiring)?;
         Ok(driver)
     }
 
@@ -396,6 +397,7 @@ impl<T: Transport> MultiRaft<T> {
         let mut installs = Vec::new();
         let mut split_off = Vec::new();
         let mut merged = Vec::new();
+        let mut installed_ranges = Vec::new();
         let mut narrowed = Vec::new();
         let mut membership_changed = Vec::new();
         for (group, ready) in &readies {
@@ -445,6 +447,7 @@ impl<T: Transport> MultiRaft<T> {
                     &frozen_here,
                 )?;
                 if let Some(marker) = install {
+                    installed_ranges.push(replica.descriptor.clone());
                     if let Some(before) = before {
                         // What the shard's range was and no longer is.
                         narrowed.extend(KeySpan::of(&before).without(&replica.descriptor));
@@ -490,6 +493,24 @@ impl<T: Transport> MultiRaft<T> {
             self.snapshots.split_gaps.extend(narrowed);
             batch.set_split_gaps(&self.snapshots.split_gaps)?;
         }
+        for installed in &installed_ranges {
+            // A replica here frozen for its merge into a shard whose snapshot now takes part
+            // of its range: the merge is in the snapshot (before the merge, the shard ends
+            // where the frozen one starts).
+            merged.extend(
+                self.replicas
+                    .values()
+                    .filter(|other| {
+                        other.descriptor.merging_into == Some(installed.id)
+                            && other.descriptor.overlaps(installed)
+                    })
+                    .map(|other| other.descriptor.id),
+            );
+        }
+        if !merged.is_empty() {
+            // Retired once this batch is durable; until then, a crash finds them here.
+            batch.set_retiring(&merged)?;
+        }
         let created = self.stage_split_off(split_off, &mut batch)?;
         let write = !batch.is_empty();
         if write {
@@ -511,7 +532,6 @@ impl<T: Transport> MultiRaft<T> {
         }
         self.snapshots.finish_installs(&installed);
         self.counters.snapshots_installed += installed.len() as u64;
-        let installed_any = !installed.is_empty();
         for group in installed {
             self.ticking.insert(group);
             self.dirty.insert(group);
@@ -539,9 +559,7 @@ impl<T: Transport> MultiRaft<T> {
         for notice in std::mem::take(&mut self.removal_notices) {
             self.on_removed_notice(notice)?;
         }
-        if !merged.is_empty() || installed_any {
-            self.retire_merged()?;
-        }
+        self.retire_merged(merged)?;
         Ok(())
     }
 
@@ -867,30 +885,20 @@ impl<T: Transport> MultiRaft<T> {
         })
     }
 
-    /// Retires this node's replicas of shards merged into a neighbour here: a frozen
-    /// replica whose range a replica here of the shard it merges into now covers (the
-    /// merge applied, or a snapshot of the merged shard was installed). Its log and Raft
-    /// state go with a tombstone no snapshot passes; its data stays (it is the merged
-    /// shard's now).
-    fn retire_merged(&mut self) -> Result<(), StoreError> {
-        let retired: Vec<GroupId> = self
-            .replicas
-            .iter()
-            .filter(|(group, replica)| {
-                let Some(into) = replica.descriptor.merging_into else {
-                    return false;
-                };
-                let right = &replica.descriptor;
-                !self.snapshots.is_installing(**group)
-                    && !self.snapshots.is_installing(into)
-                    && self
-                        .replicas
-                        .get(&into)
-                        .is_some_and(|left| left.descriptor.covers(right))
-            })
-            .map(|(group, _)| *group)
-            .collect();
-        for group in retired {
+    /// Retires this node's replicas of `groups`, shards merged into a neighbour here (the
+    /// merge applied, or a snapshot of the merged shard is being installed): their log and
+    /// Raft state go with a tombstone no snapshot passes, in one committed batch that also
+    /// empties the stored list of groups to retire. Their data stays where a replica here
+    /// holds the range now (the merged shard, and any shard split off it since); the rest
+    /// is queued for clearing, as for a removed replica, and becomes a split gap: only a
+    /// snapshot of a merged shard that split again since leaves such a rest, and the
+    /// shards split off it are this node's to receive by snapshot.
+    fn retire_merged(&mut self, groups: Vec<GroupId>) -> Result<(), StoreError> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        for group in groups {
             let Some(mut replica) = self.replicas.remove(&group) else {
                 continue;
             };
@@ -898,13 +906,24 @@ impl<T: Transport> MultiRaft<T> {
             self.ticking.remove(&group);
             self.dirty.remove(&group);
             self.snapshots.forget_group(group);
-            let mut batch = self.store.batch();
+            let mut clear = vec![KeySpan::of(&replica.descriptor)];
+            for other in self.replicas.values() {
+                clear = clear
+                    .iter()
+                    .flat_map(|span| span.without(&other.descriptor))
+                    .collect();
+            }
+            self.snapshots.split_gaps.extend(clear.iter().cloned());
+            self.snapshots.pending_clears.extend(clear);
             batch.destroy_group(replica.raft.storage(), u64::MAX)?;
-            self.store.commit(batch)?;
-            self.counters.syncs += 1;
             self.snapshots.tombstones.insert(group, u64::MAX);
             self.counters.replicas_merged_away += 1;
         }
+        batch.set_pending_clears(&self.snapshots.pending_clears)?;
+        batch.set_split_gaps(&self.snapshots.split_gaps)?;
+        batch.set_retiring(&[])?;
+        self.store.commit(batch)?;
+        self.counters.syncs += 1;
         Ok(())
     }
 

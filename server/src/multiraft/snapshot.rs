@@ -631,9 +631,8 @@ impl Snapshots {
     /// Whether a snapshot of `descriptor` may be installed here, checked at its first chunk
     /// and again at its last (another transfer may have created a replica meanwhile):
     /// - never over a range another replica here holds, but for a replica frozen for its
-    ///   merge into this very shard whose range the snapshot covers (this node's replica
-    ///   of the shard fell behind its merge: the install takes the range over, and the
-    ///   frozen replica is retired once it is done);
+    ///   merge into this very shard (this node's replica of the shard fell behind its
+    ///   merge: the frozen one is retired as the install starts);
     /// - a new replica only where the descriptor places this node as a learner (how a
     ///   replica added by a membership change gets its first state), or as a voter inside
     ///   a split gap (a shard split off while this node's replica was behind, which this
@@ -650,8 +649,9 @@ impl Snapshots {
         replicas: &BTreeMap<GroupId, Replica>,
     ) -> Result<(), SnapshotRefusal> {
         let group = descriptor.id;
-        let merged_into_this =
-            |right: &ShardDescriptor| right.merging_into == Some(group) && descriptor.covers(right);
+        // Overlapping at all means the merge is in the snapshot: before it, the shard ends
+        // where the frozen one starts.
+        let merged_into_this = |right: &ShardDescriptor| right.merging_into == Some(group);
         if let Some((&other, _)) = replicas.iter().find(|(&id, r)| {
             id != group && r.descriptor.overlaps(descriptor) && !merged_into_this(&r.descriptor)
         }) {
@@ -667,7 +667,7 @@ impl Snapshots {
         }
         let learner = descriptor.learners.contains(&self.node);
         let split_off_here = descriptor.replicas.contains(&self.node)
-            && self.split_gaps.iter().any(|gap| gap.covers(descriptor));
+            && covered_by_gaps(&self.split_gaps, descriptor);
         if !learner && !split_off_here {
             return Err(SnapshotRefusal::UnknownGroup);
         }
@@ -909,4 +909,19 @@ fn read_chunk(
         },
     )?;
     Ok((items, next))
+}
+
+/// True if `descriptor`'s range lies in the union of `gaps` (adjacent gaps, one from a
+/// narrowed shard and one from a retired merged replica, may each hold part of it).
+fn covered_by_gaps(gaps: &[KeySpan], descriptor: &ShardDescriptor) -> bool {
+    let mut rest = vec![KeySpan::of(descriptor)];
+    for gap in gaps {
+        let taken = ShardDescriptor {
+            start_key: gap.start.clone(),
+            end_key: gap.end.clone(),
+            ..ShardDescriptor::default()
+        };
+        rest = rest.iter().flat_map(|span| span.without(&taken)).collect();
+    }
+    rest.is_empty()
 }

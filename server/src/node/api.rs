@@ -178,6 +178,7 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             | ApiRequest::FreezeShard { .. }
             | ApiRequest::MergeReady { .. }
             | ApiRequest::MergeShards { .. }
+            | ApiRequest::ReplicaHeld { .. }
     );
     if node_only && caller != Caller::Node {
         return ApiResponse::Error(ApiError::NotPermitted(
@@ -237,13 +238,18 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             version,
             into,
         } => freeze_shard(context, shard, version, into).await,
-        ApiRequest::MergeReady { shard, version } => Ok(merge_ready(context, shard, version)),
+        ApiRequest::MergeReady {
+            shard,
+            version,
+            into,
+        } => Ok(merge_ready(context, shard, version, into)),
         ApiRequest::MergeShards {
             shard,
             epoch,
             right,
         } => merge_shards(context, shard, epoch, right).await,
         ApiRequest::AdminMerge { shard } => super::placement::admin_merge(context, shard).await,
+        ApiRequest::ReplicaHeld { shard } => Ok(replica_held(context, shard)),
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -364,18 +370,27 @@ fn newer_route(context: &NodeContext, shard: ShardId, key: &[u8]) -> Option<ApiE
         })
 }
 
-/// Whether this node's replica of `shard` is frozen at `version`. The view is published
-/// after the batch that applied the freeze is durable, so a crash cannot take it back.
-pub(super) fn merge_ready(context: &NodeContext, shard: ShardId, version: u64) -> ApiResponse {
-    let ready = context
-        .driver
-        .view()
-        .replicas
-        .get(&shard)
-        .is_some_and(|replica| {
-            replica.descriptor.merging_into.is_some() && replica.descriptor.epoch.version == version
-        });
+/// Whether this node's replica of `shard` is frozen at `version` for its merge into
+/// `into`, and this node holds a replica of `into`. The view is published after the
+/// iteration's sync, so a frozen replica in it is durable, unless the driver stopped (a
+/// failed sync): then it is not ready.
+pub(super) fn merge_ready(
+    context: &NodeContext,
+    shard: ShardId,
+    version: u64,
+    into: ShardId,
+) -> ApiResponse {
+    let view = context.driver.view();
+    let frozen = view.replicas.get(&shard).is_some_and(|replica| {
+        replica.descriptor.merging_into == Some(into) && replica.descriptor.epoch.version == version
+    });
+    let ready = view.stopped.is_none() && frozen && view.replicas.contains_key(&into);
     ApiResponse::MergeReady { ready }
+}
+
+pub(super) fn replica_held(context: &NodeContext, shard: ShardId) -> ApiResponse {
+    let held = context.driver.view().replicas.contains_key(&shard);
+    ApiResponse::ReplicaHeld { held }
 }
 
 /// Proposes the freeze of `shard` (this node must lead it) for its merge into `into`,

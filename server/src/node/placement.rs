@@ -1958,16 +1958,11 @@ async fn execute_merge(
         };
         let Some(right_now) = registry_descriptor(context, right).await else {
             // Deleted only once the merged descriptor was stored.
-            return Ok(if left_now.merging_into.is_none() {
-                OperationState::Done
-            } else {
-                OperationState::Running
-            });
+            return Ok(await_retired(record, &left_now, right).await);
         };
         if left_now.covers(&right_now) && left_now.epoch.version > right_now.epoch.version {
             delete_record(context, record_key(SHARD_PREFIX, right)).await?;
-            tracing::info!(operation = id, left, right, "merge done");
-            return Ok(OperationState::Done);
+            return Ok(await_retired(record, &left_now, right).await);
         }
         let misaligned = |a: &ShardDescriptor, b: &ShardDescriptor| {
             let from = a.replicas.iter().find(|n| !b.replicas.contains(n)).copied();
@@ -2089,6 +2084,7 @@ async fn execute_merge(
                     let request = ApiRequest::MergeReady {
                         shard: right,
                         version: right_now.epoch.version,
+                        into: left,
                     };
                     let answer = call_node_plain(context, node, request).await;
                     ready &= matches!(answer, Ok(ApiResponse::MergeReady { ready: true }));
@@ -2113,8 +2109,7 @@ async fn execute_merge(
                     Ok(ApiResponse::Merged(merged)) => {
                         store_descriptor(context, &merged).await?;
                         delete_record(context, record_key(SHARD_PREFIX, right)).await?;
-                        tracing::info!(operation = id, left, right, "merge done");
-                        return Ok(OperationState::Done);
+                        return Ok(await_retired(record, &merged, right).await);
                     }
                     Ok(other) => {
                         // A registry a report behind (StaleEpoch), or a replica not frozen
@@ -2131,6 +2126,42 @@ async fn execute_merge(
         }
     }
     Ok(OperationState::Running)
+}
+
+/// The last step of a merge: done once every live node of the merged shard retired its
+/// replica of `right` (applied the merge). Until then the merge keeps both shards busy, so
+/// nothing splits the merged shard under a replica that has not taken the range yet.
+async fn await_retired(
+    record: &mut OperationRecord<'_>,
+    merged: &ShardDescriptor,
+    right: ShardId,
+) -> OperationState {
+    let context = record.context;
+    let step = format!("waiting for every replica to retire shard {right}");
+    record.progress(step, 4, MERGE_STEPS).await;
+    let deadline = Instant::now() + context.config.request_timeout;
+    while Instant::now() < deadline {
+        let mut retired = true;
+        for &node in merged.members().collect::<Vec<_>>().iter() {
+            if !is_live(context, node) {
+                continue;
+            }
+            let answer =
+                call_node_plain(context, node, ApiRequest::ReplicaHeld { shard: right }).await;
+            retired &= matches!(answer, Ok(ApiResponse::ReplicaHeld { held: false }));
+        }
+        if retired {
+            tracing::info!(
+                operation = record.id(),
+                left = merged.id,
+                right,
+                "merge done"
+            );
+            return OperationState::Done;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    OperationState::Running
 }
 
 /// Deletes a placement record.
@@ -2476,9 +2507,12 @@ async fn call_node_plain(
         } => Ok(super::api::freeze_shard(context, shard, version, into)
             .await
             .unwrap_or_else(ApiResponse::Error)),
-        ApiRequest::MergeReady { shard, version } => {
-            Ok(super::api::merge_ready(context, shard, version))
-        }
+        ApiRequest::MergeReady {
+            shard,
+            version,
+            into,
+        } => Ok(super::api::merge_ready(context, shard, version, into)),
+        ApiRequest::ReplicaHeld { shard } => Ok(super::api::replica_held(context, shard)),
         ApiRequest::MergeShards {
             shard,
             epoch,

@@ -180,6 +180,11 @@ impl NodeBatch {
         self.set_node_list(keys::PENDING_CLEARS_KEY, "pending clears", spans)
     }
 
+    /// Replaces the node's list of groups to retire (see [`keys::RETIRING_KEY`]).
+    pub fn set_retiring(&mut self, groups: &[GroupId]) -> Result<(), StoreError> {
+        self.set_node_list(keys::RETIRING_KEY, "retiring groups", groups)
+    }
+
     fn set_node_list<T: Serialize>(
         &mut self,
         key: &[u8],

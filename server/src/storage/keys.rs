@@ -32,6 +32,9 @@ pub const INCARNATION_KEY: &[u8] = b"node/incarnation";
 pub const SPLIT_GAPS_KEY: &[u8] = b"node/split-gaps";
 /// Data ranges of removed replicas still to delete, in bounded steps (see the driver).
 pub const PENDING_CLEARS_KEY: &[u8] = b"node/pending-clears";
+/// Groups whose shard merged into a neighbour here (the merge is applied), to retire:
+/// written in the batch that applies the merge, emptied by the one that retires them.
+pub const RETIRING_KEY: &[u8] = b"node/retiring";
 /// Which node of which cluster this store belongs to.
 pub const IDENTITY_KEY: &[u8] = b"node/identity";
 /// The token a node joins its cluster with, kept until it has an identity.

@@ -269,6 +269,11 @@ impl NodeStore {
         self.node_list(keys::PENDING_CLEARS_KEY, "pending clears")
     }
 
+    /// Groups merged away here and not retired yet (see [`keys::RETIRING_KEY`]).
+    pub fn retiring(&self) -> Result<Vec<GroupId>, StoreError> {
+        self.node_list(keys::RETIRING_KEY, "retiring groups")
+    }
+
     /// The nodes (id, address) this node last knew of.
     pub fn known_peers(&self) -> Result<Vec<(u64, String)>, StoreError> {
         self.node_list(keys::KNOWN_PEERS_KEY, "known peers")

@@ -131,7 +131,22 @@ pub struct World {
     /// (see [`World::move_random`]).
     pub move_every_steps: Option<u64>,
     pub moves_requested: u64,
+    /// When set, every this many steps the merge under way takes a step, or one starts
+    /// (see [`World::merge_step`]).
+    pub merge_every_steps: Option<u64>,
+    pub merges_started: u64,
+    /// The merge under way: the left shard, the right shard, and the right one's range.
+    pub merging: Option<(ShardId, ShardId, ShardDescriptor)>,
+    /// Shards merged away, and the shards that took their ranges.
+    pub merged_away: BTreeSet<ShardId>,
+    pub merged_into: BTreeSet<ShardId>,
+    /// The step each shard was last asked to split at: placement never merges a shard with
+    /// a split of it under way (both are busy), so a merge picks none split lately.
+    split_asked_at: BTreeMap<ShardId, u64>,
 }
+
+/// Steps after a split was asked of a shard before a merge may pick it.
+const MERGE_AFTER_SPLIT_STEPS: u64 = 300;
 
 pub fn key(shard: ShardId, index: u64) -> Vec<u8> {
     let mut key = numbered_shard_prefix(shard);
@@ -206,6 +221,12 @@ impl World {
             splits_requested: 0,
             move_every_steps: None,
             moves_requested: 0,
+            merge_every_steps: None,
+            merges_started: 0,
+            merging: None,
+            merged_away: BTreeSet::new(),
+            merged_into: BTreeSet::new(),
+            split_asked_at: BTreeMap::new(),
         };
         world.routes = world
             .shards
@@ -500,11 +521,21 @@ impl World {
                 return;
             }
             (_, Err(RequestError::UnknownShard(_))) => {
-                // A node that has not applied the split that made the shard (yet).
+                // A node that has not applied the split that made the shard (yet), or one
+                // that retired it (merged into its left neighbour): look the key up again.
                 self.clients[pending.client]
                     .leader_guess
                     .remove(&pending.shard);
+                let key = event.key.clone();
                 self.forget(pending.event);
+                self.refresh_route(&key);
+                return;
+            }
+            (_, Err(RequestError::Refused(kv::KvError::ShardMerging { .. }))) => {
+                // Frozen for a merge: nothing was done; the merged shard serves it soon.
+                let key = event.key.clone();
+                self.forget(pending.event);
+                self.refresh_route(&key);
                 return;
             }
             (
@@ -605,6 +636,14 @@ impl World {
             self.refresh_route(&at);
             return false;
         };
+        // Placement never splits a shard a merge works on (both are busy).
+        if self
+            .merging
+            .as_ref()
+            .is_some_and(|(left, right, _)| owner == *left || owner == *right)
+        {
+            return false;
+        }
         let Some(&leader) = self.leaders().get(&owner) else {
             return false;
         };
@@ -623,6 +662,116 @@ impl World {
         });
         self.next_shard += 1;
         self.splits_requested += 1;
+        self.split_asked_at.insert(owner, self.step);
+        let id = self.next_request;
+        self.next_request += 1;
+        self.offer((leader - 1) as usize, Input::Request { id, request })
+    }
+
+    /// One step of a merge, as placement takes it: with none under way, pick two adjacent
+    /// shards with the same voters (as their leaders see them); then freeze the right one
+    /// through its leader; once every replica of it is frozen (on a running, unstopped
+    /// node), ask the left one's leader to merge; done once the left leader's range covers
+    /// the right's. False if nothing was asked.
+    pub fn merge_step(&mut self) -> bool {
+        let leaders = self.leaders();
+        let at_leader = |world: &World, shard: ShardId| {
+            let leader = *leaders.get(&shard)?;
+            let descriptor = world.driver(leader)?.descriptor(shard)?.clone();
+            Some((leader, descriptor))
+        };
+        let Some((left, right, right_range)) = self.merging.clone() else {
+            let mut led: Vec<ShardDescriptor> = leaders
+                .keys()
+                .filter_map(|&shard| at_leader(self, shard).map(|(_, d)| d))
+                .collect();
+            led.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+            let pairs: Vec<(ShardDescriptor, ShardDescriptor)> = led
+                .windows(2)
+                .filter(|pair| {
+                    let (l, r) = (&pair[0], &pair[1]);
+                    let split_lately = |shard: ShardId| {
+                        self.split_asked_at
+                            .get(&shard)
+                            .is_some_and(|&at| self.step < at + MERGE_AFTER_SPLIT_STEPS)
+                    };
+                    !split_lately(l.id)
+                        && !split_lately(r.id)
+                        && !l.end_key.is_empty()
+                        && l.end_key == r.start_key
+                        && l.replicas == r.replicas
+                        && l.learners.is_empty()
+                        && r.learners.is_empty()
+                        && l.merging_into.is_none()
+                        && r.merging_into.is_none()
+                })
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            if pairs.is_empty() {
+                return false;
+            }
+            let (l, r) = pairs[self.rng.below(pairs.len() as u64) as usize].clone();
+            self.merging = Some((l.id, r.id, r));
+            self.merges_started += 1;
+            return true;
+        };
+        let Some((left_leader, left_now)) = at_leader(self, left) else {
+            return false;
+        };
+        // Done once every replica retired the right shard (placement keeps both busy until
+        // then, so nothing splits the merged shard under a replica still behind it).
+        let retired_everywhere = left_now.replicas.iter().all(|&node| {
+            self.driver(node)
+                .is_some_and(|driver| driver.descriptor(right).is_none())
+        });
+        if left_now.covers(&right_range)
+            && left_now.epoch.version > right_range.epoch.version
+            && retired_everywhere
+        {
+            if std::env::var("RSHARD_MERGE_TRACE").is_ok() {
+                eprintln!(
+                    "step {}: merged {right} into {left}: {left_now:?}",
+                    self.step
+                );
+            }
+            self.merged_away.insert(right);
+            self.merged_into.insert(left);
+            self.merging = None;
+            return false;
+        }
+        let Some((right_leader, right_now)) = at_leader(self, right) else {
+            return false;
+        };
+        let request = if right_now.merging_into.is_none() {
+            Request::Freeze(kv::FreezeCommand {
+                shard: right,
+                epoch: right_now.epoch,
+                into: left,
+            })
+        } else {
+            let frozen_everywhere = right_now.replicas.iter().all(|&node| {
+                self.driver(node).is_some_and(|driver| {
+                    driver.stopped().is_none()
+                        && driver.descriptor(right) == Some(&right_now)
+                        && driver.descriptor(left).is_some()
+                })
+            });
+            if !frozen_everywhere {
+                return false;
+            }
+            Request::Merge(kv::MergeCommand {
+                shard: left,
+                epoch: left_now.epoch,
+                right: right_now,
+            })
+        };
+        let leader = match request {
+            Request::Freeze(_) => right_leader,
+            _ => left_leader,
+        };
+        if std::env::var("RSHARD_MERGE_TRACE").is_ok() {
+            eprintln!("step {}: {request:?} to node {leader}", self.step);
+        }
         let id = self.next_request;
         self.next_request += 1;
         self.offer((leader - 1) as usize, Input::Request { id, request })
