@@ -182,11 +182,12 @@ pub enum ApiRequest {
     /// its joint change is rolled back (its learner removed). Answered with the operation.
     AdminCancel { id: u64 },
     /// Node only: freeze `shard` for its merge into `into`, its left neighbour; for the
-    /// shard's leader to propose, refused (`StaleEpoch`) unless the shard's range is still
-    /// at `version`. Asking again once it is frozen into `into` answers the same.
+    /// shard's leader to propose, refused unless the shard is still at `epoch` (its range
+    /// and its membership as planned). Asking again once it is frozen into `into` answers
+    /// the same.
     FreezeShard {
         shard: ShardId,
-        version: u64,
+        epoch: Epoch,
         into: ShardId,
     },
     /// Node only: whether this node's replica of `shard` is frozen at epoch version
@@ -208,6 +209,21 @@ pub enum ApiRequest {
     },
     /// Node only: whether this node holds a replica of `shard`.
     ReplicaHeld { shard: ShardId },
+    /// Node only: roll a merge of `right` into `shard` back, in `shard` (its leader
+    /// proposes it): refused unless `shard` is still at epoch version `version`; once it
+    /// applied, no merge planned before can apply.
+    AbortMerge {
+        shard: ShardId,
+        version: u64,
+        right: ShardId,
+    },
+    /// Node only: unfreeze `shard`, frozen at `version` for a merge into `into` that was
+    /// rolled back (its leader proposes it).
+    UnfreezeShard {
+        shard: ShardId,
+        version: u64,
+        into: ShardId,
+    },
     /// Admin, for the placement leader: merge `shard` with its right neighbour, as an
     /// operation with an id (the neighbour's replicas are first moved onto the shard's
     /// nodes).
@@ -472,6 +488,8 @@ pub enum ApiResponse {
     ReplicaHeld {
         held: bool,
     },
+    /// A merge was rolled back, or a shard unfrozen: the shard's descriptor after it.
+    RangeChanged(ShardDescriptor),
 }
 
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]

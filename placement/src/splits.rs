@@ -15,8 +15,8 @@
 //!   under a quarter of the split size unless configured otherwise, and under a quarter
 //!   of the load), so a merged shard never qualifies for a split: the two never thrash.
 //!
-//! Shards that are busy (another operator or operation under way), leaderless, or are the
-//! placement shard are never planned. At most [`MAX_SPLITS_PER_ROUND`] splits and
+//! Shards that are busy (another operator or operation under way), leaderless, frozen for
+//! a merge, or are the placement shard are never planned. At most [`MAX_SPLITS_PER_ROUND`] splits and
 //! [`MAX_MERGES_PER_ROUND`] merges per round, and a shard is in at most one of them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,7 +97,11 @@ pub fn plan_splits(
         if splits.len() >= MAX_SPLITS_PER_ROUND {
             break;
         }
-        if busy.contains(&id) || shard.leader.is_none() || model.fixed == Some(id) {
+        if busy.contains(&id)
+            || shard.leader.is_none()
+            || model.fixed == Some(id)
+            || shard.descriptor.merging_into.is_some()
+        {
             continue;
         }
         let Some(load) = model.loads.get(&id) else {
@@ -148,6 +152,7 @@ pub fn plan_merges(
             || shard.leader.is_none()
             || model.fixed == Some(id)
             || model.young.contains(&id)
+            || shard.descriptor.merging_into.is_some()
         {
             return None;
         }

@@ -171,6 +171,8 @@ pub enum EntryCommands {
     Split(SplitCommand),
     Freeze(FreezeCommand),
     Merge(MergeCommand),
+    AbortMerge(AbortMergeCommand),
+    Unfreeze(UnfreezeCommand),
 }
 
 /// Freezes shard `shard` for its merge into `into`, its left neighbour. Routed with the
@@ -191,10 +193,72 @@ pub struct MergeCommand {
     pub right: ShardDescriptor,
 }
 
+/// Rolls a merge back, in the left shard: bumps its epoch version if it is still at
+/// `epoch`, so no merge planned before (all carry an older version) can apply any more.
+/// Only then may the right shard be unfrozen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortMergeCommand {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    pub right: ShardId,
+}
+
+/// Unfreezes shard `shard`, frozen at epoch version `epoch.version` for a merge into
+/// `into` that was rolled back (see [`AbortMergeCommand`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfreezeCommand {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+    pub into: ShardId,
+}
+
+// Variants added later go last: entries in logs decode by position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum RangeCommand {
     Freeze(FreezeCommand),
     Merge(MergeCommand),
+    AbortMerge(AbortMergeCommand),
+    Unfreeze(UnfreezeCommand),
+}
+
+impl AbortMergeCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_range_command(&RangeCommand::AbortMerge(self.clone()))
+    }
+
+    /// The left shard's descriptor with its version bumped, if it is still at the epoch
+    /// version the rollback was decided at.
+    pub fn abort(&self, descriptor: &ShardDescriptor) -> Result<ShardDescriptor, KvError> {
+        check_shard(descriptor, self.shard)?;
+        check_epoch(descriptor, self.epoch)?;
+        let mut bumped = descriptor.clone();
+        bumped.epoch.version += 1;
+        Ok(bumped)
+    }
+}
+
+impl UnfreezeCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_range_command(&RangeCommand::Unfreeze(self.clone()))
+    }
+
+    /// The shard's descriptor unfrozen (version bumped), if it is frozen into `into` at
+    /// the epoch version given.
+    pub fn unfreeze(&self, descriptor: &ShardDescriptor) -> Result<ShardDescriptor, KvError> {
+        check_shard(descriptor, self.shard)?;
+        if descriptor.merging_into != Some(self.into)
+            || descriptor.epoch.version != self.epoch.version
+        {
+            return Err(KvError::MergeRefused(format!(
+                "shard {} is not frozen for a merge into {} at version {}",
+                descriptor.id, self.into, self.epoch.version
+            )));
+        }
+        let mut thawed = descriptor.clone();
+        thawed.merging_into = None;
+        thawed.epoch.version += 1;
+        Ok(thawed)
+    }
 }
 
 /// True if `bytes` (an entry's payload) holds a freeze or a merge.
@@ -215,11 +279,18 @@ impl FreezeCommand {
     }
 
     /// The shard's descriptor once frozen, if `descriptor` (as it is when the entry
-    /// applies) may be: the epoch version matches, it is not frozen yet, it has no
-    /// learners. (Not in a joint configuration either: the replica checks that.)
+    /// applies) may be: the epoch (version and conf version) is the one planned, it is not
+    /// frozen yet, it has no learners. (Not in a joint configuration either: the replica
+    /// checks that.)
     pub fn freeze(&self, descriptor: &ShardDescriptor) -> Result<ShardDescriptor, KvError> {
         check_shard(descriptor, self.shard)?;
         check_epoch(descriptor, self.epoch)?;
+        if descriptor.epoch.conf_version != self.epoch.conf_version {
+            return Err(KvError::MergeRefused(format!(
+                "shard {}'s membership changed since the merge was planned",
+                descriptor.id
+            )));
+        }
         if self.into == descriptor.id {
             return Err(KvError::MergeRefused(
                 "a shard cannot merge into itself".to_string(),
@@ -334,6 +405,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<EntryCommands, KvError> {
         return match rmp_serde::from_slice(rest) {
             Ok(RangeCommand::Freeze(freeze)) => Ok(EntryCommands::Freeze(freeze)),
             Ok(RangeCommand::Merge(merge)) => Ok(EntryCommands::Merge(merge)),
+            Ok(RangeCommand::AbortMerge(abort)) => Ok(EntryCommands::AbortMerge(abort)),
+            Ok(RangeCommand::Unfreeze(unfreeze)) => Ok(EntryCommands::Unfreeze(unfreeze)),
             Err(error) => Err(KvError::Malformed(error.to_string())),
         };
     }

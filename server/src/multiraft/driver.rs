@@ -422,8 +422,11 @@ impl<T: Transport> MultiRaft<T> {
                     // Another replica of this map than the one borrowed for staging: taken
                     // out and put back around the lookup.
                     let replica = self.replicas.remove(group);
+                    // One still installing has not all its data in: not frozen as far as
+                    // a merge is concerned.
                     let found = rights
                         .into_iter()
+                        .filter(|right| !self.snapshots.is_installing(*right))
                         .filter_map(|right| {
                             let frozen = self.replicas.get(&right)?.descriptor.clone();
                             Some((right, frozen))
@@ -874,7 +877,11 @@ impl<T: Transport> MultiRaft<T> {
         {
             return Some(Ok(Response::Merged(left.descriptor.clone())));
         }
-        let frozen_here = self.replicas.get(&right.id).map(|r| &r.descriptor);
+        let frozen_here = self
+            .replicas
+            .get(&right.id)
+            .filter(|_| !self.snapshots.is_installing(right.id))
+            .map(|r| &r.descriptor);
         (frozen_here != Some(right)).then(|| {
             Err(RequestError::Refused(crate::kv::KvError::MergeRefused(
                 format!(

@@ -51,7 +51,10 @@ use rshard_common::shard::{Epoch, ShardDescriptor, ShardId};
 use rshard_raft::{ConfChange, NodeId};
 use thiserror::Error;
 
-use crate::kv::{FreezeCommand, KvCommand, KvError, KvOutcome, MergeCommand, SplitCommand};
+use crate::kv::{
+    AbortMergeCommand, FreezeCommand, KvCommand, KvError, KvOutcome, MergeCommand, SplitCommand,
+    UnfreezeCommand,
+};
 
 pub use counters::{Counters, PeerCounters};
 pub use driver::MultiRaft;
@@ -176,6 +179,13 @@ pub enum Request {
     /// answered once the merge applies; refused unless this node's replica of the right
     /// shard is frozen as the command says. Asking again once merged answers the same.
     Merge(MergeCommand),
+    /// Rolls a merge back in its left shard (see [`crate::kv::AbortMergeCommand`]),
+    /// answered once it applies.
+    AbortMerge(AbortMergeCommand),
+    /// Unfreezes a shard whose merge was rolled back (see
+    /// [`crate::kv::UnfreezeCommand`]), answered once it applies. Asking again once it is
+    /// unfrozen is refused; the caller reads the descriptor.
+    Unfreeze(UnfreezeCommand),
 }
 
 impl Request {
@@ -188,6 +198,8 @@ impl Request {
             Request::Split(split) => split.shard,
             Request::Freeze(freeze) => freeze.shard,
             Request::Merge(merge) => merge.shard,
+            Request::AbortMerge(abort) => abort.shard,
+            Request::Unfreeze(unfreeze) => unfreeze.shard,
         }
     }
 
@@ -201,6 +213,8 @@ impl Request {
                 | Request::Split(_)
                 | Request::Freeze(_)
                 | Request::Merge(_)
+                | Request::AbortMerge(_)
+                | Request::Unfreeze(_)
         )
     }
 }
@@ -230,6 +244,8 @@ pub enum Response {
     Frozen(ShardDescriptor),
     /// The merge applied: the shard's descriptor after it.
     Merged(ShardDescriptor),
+    /// A rollback or an unfreeze applied: the shard's descriptor after it.
+    RangeChanged(ShardDescriptor),
 }
 
 /// Why a request got no result. Only [`RequestError::OutcomeUnknown`] leaves a write's fate

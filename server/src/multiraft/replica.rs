@@ -41,6 +41,7 @@ enum Applied {
     Split(Result<(ShardDescriptor, ShardDescriptor), crate::kv::KvError>),
     Frozen(Result<ShardDescriptor, crate::kv::KvError>),
     Merged(Result<ShardDescriptor, crate::kv::KvError>),
+    RangeChanged(Result<ShardDescriptor, crate::kv::KvError>),
 }
 
 /// A shard created on this node by applying a split: its descriptor and its first
@@ -244,6 +245,24 @@ impl Replica {
                     return Ok(Err(refusal.into()));
                 }
                 self.raft.propose(freeze.encode()).map(|position| {
+                    self.proposals
+                        .insert(position.index, (position.term, vec![id]));
+                })
+            }
+            Request::AbortMerge(abort) => {
+                if let Err(refusal) = abort.abort(&self.descriptor) {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.propose(abort.encode()).map(|position| {
+                    self.proposals
+                        .insert(position.index, (position.term, vec![id]));
+                })
+            }
+            Request::Unfreeze(unfreeze) => {
+                if let Err(refusal) = unfreeze.unfreeze(&self.descriptor) {
+                    return Ok(Err(refusal.into()));
+                }
+                self.raft.propose(unfreeze.encode()).map(|position| {
                     self.proposals
                         .insert(position.index, (position.term, vec![id]));
                 })
@@ -575,6 +594,21 @@ impl Replica {
                     }
                     Applied::Merged(outcome)
                 }
+                Ok(EntryCommands::AbortMerge(abort)) => {
+                    let outcome = abort.abort(&self.descriptor);
+                    if let Ok(bumped) = &outcome {
+                        self.descriptor = bumped.clone();
+                        self.refuse_reads(answers);
+                    }
+                    Applied::RangeChanged(outcome)
+                }
+                Ok(EntryCommands::Unfreeze(unfreeze)) => {
+                    let outcome = unfreeze.unfreeze(&self.descriptor);
+                    if let Ok(thawed) = &outcome {
+                        self.descriptor = thawed.clone();
+                    }
+                    Applied::RangeChanged(outcome)
+                }
                 Err(refusal) => Applied::Malformed(refusal),
             },
         };
@@ -629,6 +663,12 @@ impl Replica {
             }
             Applied::Merged(outcome) => {
                 let answer = outcome.map(Response::Merged).map_err(RequestError::Refused);
+                answer_each(answers, requests, answer);
+            }
+            Applied::RangeChanged(outcome) => {
+                let answer = outcome
+                    .map(Response::RangeChanged)
+                    .map_err(RequestError::Refused);
                 answer_each(answers, requests, answer);
             }
             Applied::Nothing => {

@@ -138,6 +138,8 @@ pub enum SnapshotRefusal {
     Malformed(String),
     #[error("this node's replica of the group was removed at conf version {0}")]
     Removed(u64),
+    #[error("this node's replica of the group is frozen for a merge and needs no snapshot")]
+    Frozen,
 }
 
 /// The receiver's answer to one chunk.
@@ -649,11 +651,28 @@ impl Snapshots {
         replicas: &BTreeMap<GroupId, Replica>,
     ) -> Result<(), SnapshotRefusal> {
         let group = descriptor.id;
+        if replicas.get(&group).is_some_and(|r| {
+            r.descriptor.merging_into.is_some()
+                && descriptor.epoch.version <= r.descriptor.epoch.version
+        }) {
+            // A frozen replica applied its freeze: it holds its shard's final state unless
+            // the merge was rolled back (the shard unfrozen, at a higher version), and an
+            // install would rewrite a range its left neighbour may take over meanwhile.
+            return Err(SnapshotRefusal::Frozen);
+        }
         // Overlapping at all means the merge is in the snapshot: before it, the shard ends
-        // where the frozen one starts.
+        // where the frozen one starts. Not while the frozen one's own transfer or install
+        // runs: the two installs would write the same range.
         let merged_into_this = |right: &ShardDescriptor| right.merging_into == Some(group);
+        let moving = |id: GroupId| {
+            self.installing.contains_key(&id)
+                || self.completed.contains_key(&id)
+                || self.receiving.contains_key(&id)
+        };
         if let Some((&other, _)) = replicas.iter().find(|(&id, r)| {
-            id != group && r.descriptor.overlaps(descriptor) && !merged_into_this(&r.descriptor)
+            id != group
+                && r.descriptor.overlaps(descriptor)
+                && (!merged_into_this(&r.descriptor) || moving(id))
         }) {
             return Err(SnapshotRefusal::Overlaps(other));
         }

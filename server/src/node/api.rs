@@ -179,6 +179,8 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
             | ApiRequest::MergeReady { .. }
             | ApiRequest::MergeShards { .. }
             | ApiRequest::ReplicaHeld { .. }
+            | ApiRequest::AbortMerge { .. }
+            | ApiRequest::UnfreezeShard { .. }
     );
     if node_only && caller != Caller::Node {
         return ApiResponse::Error(ApiError::NotPermitted(
@@ -233,11 +235,9 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
         ApiRequest::AdminDrainNode { node, decommission } => {
             super::placement::admin_drain_node(context, node, decommission).await
         }
-        ApiRequest::FreezeShard {
-            shard,
-            version,
-            into,
-        } => freeze_shard(context, shard, version, into).await,
+        ApiRequest::FreezeShard { shard, epoch, into } => {
+            freeze_shard(context, shard, epoch, into).await
+        }
         ApiRequest::MergeReady {
             shard,
             version,
@@ -250,6 +250,16 @@ pub async fn handle(context: &NodeContext, request: ApiRequest, caller: Caller) 
         } => merge_shards(context, shard, epoch, right).await,
         ApiRequest::AdminMerge { shard } => super::placement::admin_merge(context, shard).await,
         ApiRequest::ReplicaHeld { shard } => Ok(replica_held(context, shard)),
+        ApiRequest::AbortMerge {
+            shard,
+            version,
+            right,
+        } => abort_merge(context, shard, version, right).await,
+        ApiRequest::UnfreezeShard {
+            shard,
+            version,
+            into,
+        } => unfreeze_shard(context, shard, version, into).await,
     };
     result.unwrap_or_else(ApiResponse::Error)
 }
@@ -325,7 +335,7 @@ async fn shard_request(
     let response = match context.request(request).await {
         Ok(response) => response,
         Err(error @ (ApiError::NotLeader { .. } | ApiError::ShardUnavailable { .. })) => {
-            return Err(newer_route(context, shard, &load_key).unwrap_or(error))
+            return Err(newer_route(context, shard, epoch, &load_key).unwrap_or(error))
         }
         Err(error) => return Err(error),
     };
@@ -349,13 +359,62 @@ async fn shard_request(
         Response::Split { left, right } => Ok(ApiResponse::Split { left, right }),
         Response::Frozen(descriptor) => Ok(ApiResponse::Frozen(descriptor)),
         Response::Merged(descriptor) => Ok(ApiResponse::Merged(descriptor)),
+        Response::RangeChanged(descriptor) => Ok(ApiResponse::RangeChanged(descriptor)),
     }
 }
 
-/// For a request routed to `shard`, which has no replica here: if a replica here holds
-/// `key` (the shard was merged into it here, say), the route is stale; its descriptor is
-/// the newer route (the client keeps routes only if newer than what it has seen).
-fn newer_route(context: &NodeContext, shard: ShardId, key: &[u8]) -> Option<ApiError> {
+/// Proposes the rollback of a merge of `right` into `shard` (this node must lead
+/// `shard`), answered once it applied.
+pub(super) async fn abort_merge(
+    context: &NodeContext,
+    shard: ShardId,
+    version: u64,
+    right: ShardId,
+) -> Result<ApiResponse, ApiError> {
+    let epoch = Epoch {
+        version,
+        conf_version: 0,
+    };
+    let request = Request::AbortMerge(crate::kv::AbortMergeCommand {
+        shard,
+        epoch,
+        right,
+    });
+    match context.request(request).await? {
+        Response::RangeChanged(descriptor) => Ok(ApiResponse::RangeChanged(descriptor)),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Proposes the unfreeze of `shard` (this node must lead it), frozen at `version` for a
+/// merge into `into` that was rolled back; answered once it applied.
+pub(super) async fn unfreeze_shard(
+    context: &NodeContext,
+    shard: ShardId,
+    version: u64,
+    into: ShardId,
+) -> Result<ApiResponse, ApiError> {
+    let epoch = Epoch {
+        version,
+        conf_version: 0,
+    };
+    let request = Request::Unfreeze(crate::kv::UnfreezeCommand { shard, epoch, into });
+    match context.request(request).await? {
+        Response::RangeChanged(descriptor) => Ok(ApiResponse::RangeChanged(descriptor)),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// For a request routed to `shard` at `epoch`, which has no replica here: if a replica
+/// here holds `key` at a higher epoch version (the shard was merged into it here, say),
+/// the route is stale and that replica's descriptor is the newer one. (Versions only rise
+/// for any one key: every split, freeze and merge covering it bumps them.)
+fn newer_route(
+    context: &NodeContext,
+    shard: ShardId,
+    epoch: Epoch,
+    key: &[u8],
+) -> Option<ApiError> {
     let view = context.driver.view();
     if view.replicas.contains_key(&shard) {
         return None;
@@ -363,7 +422,9 @@ fn newer_route(context: &NodeContext, shard: ShardId, key: &[u8]) -> Option<ApiE
     view.replicas
         .values()
         .find(|replica| {
-            replica.descriptor.contains(key) && replica.descriptor.merging_into.is_none()
+            replica.descriptor.contains(key)
+                && replica.descriptor.merging_into.is_none()
+                && replica.descriptor.epoch.version > epoch.version
         })
         .map(|replica| ApiError::StaleEpoch {
             descriptor: Box::new(replica.descriptor.clone()),
@@ -382,7 +443,9 @@ pub(super) fn merge_ready(
 ) -> ApiResponse {
     let view = context.driver.view();
     let frozen = view.replicas.get(&shard).is_some_and(|replica| {
-        replica.descriptor.merging_into == Some(into) && replica.descriptor.epoch.version == version
+        replica.descriptor.merging_into == Some(into)
+            && replica.descriptor.epoch.version == version
+            && !replica.installing
     });
     let ready = view.stopped.is_none() && frozen && view.replicas.contains_key(&into);
     ApiResponse::MergeReady { ready }
@@ -398,7 +461,7 @@ pub(super) fn replica_held(context: &NodeContext, shard: ShardId) -> ApiResponse
 pub(super) async fn freeze_shard(
     context: &NodeContext,
     shard: ShardId,
-    version: u64,
+    epoch: Epoch,
     into: ShardId,
 ) -> Result<ApiResponse, ApiError> {
     if shard == api::PLACEMENT_SHARD || into == api::PLACEMENT_SHARD {
@@ -406,14 +469,7 @@ pub(super) async fn freeze_shard(
             "the placement shard is never merged".to_string(),
         ));
     }
-    let request = Request::Freeze(crate::kv::FreezeCommand {
-        shard,
-        epoch: Epoch {
-            version,
-            conf_version: 0,
-        },
-        into,
-    });
+    let request = Request::Freeze(crate::kv::FreezeCommand { shard, epoch, into });
     match context.request(request).await? {
         Response::Frozen(descriptor) => Ok(ApiResponse::Frozen(descriptor)),
         other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),

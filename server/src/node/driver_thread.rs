@@ -49,6 +49,8 @@ pub struct ReplicaView {
     pub leader: Option<NodeId>,
     /// As leader: learners that hold every committed entry.
     pub caught_up_learners: Vec<NodeId>,
+    /// Installing a snapshot: its data is not all in yet.
+    pub installing: bool,
 }
 
 /// The driver's state, published for readers outside the thread.
@@ -362,6 +364,7 @@ impl<T: Transport> ThreadState<T> {
                         descriptor,
                         leader,
                         caught_up_learners,
+                        installing: driver.is_installing(shard),
                     },
                 ))
             })

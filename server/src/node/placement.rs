@@ -616,15 +616,33 @@ fn sticky_key(at: &[u8]) -> Vec<u8> {
     [STICKY_PREFIX, at].concat()
 }
 
-/// The split keys that are sticky now.
+/// Expired sticky marks deleted per scheduler round at most (one write).
+const MAX_STICKY_PRUNED_PER_ROUND: usize = 256;
+
+/// The split keys that are sticky now; expired marks are deleted (a bounded number per
+/// round), so the marks every round scans stay those that still count.
 async fn sticky_keys(context: &NodeContext) -> Result<BTreeSet<Vec<u8>>, ApiError> {
     let now = unix_seconds_now();
     let sticky: Vec<StickySplit> = scan_records(context, STICKY_PREFIX).await?;
-    Ok(sticky
+    let (live, expired): (Vec<StickySplit>, Vec<StickySplit>) = sticky
         .into_iter()
-        .filter(|split| split.expires_unix_seconds.is_none_or(|at| at > now))
-        .map(|split| split.key)
-        .collect())
+        .partition(|split| split.expires_unix_seconds.is_none_or(|at| at > now));
+    if !expired.is_empty() {
+        let ops = expired
+            .iter()
+            .take(MAX_STICKY_PRUNED_PER_ROUND)
+            .map(|split| KvOp::Delete {
+                key: sticky_key(&split.key),
+            })
+            .collect();
+        let command = crate::kv::KvCommand {
+            shard: PLACEMENT_SHARD,
+            epoch: placement_epoch(context)?,
+            ops,
+        };
+        context.request(Request::Write(command)).await?;
+    }
+    Ok(live.into_iter().map(|split| split.key).collect())
 }
 
 /// Starts this round's automatic splits, each a recorded `Split` operation (resumed like
@@ -644,23 +662,26 @@ fn start_splits(context: &Arc<NodeContext>, splits: Vec<AutoSplit>, shards: &[Sh
         tracing::info!(shard, ?reason, at = %String::from_utf8_lossy(&at), "splitting a shard");
         let context = context.clone();
         tokio::spawn(async move {
-            let started = async {
-                let (id, new_shard) = allocate_ids(&context).await?;
-                let operation = Operation {
-                    id,
-                    kind: OperationKind::Split {
-                        shard,
-                        at,
-                        new_shard,
-                    },
-                    state: OperationState::Running,
-                    progress: None,
-                };
-                run_operation(&context, operation, version, Marked::Already).await
-            }
-            .await;
-            if let Err(error) = started {
-                context.end_operator(shard);
+            let (id, new_shard) = match allocate_ids(&context).await {
+                Ok(ids) => ids,
+                Err(error) => {
+                    context.end_operator(shard);
+                    tracing::info!(shard, %error, "automatic split not started");
+                    return;
+                }
+            };
+            let operation = Operation {
+                id,
+                kind: OperationKind::Split {
+                    shard,
+                    at,
+                    new_shard,
+                },
+                state: OperationState::Running,
+                progress: None,
+            };
+            // It owns the mark from here and clears it however it ends.
+            if let Err(error) = run_operation(&context, operation, version, Marked::Already).await {
                 tracing::info!(shard, %error, "automatic split not started");
             }
         });
@@ -730,20 +751,23 @@ fn start_moves(
         tracing::info!(shard, from, to, why, "moving a replica");
         let context = context.clone();
         tokio::spawn(async move {
-            let started = async {
-                let (id, _) = allocate_ids(&context).await?;
-                let operation = Operation {
-                    id,
-                    kind: OperationKind::MoveReplica { shard, from, to },
-                    state: OperationState::Running,
-                    progress: None,
-                };
-                run_operation(&context, operation, version, Marked::Already).await
-            }
-            .await;
-            if let Err(error) = started {
-                // Not recorded (ids not allocated): nothing runs, so the mark goes.
-                context.end_operator(shard);
+            let (id, _) = match allocate_ids(&context).await {
+                Ok(ids) => ids,
+                Err(error) => {
+                    // Not recorded: nothing runs, so the mark goes.
+                    context.end_operator(shard);
+                    tracing::info!(shard, %error, why, "move not started");
+                    return;
+                }
+            };
+            let operation = Operation {
+                id,
+                kind: OperationKind::MoveReplica { shard, from, to },
+                state: OperationState::Running,
+                progress: None,
+            };
+            // It owns the mark from here and clears it however it ends.
+            if let Err(error) = run_operation(&context, operation, version, Marked::Already).await {
                 tracing::info!(shard, %error, why, "move not started");
             }
         });
@@ -1088,6 +1112,13 @@ pub async fn admin_split(
     }
     if at.first() == Some(&0xff) {
         return Err(ApiError::ReservedKey);
+    }
+    if at.len() + STICKY_PREFIX.len() > crate::kv::MAX_KEY_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "a split key of {} bytes; at most {} (its sticky mark is a key too)",
+            at.len(),
+            crate::kv::MAX_KEY_BYTES - STICKY_PREFIX.len()
+        )));
     }
     let descriptors: Vec<ShardDescriptor> = scan_records(context, SHARD_PREFIX).await?;
     let Some(descriptor) = descriptors.into_iter().find(|d| d.id == shard) else {
@@ -1969,7 +2000,43 @@ async fn execute_merge(
             let to = b.replicas.iter().find(|n| !a.replicas.contains(n)).copied();
             from.zip(to)
         };
+        if let Some(reason) = rollback_reason(record) {
+            match roll_back_merge(record, &left_now, &right_now, reason).await? {
+                Some(ended) => return Ok(ended),
+                None => {
+                    pause().await;
+                    continue;
+                }
+            }
+        }
+        let freeze_sent = record
+            .current
+            .progress
+            .as_ref()
+            .is_some_and(|progress| progress.done >= MERGE_FREEZE_STEP);
         match right_now.merging_into {
+            None if freeze_sent => {
+                // The freeze may have been sent (its answer lost, the registry a report
+                // behind): send it again, never start over (a cancel is refused from the
+                // freeze step on, and must stay so).
+                let request = ApiRequest::FreezeShard {
+                    shard: right,
+                    epoch: right_now.epoch,
+                    into: left,
+                };
+                match call_shard_leader(context, right, request).await {
+                    Ok(ApiResponse::Frozen(frozen)) => store_descriptor(context, &frozen).await?,
+                    Ok(ApiResponse::Error(ApiError::StaleEpoch { descriptor })) => {
+                        store_descriptor(context, &descriptor).await?;
+                        if descriptor.merging_into.is_none() {
+                            // Changed without freezing (not through placement): give up.
+                            let reason = format!("shard {right} changed before it froze");
+                            return Ok(OperationState::Failed { reason });
+                        }
+                    }
+                    _ => pause().await,
+                }
+            }
             None => {
                 if record.ended_elsewhere().await {
                     return Ok(OperationState::Running);
@@ -2033,7 +2100,7 @@ async fn execute_merge(
                 }
                 let request = ApiRequest::FreezeShard {
                     shard: right,
-                    version: right_now.epoch.version,
+                    epoch: right_now.epoch,
                     into: left,
                 };
                 match call_shard_leader(context, right, request).await {
@@ -2057,8 +2124,35 @@ async fn execute_merge(
                 });
             }
             Some(_) => {
-                // Frozen: only forward. The left shard's replicas follow the right's if
-                // they differ (the right's members are final).
+                // Frozen: forward while it can go forward; else roll back (recorded first,
+                // so whoever resumes it rolls back too, and never merges).
+                let stuck = if left_now.merging_into.is_some() {
+                    Some(format!("shard {left} is frozen for another merge"))
+                } else if left_now.end_key != right_now.start_key {
+                    Some(format!(
+                        "shard {left} no longer ends where shard {right} starts"
+                    ))
+                } else if left_now.replicas.len() != right_now.replicas.len() {
+                    Some(format!(
+                        "shards {left} and {right} have different voter counts"
+                    ))
+                } else {
+                    right_now
+                        .replicas
+                        .iter()
+                        .find(|&&node| !is_live(context, node))
+                        .map(|node| format!("node {node} stopped answering during the merge"))
+                };
+                if let Some(reason) = stuck {
+                    let step = format!("{MERGE_ROLLBACK_PREFIX}{reason}");
+                    if !record
+                        .record_step(step, MERGE_FREEZE_STEP, MERGE_STEPS)
+                        .await
+                    {
+                        return Ok(OperationState::Running);
+                    }
+                    continue;
+                }
                 if let Some((from, to)) = misaligned(&left_now, &right_now) {
                     record
                         .progress(
@@ -2164,6 +2258,97 @@ async fn await_retired(
     OperationState::Running
 }
 
+/// The start of a merge's progress step once it rolls back, followed by the reason.
+const MERGE_ROLLBACK_PREFIX: &str = "rolling back: ";
+
+/// Why the merge rolls back, if its record says it does.
+fn rollback_reason(record: &OperationRecord<'_>) -> Option<String> {
+    let progress = record.current.progress.as_ref()?;
+    progress
+        .step
+        .strip_prefix(MERGE_ROLLBACK_PREFIX)
+        .map(str::to_string)
+}
+
+/// One attempt at rolling a merge back: first the left shard refuses every merge planned
+/// before (`AbortMerge` bumps its version), then the right shard is unfrozen. `Some` with
+/// how the operation ended (failed with `reason` once the right shard serves again, or
+/// done if the merge had applied after all); `None` to try again.
+async fn roll_back_merge(
+    record: &mut OperationRecord<'_>,
+    left_now: &ShardDescriptor,
+    right_now: &ShardDescriptor,
+    reason: String,
+) -> Result<Option<OperationState>, ApiError> {
+    let context = record.context;
+    let (left, right) = (left_now.id, right_now.id);
+    if right_now.merging_into.is_none() {
+        return Ok(Some(OperationState::Failed {
+            reason: format!("{reason}; rolled back"),
+        }));
+    }
+    if left_now.covers(right_now) && left_now.epoch.version > right_now.epoch.version {
+        // A merge sent before the rollback was decided applied first: it stands.
+        delete_record(context, record_key(SHARD_PREFIX, right)).await?;
+        return Ok(Some(await_retired(record, left_now, right).await));
+    }
+    if left_now.merging_into.is_some() {
+        // A frozen left shard applies no merge, and leaves that state only by a merge of
+        // its own or an unfreeze, both of which bump its version past any merge planned.
+        return unfreeze_right(context, left, right_now, reason).await;
+    }
+    let request = ApiRequest::AbortMerge {
+        shard: left,
+        version: left_now.epoch.version,
+        right,
+    };
+    match call_shard_leader(context, left, request).await {
+        Ok(ApiResponse::RangeChanged(bumped)) => store_descriptor(context, &bumped).await?,
+        Ok(ApiResponse::Error(ApiError::StaleEpoch { descriptor })) => {
+            // The registry is behind: the left shard is past the version read, by a
+            // rollback applied earlier, or by the merge (then it covers the right range).
+            store_descriptor(context, &descriptor).await?;
+            if descriptor.covers(right_now) {
+                return Ok(None);
+            }
+        }
+        other => {
+            tracing::info!(left, right, ?other, "merge rollback not applied yet");
+            return Ok(None);
+        }
+    }
+    // No merge planned before can apply now: the right shard may serve again.
+    unfreeze_right(context, left, right_now, reason).await
+}
+
+/// The last step of a rollback: unfreezes `right_now`, frozen for a merge into `left`.
+async fn unfreeze_right(
+    context: &NodeContext,
+    left: ShardId,
+    right_now: &ShardDescriptor,
+    reason: String,
+) -> Result<Option<OperationState>, ApiError> {
+    let right = right_now.id;
+    let request = ApiRequest::UnfreezeShard {
+        shard: right,
+        version: right_now.epoch.version,
+        into: left,
+    };
+    match call_shard_leader(context, right, request).await {
+        Ok(ApiResponse::RangeChanged(thawed)) => {
+            store_descriptor(context, &thawed).await?;
+            tracing::info!(left, right, %reason, "merge rolled back");
+            Ok(Some(OperationState::Failed {
+                reason: format!("{reason}; rolled back"),
+            }))
+        }
+        other => {
+            tracing::info!(left, right, ?other, "unfreeze not applied yet");
+            Ok(None)
+        }
+    }
+}
+
 /// Deletes a placement record.
 async fn delete_record(context: &NodeContext, key: Vec<u8>) -> Result<(), ApiError> {
     let command = crate::kv::KvCommand {
@@ -2190,7 +2375,8 @@ pub async fn admin_merge(context: &NodeContext, shard: ShardId) -> Result<ApiRes
     });
     let Some(right) = right.filter(|d| d.id != PLACEMENT_SHARD) else {
         return Err(ApiError::Refused(format!(
-            "shard {shard} has no right neighbour to merge with (it ends the data key space)"
+            "shard {shard} has no right neighbour to merge with (it ends the data key space, \
+             or its neighbour is frozen for another merge)"
         )));
     };
     if shard == PLACEMENT_SHARD || left.merging_into.is_some() {
@@ -2222,20 +2408,23 @@ fn start_merges(context: &Arc<NodeContext>, merges: Vec<AutoMerge>) {
         tracing::info!(left, right, "merging small cold shards");
         let context = context.clone();
         tokio::spawn(async move {
-            let started = async {
-                let (id, _) = allocate_ids(&context).await?;
-                let operation = Operation {
-                    id,
-                    kind: OperationKind::Merge { left, right },
-                    state: OperationState::Running,
-                    progress: None,
-                };
-                run_operation(&context, operation, 0, Marked::Already).await
-            }
-            .await;
-            if let Err(error) = started {
-                context.end_operator(left);
-                context.end_operator(right);
+            let (id, _) = match allocate_ids(&context).await {
+                Ok(ids) => ids,
+                Err(error) => {
+                    context.end_operator(left);
+                    context.end_operator(right);
+                    tracing::info!(left, right, %error, "automatic merge not started");
+                    return;
+                }
+            };
+            let operation = Operation {
+                id,
+                kind: OperationKind::Merge { left, right },
+                state: OperationState::Running,
+                progress: None,
+            };
+            // It owns both marks from here and clears them however it ends.
+            if let Err(error) = run_operation(&context, operation, 0, Marked::Already).await {
                 tracing::info!(left, right, %error, "automatic merge not started");
             }
         });
@@ -2500,19 +2689,31 @@ async fn call_node_plain(
             Ok(super::api::transfer_leadership(context, shard, to)
                 .unwrap_or_else(ApiResponse::Error))
         }
-        ApiRequest::FreezeShard {
-            shard,
-            version,
-            into,
-        } => Ok(super::api::freeze_shard(context, shard, version, into)
-            .await
-            .unwrap_or_else(ApiResponse::Error)),
+        ApiRequest::FreezeShard { shard, epoch, into } => {
+            Ok(super::api::freeze_shard(context, shard, epoch, into)
+                .await
+                .unwrap_or_else(ApiResponse::Error))
+        }
         ApiRequest::MergeReady {
             shard,
             version,
             into,
         } => Ok(super::api::merge_ready(context, shard, version, into)),
         ApiRequest::ReplicaHeld { shard } => Ok(super::api::replica_held(context, shard)),
+        ApiRequest::AbortMerge {
+            shard,
+            version,
+            right,
+        } => Ok(super::api::abort_merge(context, shard, version, right)
+            .await
+            .unwrap_or_else(ApiResponse::Error)),
+        ApiRequest::UnfreezeShard {
+            shard,
+            version,
+            into,
+        } => Ok(super::api::unfreeze_shard(context, shard, version, into)
+            .await
+            .unwrap_or_else(ApiResponse::Error)),
         ApiRequest::MergeShards {
             shard,
             epoch,

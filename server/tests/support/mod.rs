@@ -137,6 +137,10 @@ pub struct World {
     pub merges_started: u64,
     /// The merge under way: the left shard, the right shard, and the right one's range.
     pub merging: Option<(ShardId, ShardId, ShardDescriptor)>,
+    /// The merge under way is being rolled back: the left shard's epoch version when that
+    /// was decided.
+    pub merge_rolling_back: Option<u64>,
+    pub merges_rolled_back: u64,
     /// Shards merged away, and the shards that took their ranges.
     pub merged_away: BTreeSet<ShardId>,
     pub merged_into: BTreeSet<ShardId>,
@@ -224,6 +228,8 @@ impl World {
             merge_every_steps: None,
             merges_started: 0,
             merging: None,
+            merge_rolling_back: None,
+            merges_rolled_back: 0,
             merged_away: BTreeSet::new(),
             merged_into: BTreeSet::new(),
             split_asked_at: BTreeMap::new(),
@@ -742,6 +748,59 @@ impl World {
         let Some((right_leader, right_now)) = at_leader(self, right) else {
             return false;
         };
+        if left_now.covers(&right_range) && left_now.epoch.version > right_range.epoch.version {
+            return false; // merged: waiting for every replica to retire the right shard
+        }
+        if let Some(decided_at) = self.merge_rolling_back {
+            // Rolling back, as placement does: the left shard first refuses every merge
+            // planned before (its version moves on), then the right one is unfrozen. A
+            // merge still in flight may win the race in the left shard's log: then it
+            // stands (the check above).
+            let (leader, request) = if right_now.merging_into.is_none() {
+                if std::env::var("RSHARD_MERGE_TRACE").is_ok() {
+                    eprintln!(
+                        "step {}: rolled back the merge of {right} into {left}",
+                        self.step
+                    );
+                }
+                self.merging = None;
+                self.merge_rolling_back = None;
+                self.merges_rolled_back += 1;
+                return false;
+            } else if left_now.epoch.version > decided_at {
+                let unfreeze = kv::UnfreezeCommand {
+                    shard: right,
+                    epoch: right_now.epoch,
+                    into: left,
+                };
+                (right_leader, Request::Unfreeze(unfreeze))
+            } else {
+                let abort = kv::AbortMergeCommand {
+                    shard: left,
+                    epoch: left_now.epoch,
+                    right,
+                };
+                (left_leader, Request::AbortMerge(abort))
+            };
+            if std::env::var("RSHARD_MERGE_TRACE").is_ok() {
+                eprintln!("step {}: {request:?} to node {leader}", self.step);
+            }
+            let id = self.next_request;
+            self.next_request += 1;
+            return self.offer((leader - 1) as usize, Input::Request { id, request });
+        }
+        if right_now.merging_into.is_some() {
+            // Placement rolls back a merge whose right shard lost a node; the simulation
+            // also rolls back some at random, racing the merges it already sent.
+            let node_down = right_now
+                .replicas
+                .iter()
+                .any(|&node| self.driver(node).is_none());
+            if (node_down && self.rng.below(2) == 0) || self.rng.below(8) == 0 {
+                self.merge_rolling_back = Some(left_now.epoch.version);
+                return false;
+            }
+        }
         let request = if right_now.merging_into.is_none() {
             Request::Freeze(kv::FreezeCommand {
                 shard: right,
@@ -758,6 +817,11 @@ impl World {
             });
             if !frozen_everywhere {
                 return false;
+            }
+            // A placement leader that sent the merge and failed, and a new one that rolls
+            // it back: the rollback races the merge in the left shard's log.
+            if self.rng.below(4) == 0 {
+                self.merge_rolling_back = Some(left_now.epoch.version);
             }
             Request::Merge(kv::MergeCommand {
                 shard: left,
