@@ -18,7 +18,8 @@
 //! - a shard written past the (scaled down) size limit splits into shards under it, and a
 //!   hot key range splits at the key that halves its load;
 //! - a merge by `rshard admin merge` moves the right shard's replicas onto the left's nodes
-//!   and completes under a checked load; small cold neighbours merge on their own once a
+//!   and completes under a checked load; one whose right shard's leader is killed -9 right
+//!   after it starts completes or rolls back, and loses nothing; small cold neighbours merge on their own once a
 //!   manual split's stickiness runs out, and not across one that stays.
 
 mod support;
@@ -982,6 +983,96 @@ fn a_merge_aligns_the_right_shards_replicas_and_completes_under_a_checked_load()
                 );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
+        }
+    });
+}
+
+#[test]
+fn a_merge_with_the_right_shards_leader_killed_completes_or_rolls_back_and_loses_nothing() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::formed(&["--suspect-node-timeout-seconds", "3"]).await;
+        let client = cluster.client(cluster.addresses());
+        write_keys(&client).await;
+        let right = split(&cluster, 0, FIRST_DATA_SHARD, "key/100").expect("a split");
+        // The checked keys (lin/...) lie in the right shard.
+        let load = CheckedLoad::start(&cluster, 3);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, routes) = client.cluster().await.expect("a view");
+        let leader = routes
+            .iter()
+            .find(|route| route.descriptor.id == right)
+            .and_then(|route| route.leader.as_ref())
+            .map(|leader| leader.id)
+            .expect("the right shard has a leader");
+        let victim = index_of(&cluster, leader);
+        let via = (0..3).find(|&i| i != victim).expect("another node");
+        // The merge starts; the right shard's leader is killed -9 a moment later.
+        let args: Vec<String> = [
+            "admin",
+            "merge",
+            "--shard",
+            &FIRST_DATA_SHARD.to_string(),
+            "--host",
+            &cluster.addresses()[via].to_string(),
+            "--certs-dir",
+            cluster.certs().to_str().expect("UTF-8"),
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        let command = std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            support::rshard(&args)
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cluster.kill(victim);
+        let (_, stdout, stderr) = command.join().expect("the command ran");
+        let id: u64 = stdout
+            .split("operation ")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no operation id: {stdout}{stderr}"));
+        // It ends: done, or rolled back once the dead node is not live.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let ended = loop {
+            let (ok, listed, _) = cluster.cli(via, &["admin", "ops", "--format", "json"]);
+            let found = ok
+                .then(|| serde_json::from_str::<serde_json::Value>(&listed).ok())
+                .flatten()
+                .and_then(|all| {
+                    all.as_array()?
+                        .iter()
+                        .find(|op| op["id"].as_u64() == Some(id))
+                        .cloned()
+                });
+            if let Some(op) = found.filter(|op| op["state"] != "running") {
+                break op;
+            }
+            assert!(Instant::now() < deadline, "the merge never ended");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        eprintln!("the merge under a kill ended: {ended}");
+        let merged = ended["state"] == "done";
+        if !merged {
+            let reason = ended["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("rolled back"), "{ended}");
+        }
+        cluster.restart(victim);
+        load.finish(20).await;
+        let data_shards = if merged { 1 } else { 2 };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = shards(&cluster, via);
+            if listed.len() == data_shards + 1 && cover_the_key_space(&listed) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{ended} {listed:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        read_keys_back(&client).await;
+        for key in ["key/050+", "key/150+"] {
+            client.put(key.as_bytes(), b"new").await.expect("a write");
         }
     });
 }
