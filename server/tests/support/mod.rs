@@ -743,6 +743,8 @@ impl World {
             self.merged_away.insert(right);
             self.merged_into.insert(left);
             self.merging = None;
+            // A rollback decided too late: the merge won the race in the left shard's log.
+            self.merge_rolling_back = None;
             return false;
         }
         let Some((right_leader, right_now)) = at_leader(self, right) else {
