@@ -2137,10 +2137,11 @@ async fn execute_merge(
                         "shards {left} and {right} have different voter counts"
                     ))
                 } else {
+                    // Not merely unknown to a placement leader that took over moments ago.
                     right_now
                         .replicas
                         .iter()
-                        .find(|&&node| !is_live(context, node))
+                        .find(|&&node| gone_quiet(context, node))
                         .map(|node| format!("node {node} stopped answering during the merge"))
                 };
                 if let Some(reason) = stuck {
