@@ -617,20 +617,9 @@ impl<T: Transport> MultiRaft<T> {
     /// (one committed batch), and queues its data range for clearing in bounded steps, less
     /// the ranges other replicas here hold.
     fn destroy_replica(&mut self, group: GroupId, conf_version: u64) -> Result<(), StoreError> {
-        let Some(mut replica) = self.replicas.remove(&group) else {
+        let Some((replica, clear)) = self.take_out(group) else {
             return Ok(());
         };
-        replica.fail_all(&RequestError::UnknownShard(group), &mut self.answers);
-        self.ticking.remove(&group);
-        self.dirty.remove(&group);
-        self.snapshots.forget_group(group);
-        let mut clear = vec![KeySpan::of(&replica.descriptor)];
-        for other in self.replicas.values() {
-            clear = clear
-                .iter()
-                .flat_map(|span| span.without(&other.descriptor))
-                .collect();
-        }
         let mut batch = self.store.batch();
         batch.destroy_group(replica.raft.storage(), conf_version)?;
         self.snapshots.pending_clears.extend(clear);
@@ -640,6 +629,25 @@ impl<T: Transport> MultiRaft<T> {
         self.snapshots.tombstones.insert(group, conf_version);
         self.counters.replicas_destroyed += 1;
         Ok(())
+    }
+
+    /// Takes the replica of `group` out of the driver (what waits on it is answered, its
+    /// transfers end) for destroying or retiring it; with it, the parts of its range no
+    /// other replica here holds.
+    fn take_out(&mut self, group: GroupId) -> Option<(Replica, Vec<KeySpan>)> {
+        let mut replica = self.replicas.remove(&group)?;
+        replica.fail_all(&RequestError::UnknownShard(group), &mut self.answers);
+        self.ticking.remove(&group);
+        self.dirty.remove(&group);
+        self.snapshots.forget_group(group);
+        let mut rest = vec![KeySpan::of(&replica.descriptor)];
+        for other in self.replicas.values() {
+            rest = rest
+                .iter()
+                .flat_map(|span| span.without(&other.descriptor))
+                .collect();
+        }
+        Some((replica, rest))
     }
 
     fn finish_ready(&mut self, group: GroupId, ready: &mut Ready) -> Result<(), StoreError> {
@@ -906,20 +914,9 @@ impl<T: Transport> MultiRaft<T> {
         }
         let mut batch = self.store.batch();
         for group in groups {
-            let Some(mut replica) = self.replicas.remove(&group) else {
+            let Some((replica, clear)) = self.take_out(group) else {
                 continue;
             };
-            replica.fail_all(&RequestError::UnknownShard(group), &mut self.answers);
-            self.ticking.remove(&group);
-            self.dirty.remove(&group);
-            self.snapshots.forget_group(group);
-            let mut clear = vec![KeySpan::of(&replica.descriptor)];
-            for other in self.replicas.values() {
-                clear = clear
-                    .iter()
-                    .flat_map(|span| span.without(&other.descriptor))
-                    .collect();
-            }
             self.snapshots.split_gaps.extend(clear.iter().cloned());
             self.snapshots.pending_clears.extend(clear);
             batch.destroy_group(replica.raft.storage(), u64::MAX)?;

@@ -232,10 +232,7 @@ impl Replica {
                 {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.propose(split.encode()).map(|position| {
-                    self.proposals
-                        .insert(position.index, (position.term, vec![id]));
-                })
+                self.propose_alone(id, split.encode())
             }
             Request::Freeze(freeze) => {
                 if let Err(refusal) = freeze
@@ -244,28 +241,19 @@ impl Replica {
                 {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.propose(freeze.encode()).map(|position| {
-                    self.proposals
-                        .insert(position.index, (position.term, vec![id]));
-                })
+                self.propose_alone(id, freeze.encode())
             }
             Request::AbortMerge(abort) => {
                 if let Err(refusal) = abort.abort(&self.descriptor) {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.propose(abort.encode()).map(|position| {
-                    self.proposals
-                        .insert(position.index, (position.term, vec![id]));
-                })
+                self.propose_alone(id, abort.encode())
             }
             Request::Unfreeze(unfreeze) => {
                 if let Err(refusal) = unfreeze.unfreeze(&self.descriptor) {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.propose(unfreeze.encode()).map(|position| {
-                    self.proposals
-                        .insert(position.index, (position.term, vec![id]));
-                })
+                self.propose_alone(id, unfreeze.encode())
             }
             Request::Merge(merge) => {
                 if let Err(refusal) = merge
@@ -274,13 +262,19 @@ impl Replica {
                 {
                     return Ok(Err(refusal.into()));
                 }
-                self.raft.propose(merge.encode()).map(|position| {
-                    self.proposals
-                        .insert(position.index, (position.term, vec![id]));
-                })
+                self.propose_alone(id, merge.encode())
             }
         };
         self.answer_proposal(outcome)
+    }
+
+    /// Proposes one entry that answers request `id` alone (a split, freeze, merge or their
+    /// rollback).
+    fn propose_alone(&mut self, id: RequestId, bytes: Vec<u8>) -> Result<(), rshard_raft::Error> {
+        let position = self.raft.propose(bytes)?;
+        self.proposals
+            .insert(position.index, (position.term, vec![id]));
+        Ok(())
     }
 
     /// True if the writes batched so far should be proposed now rather than with the rest
