@@ -187,7 +187,7 @@ pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
                             "{:<6} {:<10} {}",
                             operation.id,
                             state(operation),
-                            describe(&operation.kind)
+                            operation.kind.describe()
                         );
                     }
                 }
@@ -216,7 +216,7 @@ pub async fn follow_operation(
     follow: &Follow,
 ) -> anyhow::Result<u8> {
     if follow.format == Format::Table {
-        println!("operation {}: {}", operation.id, describe(&operation.kind));
+        println!("operation {}: {}", operation.id, operation.kind.describe());
     }
     let started = Instant::now();
     let until = started + follow.timeout;
@@ -278,36 +278,6 @@ fn progress_line(operation: &Operation) -> String {
             )
         }
         _ => format!("operation {}: running", operation.id),
-    }
-}
-
-fn describe(kind: &OperationKind) -> String {
-    match kind {
-        OperationKind::TransferLeader { shard, to } => {
-            format!("transfer the leadership of shard {shard} to node {to}")
-        }
-        OperationKind::MoveReplica { shard, from, to } => {
-            format!("move the replica of shard {shard} from node {from} to node {to}")
-        }
-        OperationKind::Drain {
-            node,
-            decommission: false,
-        } => format!("drain node {node}: move every replica off it"),
-        OperationKind::Drain {
-            node,
-            decommission: true,
-        } => format!("decommission node {node}: drain it, then remove it from the cluster"),
-        OperationKind::Split {
-            shard,
-            at,
-            new_shard,
-        } => format!(
-            "split shard {shard} at {} (new shard {new_shard})",
-            show_bytes(at)
-        ),
-        OperationKind::Merge { left, right } => {
-            format!("merge shard {right} into shard {left}, its left neighbour")
-        }
     }
 }
 

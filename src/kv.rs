@@ -7,9 +7,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use rshard_common::certs::CertsDir;
 use rshard_common::client::{Client, ClientOptions};
+use rshard_common::keytext;
 use rshard_common::quic::Security;
 
 /// Where the cluster is and who is asking.
@@ -98,48 +99,12 @@ pub enum NodeAction {
     },
 }
 
-/// Parses `\xNN` and `\\` escapes.
+/// Parses a key or value typed in the shared printable form ([`keytext`]).
 pub fn parse_bytes(text: &str) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let raw = text.as_bytes();
-    let mut index = 0;
-    while index < raw.len() {
-        match (raw[index], raw.get(index + 1)) {
-            (b'\\', Some(b'\\')) => {
-                bytes.push(b'\\');
-                index += 2;
-            }
-            (b'\\', Some(b'x')) => {
-                let hex = text
-                    .get(index + 2..index + 4)
-                    .with_context(|| format!("incomplete \\x escape in {text:?}"))?;
-                let byte = u8::from_str_radix(hex, 16)
-                    .with_context(|| format!("bad \\x escape {hex:?} in {text:?}"))?;
-                bytes.push(byte);
-                index += 4;
-            }
-            (b'\\', _) => bail!("a backslash must start \\xNN or \\\\ in {text:?}"),
-            (byte, _) => {
-                bytes.push(byte);
-                index += 1;
-            }
-        }
-    }
-    Ok(bytes)
+    Ok(keytext::parse(text)?)
 }
 
-/// Bytes as text, escaping what is not printable ASCII.
-pub fn show_bytes(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len());
-    for &byte in bytes {
-        match byte {
-            b'\\' => text.push_str("\\\\"),
-            0x21..=0x7e => text.push(byte as char),
-            _ => text.push_str(&format!("\\x{byte:02x}")),
-        }
-    }
-    text
-}
+pub use keytext::show as show_bytes;
 
 /// Runs a `kv` action; returns the process exit code.
 pub async fn run_kv(args: &ClientArgs, action: KvAction) -> anyhow::Result<u8> {
@@ -240,17 +205,4 @@ pub async fn run_node(args: &ClientArgs, action: NodeAction) -> anyhow::Result<u
         }
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_round_trip_every_byte() {
-        let all: Vec<u8> = (0..=255).collect();
-        assert_eq!(parse_bytes(&show_bytes(&all)).ok(), Some(all));
-        assert_eq!(parse_bytes("a\\x00b").ok(), Some(b"a\x00b".to_vec()));
-        assert!(parse_bytes("\\q").is_err() && parse_bytes("\\x4").is_err());
-    }
 }

@@ -9,8 +9,10 @@ use rshard_common::certs::{self, CertKind, CertsDir};
 
 mod admin;
 mod bench;
+mod demo;
 mod kv;
 mod serve;
+mod shell;
 
 /// Command line of `rshard`. Subcommands (`serve`, `shell`, `admin`, `demo`,
 /// `bench`) are added here as the crates behind them land.
@@ -47,6 +49,10 @@ enum Command {
         #[command(subcommand)]
         action: admin::AdminAction,
     },
+    /// The SQL shell: interactive on a terminal; or statements from -e, -f or stdin.
+    Shell(shell::ShellArgs),
+    /// A 3-node cluster on this machine with a sample table, and a shell on it.
+    Demo(demo::DemoArgs),
     /// List the cluster's nodes and shards, or show one node's status.
     Node {
         #[command(flatten)]
@@ -173,8 +179,16 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Cert { action } => run_cert(action).map(|()| 0).map_err(anyhow::Error::from),
-        Command::Serve(args) => serve::serve_config(*args)
-            .and_then(|config| runtime()?.block_on(serve::run(config)).map(|()| 0)),
+        Command::Serve(args) => {
+            let exit_with_stdin = args.exit_with_stdin;
+            serve::serve_config(*args).and_then(|config| {
+                runtime()?
+                    .block_on(serve::run(config, exit_with_stdin))
+                    .map(|()| 0)
+            })
+        }
+        Command::Shell(args) => shell::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Kv { client, action } => {
             runtime().and_then(|rt| rt.block_on(kv::run_kv(&client, action)))
         }

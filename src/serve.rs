@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Seconds a graceful shutdown may take.
     #[arg(long, env = "RSHARD_SHUTDOWN_TIMEOUT_SECONDS")]
     shutdown_timeout_seconds: Option<u64>,
+    /// Shut down gracefully when standard input closes, as on SIGTERM: `rshard demo` starts
+    /// its nodes so, and they stop with it even if it is killed.
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
     /// Seconds without a report after which a node gets no new replicas.
     #[arg(long, env = "RSHARD_SUSPECT_NODE_TIMEOUT_SECONDS")]
     suspect_node_timeout_seconds: Option<u64>,
@@ -222,7 +226,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
 
 /// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully; a second signal
 /// exits at once.
-pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(config: ServeConfig, exit_with_stdin: bool) -> anyhow::Result<()> {
     // Watched once the node runs: until then a signal ends the process the default way.
     let node = Node::start(config).await?;
     let mut signals = Signals::watch()?;
@@ -236,8 +240,22 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
+    let stdin_closed = async {
+        if !exit_with_stdin {
+            return std::future::pending().await;
+        }
+        // Reading stdin blocks: a thread does it and reports its end.
+        let (closed, wait) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            while matches!(std::io::Read::read(&mut std::io::stdin(), &mut sink), Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        });
+        let _ = wait.await;
+    };
     let failure = tokio::select! {
         () = signals.next() => None,
+        () = stdin_closed => None,
         reason = node.failure() => Some(reason),
     };
     if let Some(reason) = failure {

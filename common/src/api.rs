@@ -295,6 +295,37 @@ impl OperationKind {
             OperationKind::Drain { .. } => None,
         }
     }
+
+    /// The operation in words, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::TransferLeader { shard, to } => {
+                format!("transfer the leadership of shard {shard} to node {to}")
+            }
+            Self::MoveReplica { shard, from, to } => {
+                format!("move the replica of shard {shard} from node {from} to node {to}")
+            }
+            Self::Drain {
+                node,
+                decommission: false,
+            } => format!("drain node {node}: move every replica off it"),
+            Self::Drain {
+                node,
+                decommission: true,
+            } => format!("decommission node {node}: drain it, then remove it from the cluster"),
+            Self::Split {
+                shard,
+                at,
+                new_shard,
+            } => format!(
+                "split shard {shard} at {} (new shard {new_shard})",
+                crate::keytext::show(at)
+            ),
+            Self::Merge { left, right } => {
+                format!("merge shard {right} into shard {left}, its left neighbour")
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

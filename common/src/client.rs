@@ -255,6 +255,22 @@ impl Client {
         Ok(items)
     }
 
+    /// The shard owning `key` as a node knows it now, not as cached (after an operation
+    /// that moved shard boundaries, say).
+    pub async fn fresh_shard_of(&self, key: &[u8]) -> Result<ShardDescriptor, ClientError> {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.retain(|_, route| !route.descriptor.contains(key));
+        }
+        self.shard_of(key).await
+    }
+
+    /// The shard owning `key`, as the route cache or the cluster knows it (a route may be
+    /// stale by the time it is used: a write across it is refused with `CrossShard`).
+    pub async fn shard_of(&self, key: &[u8]) -> Result<ShardDescriptor, ClientError> {
+        let deadline = Instant::now() + self.options.deadline;
+        Ok(self.route_retrying(key, deadline).await?.descriptor)
+    }
+
     /// The cluster's nodes and shards, as the first reachable node knows them.
     pub async fn cluster(&self) -> Result<(Vec<NodeInfo>, Vec<ShardRoute>), ClientError> {
         match self.any_node(ApiRequest::Cluster).await? {
@@ -656,6 +672,21 @@ impl Client {
                     }
                 }
                 ApiError::KeyNotInShard { descriptor } | ApiError::StaleEpoch { descriptor } => {
+                    // A batch that a split has cut in two can never succeed as sent: say so,
+                    // with nothing written, so the caller can cut it again.
+                    if let ShardOp::Write { ops } = &op {
+                        if let Some(outside) =
+                            ops.iter().find(|write| !descriptor.contains(write.key()))
+                        {
+                            if descriptor.contains(key) {
+                                let other = self.cached_route(outside.key());
+                                let other = other.map_or(0, |route| route.descriptor.id);
+                                let id = descriptor.id;
+                                self.remember(*descriptor, None);
+                                return Err(ClientError::CrossShard(id, other));
+                            }
+                        }
+                    }
                     self.remember(*descriptor, None);
                     // Once is a route that moved; again means the nodes answering routes
                     // have not all caught up with the change yet: give them time.

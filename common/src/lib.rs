@@ -7,6 +7,7 @@
 pub mod api;
 pub mod certs;
 pub mod client;
+pub mod keytext;
 pub mod linearizability;
 pub mod quic;
 pub mod rng;

@@ -1,0 +1,139 @@
+//! The non-interactive shell: statements from `-e`, a file or stdin, run in order.
+//!
+//! Results go to stdout and errors to stderr. The run stops at the first failed statement
+//! with [`EXIT_STATEMENT_FAILED`] unless told to continue (it then still exits with that
+//! code if any statement failed); a cluster that cannot be reached exits with
+//! [`EXIT_CONNECTION_FAILED`] at once. A last statement without `;` still runs.
+
+use std::io::{BufRead, Write};
+
+use tokio::runtime::Runtime;
+
+use crate::session::{Meta, Session};
+use crate::sql::split_statements;
+
+pub const EXIT_CONNECTION_FAILED: u8 = 2;
+pub const EXIT_STATEMENT_FAILED: u8 = 3;
+
+/// Runs every statement `input` holds; the process exit code.
+pub fn run(
+    session: &mut Session,
+    runtime: &Runtime,
+    input: impl BufRead,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    continue_on_error: bool,
+) -> u8 {
+    let mut buffer = String::new();
+    let mut failed = false;
+    for line in input.lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                let _ = writeln!(err, "ERROR: reading the input: {error}");
+                return EXIT_STATEMENT_FAILED;
+            }
+        };
+        if buffer.trim().is_empty() && line.trim_start().starts_with('\\') {
+            buffer.clear();
+            match session.meta(line.trim()) {
+                Meta::Quit => return if failed { EXIT_STATEMENT_FAILED } else { 0 },
+                Meta::Print(text) => {
+                    let _ = out.write_all(text.as_bytes());
+                }
+                Meta::Run(statement) => match run_one(
+                    session,
+                    runtime,
+                    &statement,
+                    out,
+                    err,
+                    continue_on_error,
+                    &mut failed,
+                ) {
+                    Ok(_) => {}
+                    Err(code) => return code,
+                },
+            }
+            continue;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if buffer.len() > crate::sql::MAX_STATEMENT_BYTES * 2 {
+            let _ = writeln!(
+                err,
+                "ERROR: a statement of more than {} bytes (is a ; missing?)",
+                crate::sql::MAX_STATEMENT_BYTES
+            );
+            return EXIT_STATEMENT_FAILED;
+        }
+        let (statements, rest) = split_statements(&buffer);
+        for statement in statements {
+            match run_one(
+                session,
+                runtime,
+                &statement,
+                out,
+                err,
+                continue_on_error,
+                &mut failed,
+            ) {
+                Ok(_) => {}
+                Err(code) => return code,
+            }
+        }
+        buffer = rest;
+        if !buffer.is_empty() {
+            buffer.push('\n');
+        }
+    }
+    let rest = buffer.trim().to_string();
+    if !rest.is_empty() {
+        if let Err(code) = run_one(
+            session,
+            runtime,
+            &rest,
+            out,
+            err,
+            continue_on_error,
+            &mut failed,
+        ) {
+            return code;
+        }
+    }
+    let _ = out.flush();
+    if failed {
+        EXIT_STATEMENT_FAILED
+    } else {
+        0
+    }
+}
+
+/// Runs one statement: `Ok` to go on, `Err(code)` to stop with that exit code.
+fn run_one(
+    session: &mut Session,
+    runtime: &Runtime,
+    statement: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    continue_on_error: bool,
+    failed: &mut bool,
+) -> Result<(), u8> {
+    match runtime.block_on(session.execute(statement)) {
+        Ok(outcome) => {
+            let text = crate::render::render(&outcome, session.format, session.expanded);
+            let _ = out.write_all(text.as_bytes());
+            Ok(())
+        }
+        Err(error) => {
+            let _ = err.write_all(crate::session::error_text(statement, &error).as_bytes());
+            *failed = true;
+            if error.is_connection() {
+                Err(EXIT_CONNECTION_FAILED)
+            } else if continue_on_error {
+                Ok(())
+            } else {
+                Err(EXIT_STATEMENT_FAILED)
+            }
+        }
+    }
+}
