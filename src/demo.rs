@@ -267,6 +267,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         execute: Vec::new(),
         file: None,
         continue_on_error: true,
+        echo: false,
     };
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         eprint!("{banner}");

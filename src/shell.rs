@@ -29,6 +29,9 @@ pub struct ShellArgs {
     /// Go on after a failed statement (the exit code still says one failed).
     #[arg(long)]
     pub continue_on_error: bool,
+    /// Print each statement before its result.
+    #[arg(long)]
+    pub echo: bool,
 }
 
 pub fn run(args: ShellArgs) -> anyhow::Result<u8> {
@@ -57,6 +60,7 @@ pub fn run(args: ShellArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_CONNECTION_FAILED);
     }
     let mut session = Session::new(Store::Cluster(Arc::new(client)), args.format);
+    session.echo = args.echo;
     Ok(run_session(&mut session, &runtime, &args, ""))
 }
 

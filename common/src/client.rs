@@ -231,8 +231,12 @@ impl Client {
             };
             // Each page has the whole deadline: a long scan is many requests.
             let deadline = Instant::now() + self.options.deadline;
-            let route = self.route_retrying(&from, deadline).await?;
-            let (got, more) = match self.shard_call(&from, op, Retry::Always, deadline).await? {
+            // The range served is that of the descriptor the shard accepted, which may be
+            // newer than the cached route the call started from.
+            let (response, served) = self
+                .shard_call_routed(&from, op, Retry::Always, deadline)
+                .await?;
+            let (got, more) = match response {
                 ApiResponse::Items { items, more } => (items, more),
                 other => return Err(unexpected(other)),
             };
@@ -242,7 +246,7 @@ impl Client {
                 Some(last) if more => from = [last.as_slice(), &[0]].concat(),
                 _ => {
                     // This shard is done: go on from its end, if the range goes further.
-                    let shard_end = route.descriptor.end_key;
+                    let shard_end = served.end_key;
                     if shard_end.is_empty()
                         || shard_end.first() == Some(&crate::api::SYSTEM_KEY_PREFIX)
                     {
@@ -613,6 +617,18 @@ impl Client {
         retry: Retry,
         deadline: Instant,
     ) -> Result<ApiResponse, ClientError> {
+        Ok(self.shard_call_routed(key, op, retry, deadline).await?.0)
+    }
+
+    /// [`Client::shard_call`], also giving the descriptor the answering shard accepted
+    /// (its range is what the request was served over: the node checks the epoch).
+    async fn shard_call_routed(
+        &self,
+        key: &[u8],
+        op: ShardOp,
+        retry: Retry,
+        deadline: Instant,
+    ) -> Result<(ApiResponse, ShardDescriptor), ClientError> {
         crate::api::check_user_op(&op).map_err(ClientError::Refused)?;
         let mut attempts = 0;
         let mut backoff = self.options.first_backoff;
@@ -644,7 +660,7 @@ impl Client {
             };
             let error = match self.call(target, &request).await {
                 Ok(ApiResponse::Error(error)) => error,
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok((response, route.descriptor)),
                 Err(CallError::Untrusted(error)) => return Err(ClientError::Untrusted(error)),
                 Err(CallError::NotSent(error)) => {
                     last = format!("{target}: {error}");

@@ -36,6 +36,9 @@ pub fn run(
         };
         if buffer.trim().is_empty() && line.trim_start().starts_with('\\') {
             buffer.clear();
+            if session.echo {
+                let _ = writeln!(out, "{}", line.trim());
+            }
             match session.meta(line.trim()) {
                 Meta::Quit => return if failed { EXIT_STATEMENT_FAILED } else { 0 },
                 Meta::Print(text) => {
@@ -118,6 +121,9 @@ fn run_one(
     continue_on_error: bool,
     failed: &mut bool,
 ) -> Result<(), u8> {
+    if session.echo {
+        let _ = out.write_all(format!("{statement};\n").as_bytes());
+    }
     match runtime.block_on(session.execute(statement)) {
         Ok(outcome) => {
             let text = crate::render::render(&outcome, session.format, session.expanded);

@@ -32,6 +32,8 @@ pub struct Session {
     pub format: Format,
     pub expanded: bool,
     pub timing: bool,
+    /// Print each statement before its result (for transcripts).
+    pub echo: bool,
 }
 
 /// What a meta command asks for.
@@ -51,6 +53,7 @@ impl Session {
             format,
             expanded: false,
             timing: false,
+            echo: false,
         }
     }
 

@@ -380,25 +380,7 @@ async fn split_table(store: &Store, name: &str, values: &str) -> Result<Outcome,
     }
     let mut notes = Vec::new();
     for key in keys {
-        let mut attempts = 0;
-        let operation = loop {
-            // Fresh: an earlier split of this statement moved boundaries the cache holds.
-            let shard = client.fresh_shard_of(&key).await?;
-            if shard.start_key == key {
-                break None;
-            }
-            match client.split_shard(shard.id, &key, None).await {
-                Ok(operation) => break Some(operation),
-                // The node that answered the route had not applied the last split yet.
-                Err(rshard_common::client::ClientError::Refused(
-                    rshard_common::api::ApiError::Refused(_),
-                )) if attempts < SPLIT_ROUTE_ATTEMPTS => {
-                    attempts += 1;
-                    tokio::time::sleep(OPERATION_POLL).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        };
+        let operation = start_split(client, &key).await?;
         let Some(operation) = operation else {
             notes.push(format!(
                 "{} is already where a shard starts",
@@ -451,4 +433,40 @@ async fn await_boundary(client: &Client, key: &[u8]) {
         }
         tokio::time::sleep(OPERATION_POLL).await;
     }
+}
+
+/// Asks placement to split the shard holding `key` at `key`; `None` if a shard already
+/// starts there. A refusal because the route used was stale (a node had not yet applied
+/// an earlier split) is asked again with a fresh route.
+pub async fn start_split(client: &Client, key: &[u8]) -> Result<Option<Operation>, SqlError> {
+    let mut attempts = 0;
+    loop {
+        let shard = client.fresh_shard_of(key).await?;
+        if shard.start_key == key {
+            return Ok(None);
+        }
+        match client.split_shard(shard.id, key, None).await {
+            Ok(operation) => return Ok(Some(operation)),
+            Err(rshard_common::client::ClientError::Refused(
+                rshard_common::api::ApiError::Refused(_),
+            )) if attempts < SPLIT_ROUTE_ATTEMPTS => {
+                attempts += 1;
+                tokio::time::sleep(OPERATION_POLL).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Splits at `key` and waits for the operation to end and for the nodes to see the new
+/// boundary.
+pub async fn split_at(client: &Client, key: &[u8]) -> Result<(), SqlError> {
+    if let Some(operation) = start_split(client, key).await? {
+        let operation = wait(client, operation).await?;
+        if let OperationState::Failed { reason } = operation.state {
+            return Err(SqlError::Admin(format!("operation {}: failed: {reason}", operation.id)));
+        }
+    }
+    await_boundary(client, key).await;
+    Ok(())
 }
