@@ -125,19 +125,57 @@ async fn shell_statements_on_a_live_cluster() {
     golden(&cluster, "basics");
 
     // Exit codes and the non-interactive inputs.
-    let (code, output) = shell(&cluster, &["-e", "SELECT 1 + 1 AS two", "--format", "csv"], "");
+    let (code, output) = shell(
+        &cluster,
+        &["-e", "SELECT 1 + 1 AS two", "--format", "csv"],
+        "",
+    );
     assert_eq!((code, output.as_str()), (0, "two\n2\n"));
-    let (code, output) = shell(&cluster, &["--format", "json"], "SELECT 'a' AS x;\nSELEC 2;\nSELECT 3;\n");
+    let (code, output) = shell(
+        &cluster,
+        &["--format", "json"],
+        "SELECT 'a' AS x;\nSELEC 2;\nSELECT 3;\n",
+    );
     assert_eq!(code, 3, "{output}");
-    assert!(output.starts_with("[{\"x\":\"a\"}]\nERROR: syntax error"), "{output}");
-    assert!(!output.contains('3'), "stopped at the first error: {output}");
-    let (code, output) = shell(&cluster, &["--continue-on-error", "--format", "tsv"], "SELEC 2;\nSELECT 3 AS n\n");
+    assert!(
+        output.starts_with("[{\"x\":\"a\"}]\nERROR: syntax error"),
+        "{output}"
+    );
+    assert!(
+        !output.contains('3'),
+        "stopped at the first error: {output}"
+    );
+    let (code, output) = shell(
+        &cluster,
+        &["--continue-on-error", "--format", "tsv"],
+        "SELEC 2;\nSELECT 3 AS n\n",
+    );
     assert_eq!(code, 3, "{output}");
-    assert!(output.ends_with("n\n3\n"), "went on, and ran the last statement without ';': {output}");
-    let (ok, _, stderr) = support::rshard(&["shell", "-e", "SELECT 1", "--host", "127.0.0.1:9", "--insecure"]);
-    assert!(!ok && stderr.contains("cannot reach the cluster"), "{stderr}");
+    assert!(
+        output.ends_with("n\n3\n"),
+        "went on, and ran the last statement without ';': {output}"
+    );
+    let (ok, _, stderr) = support::rshard(&[
+        "shell",
+        "-e",
+        "SELECT 1",
+        "--host",
+        "127.0.0.1:9",
+        "--insecure",
+    ]);
+    assert!(
+        !ok && stderr.contains("cannot reach the cluster"),
+        "{stderr}"
+    );
     let unreachable = Command::new(BINARY)
-        .args(["shell", "-e", "SELECT 1", "--host", "127.0.0.1:9", "--insecure"])
+        .args([
+            "shell",
+            "-e",
+            "SELECT 1",
+            "--host",
+            "127.0.0.1:9",
+            "--insecure",
+        ])
         .env("RSHARD_LOG", "error")
         .output()
         .expect("runs");
@@ -148,17 +186,31 @@ async fn shell_statements_on_a_live_cluster() {
     for table in 1..=4u64 {
         for k in [8i64, 17] {
             let at = rshard_shell::encoding::row_key(table, &[&rshard_shell::value::Value::Int(k)]);
-            rshard_shell::sql::admin::split_at(&client, &at).await.expect("split");
+            rshard_shell::sql::admin::split_at(&client, &at)
+                .await
+                .expect("split");
         }
     }
-    let session = Session::new(Store::Cluster(Arc::new(cluster.client(cluster.addresses()))), Format::Table);
+    let session = Session::new(
+        Store::Cluster(Arc::new(cluster.client(cluster.addresses()))),
+        Format::Table,
+    );
     // The golden script created and dropped tables: the workload's own start with an
     // empty catalog of its names.
     for name in ["t0", "t1", "t2"] {
-        session.execute(&format!("DROP TABLE IF EXISTS {name}")).await.expect("dropped");
+        session
+            .execute(&format!("DROP TABLE IF EXISTS {name}"))
+            .await
+            .expect("dropped");
     }
-    let seed: u64 = std::env::var("RSHARD_SHELL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
-    let steps: usize = std::env::var("RSHARD_SHELL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let seed: u64 = std::env::var("RSHARD_SHELL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11);
+    let steps: usize = std::env::var("RSHARD_SHELL_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let replay = format!(
         "RSHARD_SHELL_SEED={seed} RSHARD_SHELL_STEPS={steps} cargo test --test shell shell_statements_on_a_live_cluster"
     );
@@ -170,7 +222,12 @@ async fn shell_statements_on_a_live_cluster() {
     // `client` routed before the splits: its scan must still cover every shard (it once
     // stopped at the end of the shard its stale route named).
     let fresh = everything(&cluster.client(cluster.addresses())).await;
-    assert!(before == fresh, "a scan with stale routes saw {} items of {}", before.len(), fresh.len());
+    assert!(
+        before == fresh,
+        "a scan with stale routes saw {} items of {}",
+        before.len(),
+        fresh.len()
+    );
     let mut rng = rshard_common::rng::SeededRng::new(seed);
     let mut inputs: Vec<String> = vec![
         format!("INSERT INTO users VALUES (100, '{}')", "x".repeat(2 << 20)),
@@ -201,7 +258,13 @@ async fn shell_statements_on_a_live_cluster() {
         .filter(|item| !after.contains(item))
         .chain(after.iter().filter(|item| !before.contains(item)))
         .take(5)
-        .map(|(k, v)| format!("{} = {}", rshard_common::keytext::show(k), rshard_common::keytext::show(v)))
+        .map(|(k, v)| {
+            format!(
+                "{} = {}",
+                rshard_common::keytext::show(k),
+                rshard_common::keytext::show(v)
+            )
+        })
         .collect();
     assert!(changed.is_empty(), "garbage changed the data: {changed:?}");
 }
@@ -223,7 +286,9 @@ fn the_demo_runs_from_nothing_to_a_query_and_cleans_up() {
         use std::io::Write;
         let mut input = child.stdin.take().expect("stdin");
         input
-            .write_all(b"SELECT COUNT(*), SUM(id) FROM accounts;\nSHOW SHARDS FROM TABLE accounts;\n")
+            .write_all(
+                b"SELECT COUNT(*), SUM(id) FROM accounts;\nSHOW SHARDS FROM TABLE accounts;\n",
+            )
             .expect("written");
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -237,7 +302,10 @@ fn the_demo_runs_from_nothing_to_a_query_and_cleans_up() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.starts_with("count,sum\n600,180300\n"), "{stdout}");
     let shards = stdout.lines().filter(|l| l.contains("/t/1/")).count();
-    assert!(shards >= 3, "the sample table spans several shards: {stdout}");
+    assert!(
+        shards >= 3,
+        "the sample table spans several shards: {stdout}"
+    );
     // The temporary directory it named is gone, and with it every node.
     let dir = stderr
         .lines()
@@ -245,6 +313,13 @@ fn the_demo_runs_from_nothing_to_a_query_and_cleans_up() {
         .and_then(|l| l.strip_suffix(" ..."))
         .expect("the demo names its directory");
     assert!(!Path::new(dir).exists(), "{dir} was left behind");
-    let left = Command::new("pgrep").args(["-f", dir]).output().expect("pgrep runs");
-    assert!(left.stdout.is_empty(), "nodes left running: {}", String::from_utf8_lossy(&left.stdout));
+    let left = Command::new("pgrep")
+        .args(["-f", dir])
+        .output()
+        .expect("pgrep runs");
+    assert!(
+        left.stdout.is_empty(),
+        "nodes left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }

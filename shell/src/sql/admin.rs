@@ -464,7 +464,10 @@ pub async fn split_at(client: &Client, key: &[u8]) -> Result<(), SqlError> {
     if let Some(operation) = start_split(client, key).await? {
         let operation = wait(client, operation).await?;
         if let OperationState::Failed { reason } = operation.state {
-            return Err(SqlError::Admin(format!("operation {}: failed: {reason}", operation.id)));
+            return Err(SqlError::Admin(format!(
+                "operation {}: failed: {reason}",
+                operation.id
+            )));
         }
     }
     await_boundary(client, key).await;
