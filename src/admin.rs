@@ -7,10 +7,15 @@
 //! `--wait`, one still running when placement answered is followed until it ends.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use rshard_common::api::{Operation, OperationKind, OperationState, ShardRoute};
+
+use rshard_shell::sql::admin::shards_in;
+use rshard_shell::store::Store;
+use rshard_shell::{catalog, encoding};
 
 use crate::kv::{parse_bytes, show_bytes, ClientArgs};
 
@@ -24,6 +29,9 @@ pub enum Format {
 pub enum AdminAction {
     /// The shards in key order: range, epoch, leader, replicas.
     Shards {
+        /// Only the shards holding rows of this SQL table (see `rshard shell`).
+        #[arg(long)]
+        table: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -114,18 +122,37 @@ pub enum Switch {
     Off,
 }
 
+/// The id of the table named `name`: as given (a name the shell created quoted), else
+/// folded to lower case the way the shell folds an unquoted name.
+async fn table_id(store: &Store, name: &str) -> anyhow::Result<u64> {
+    let name = match catalog::find(store, name).await? {
+        Some(_) => name.to_string(),
+        None => name.to_lowercase(),
+    };
+    Ok(catalog::table(store, &name).await?.id)
+}
+
 /// Exit code of an operation that failed.
 const EXIT_FAILED: u8 = 1;
 /// Exit code of an operation still running when the command stopped following it.
 const EXIT_RUNNING: u8 = 3;
 
 pub async fn run(args: &ClientArgs, action: AdminAction) -> anyhow::Result<u8> {
-    let client = args.client()?;
+    // Shared, because `--table` reads the SQL catalog through the same client.
+    let client = Arc::new(args.client()?);
     match action {
-        AdminAction::Shards { format } => {
-            let (_, mut shards) = client.cluster().await?;
-            shards.sort_by(|a, b| a.descriptor.start_key.cmp(&b.descriptor.start_key));
-            print_shards(&shards, format);
+        AdminAction::Shards { table, format } => {
+            // The table's span is resolved first, so a name that is not a table is an
+            // error rather than an empty list.
+            let span = match table {
+                Some(name) => {
+                    let store = Store::Cluster(client.clone());
+                    Some(encoding::table_span(table_id(&store, &name).await?))
+                }
+                None => None,
+            };
+            let (_, shards) = client.cluster().await?;
+            print_shards(&shards_in(shards, span), format);
             Ok(0)
         }
         AdminAction::Split {

@@ -112,6 +112,73 @@ fn golden(cluster: &Cluster, name: &str) {
     assert_eq!(code, 3, "{output}");
 }
 
+/// `rshard admin shards --table T` lists exactly the shards holding T's rows: a table split
+/// in three shows three shards (out of more in the cluster) that cover its span in order.
+fn admin_shards_of_a_table(cluster: &Cluster) {
+    let (code, output) = shell(
+        cluster,
+        &[
+            "-e",
+            "CREATE TABLE spread (k INT PRIMARY KEY); ALTER TABLE spread SPLIT AT VALUES (10), (20)",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{output}");
+    let (code, output) = shell(cluster, &["-e", "SHOW TABLES", "--format", "csv"], "");
+    assert_eq!(code, 0, "{output}");
+    let id: u64 = output
+        .lines()
+        .find_map(|line| line.strip_prefix("spread,"))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("spread has an id: {output}"));
+    let show = |key: &[u8]| rshard_common::keytext::show(key);
+    let (table_start, table_end) = rshard_shell::encoding::table_span(id);
+    let at = |k: i64| {
+        show(&rshard_shell::encoding::row_key(
+            id,
+            &[&rshard_shell::value::Value::Int(k)],
+        ))
+    };
+    let shards_json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let (ok, stdout, stderr) = cluster.cli(
+            0,
+            &[&["admin", "shards", "--format", "json"], args].concat(),
+        );
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).expect("a JSON list")
+    };
+    let field = |shard: &serde_json::Value, name: &str| {
+        shard[name].as_str().unwrap_or_default().to_string()
+    };
+    // The node's view may be a report behind the split operations that just ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = shards_json(&["--table", "SPREAD"]);
+        let ends: Vec<String> = listed.iter().map(|shard| field(shard, "end")).collect();
+        if listed.len() == 3 && ends[..2] == [at(10), at(20)] {
+            break listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spread's shards, split at 10 and 20: {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let first_start = rshard_common::keytext::parse(&field(&listed[0], "start")).expect("a key");
+    let last_end = rshard_common::keytext::parse(&field(&listed[2], "end")).expect("a key");
+    assert!(first_start <= table_start, "{listed:?}");
+    assert!(last_end.is_empty() || last_end >= table_end, "{listed:?}");
+    assert_eq!(field(&listed[1], "start"), at(10), "{listed:?}");
+    assert_eq!(field(&listed[2], "start"), at(20), "{listed:?}");
+    assert!(
+        shards_json(&[]).len() > listed.len(),
+        "the filter left others out"
+    );
+    let (ok, _, stderr) = cluster.cli(0, &["admin", "shards", "--table", "nope"]);
+    assert!(!ok && stderr.contains("nope"), "{stderr}");
+}
+
 /// Every user key and value, for "nothing changed" checks.
 async fn everything(client: &rshard_common::client::Client) -> Vec<(Vec<u8>, Vec<u8>)> {
     client.scan(b"", b"", 1_000_000).await.expect("a full scan")
@@ -180,6 +247,8 @@ async fn shell_statements_on_a_live_cluster() {
         .output()
         .expect("runs");
     assert_eq!(unreachable.status.code(), Some(2));
+
+    admin_shards_of_a_table(&cluster);
 
     // The differential workload, on tables split across shards.
     let client = cluster.client(cluster.addresses());
