@@ -93,6 +93,9 @@ fn start_node(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log);
+    // Its own process group: Ctrl-C at the terminal cancels the shell's statement and
+    // must not reach (and stop) the nodes, which share the demo's terminal.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     if let Some(join) = join {
         command.arg("--join").arg(join.to_string());
     }

@@ -392,3 +392,303 @@ fn the_demo_runs_from_nothing_to_a_query_and_cleans_up() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// A tmux server of its own (its socket in a temporary directory) running one program in a
+/// pseudo-terminal: keys in, the screen out. The server and what runs in it are killed when
+/// this is dropped.
+struct Terminal {
+    socket: std::path::PathBuf,
+    status_file: std::path::PathBuf,
+}
+
+impl Terminal {
+    const SESSION: &'static str = "rshard";
+
+    /// `program` started in a 200x60 terminal with `env` added to its environment.
+    fn start(dir: &Path, program: &[&str], env: &[(&str, &str)]) -> Self {
+        let present = Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            present,
+            "tmux is needed to test the REPL under a pseudo-terminal (apt install tmux)"
+        );
+        let socket = dir.join("tmux.socket");
+        let config = dir.join("tmux.conf");
+        std::fs::write(&config, "set -g history-limit 10000\n").expect("a tmux config");
+        let status_file = dir.join("exit-status");
+        // The exit status is written by a wrapper: tmux 3.3 can mark a pane dead before it
+        // has reaped its process, and then never reports the status. bash (not dash) waits
+        // out a SIGINT that the program it runs handles, so Ctrl-C does not stop it.
+        let mut command = vec![
+            "bash".to_string(),
+            "-c".to_string(),
+            "\"$@\"; echo $? > \"$0\"".to_string(),
+            status_file.to_str().expect("UTF-8").to_string(),
+            "env".to_string(),
+            "TERM=xterm".to_string(),
+        ];
+        command.extend(env.iter().map(|(name, value)| format!("{name}={value}")));
+        command.extend(program.iter().map(|word| word.to_string()));
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args([
+                "-f",
+                config.to_str().expect("UTF-8"),
+                "new-session",
+                "-d",
+                "-s",
+                Self::SESSION,
+                "-x",
+                "200",
+                "-y",
+                "60",
+            ])
+            .args(&command)
+            .status()
+            .expect("tmux runs");
+        assert!(status.success(), "tmux could not start {command:?}");
+        Terminal {
+            socket,
+            status_file,
+        }
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let output = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs");
+        assert!(
+            output.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Named keys (`Enter`, `Up`, `C-c`, `C-d`).
+    fn key(&self, key: &str) {
+        self.tmux(&["send-keys", "-t", Self::SESSION, key]);
+    }
+
+    /// Text typed as it is (sent as bytes: tmux would take a trailing `;` for its own
+    /// command separator).
+    fn type_text(&self, text: &str) {
+        let bytes: Vec<String> = text.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut args = vec!["send-keys", "-t", Self::SESSION, "-H"];
+        args.extend(bytes.iter().map(String::as_str));
+        self.tmux(&args);
+    }
+
+    /// The whole screen and its scrollback, wrapped lines joined.
+    fn screen(&self) -> String {
+        self.tmux(&[
+            "capture-pane",
+            "-p",
+            "-J",
+            "-t",
+            Self::SESSION,
+            "-S",
+            "-10000",
+        ])
+    }
+
+    /// Waits until the screen after `from` (a byte offset into an earlier screen) shows
+    /// `wanted`; the screen. Panics with the screen after `timeout`.
+    fn wait_for(&self, from: usize, wanted: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if screen.get(from..).is_some_and(|rest| rest.contains(wanted)) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{wanted:?} did not appear within {timeout:?}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a one-row, one-column result after `from` and checks its value (the line
+    /// before `(1 row)`); the screen after `from`.
+    fn expect_value(&self, from: usize, wanted: &str) -> String {
+        let screen = self.wait_for(from, "(1 row)", Duration::from_secs(30));
+        let shown = screen[from..].to_string();
+        let lines: Vec<&str> = shown.lines().map(str::trim).collect();
+        let value = lines
+            .iter()
+            .position(|line| *line == "(1 row)")
+            .and_then(|at| at.checked_sub(1))
+            .map(|at| lines[at]);
+        assert_eq!(value, Some(wanted), "{shown}");
+        shown
+    }
+
+    /// The screen's length up to its last prompt: what a later `wait_for` looks past.
+    fn mark(&self) -> usize {
+        let screen = self.screen();
+        screen.rfind("rshard>").unwrap_or(0)
+    }
+
+    /// The exit status of the program once it ended.
+    fn exit_status(&self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let written = std::fs::read_to_string(&self.status_file).unwrap_or_default();
+            if written.ends_with('\n') {
+                return written.trim().parse().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the program did not exit:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .status();
+    }
+}
+
+/// Sends SIGSTOP or SIGCONT to every node process whose command line names `dir`.
+fn signal_nodes(dir: &Path, signal: &str) -> usize {
+    let pattern = format!("serve --data-dir {}/n", dir.display());
+    let found = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .expect("pgrep runs");
+    let pids: Vec<String> = String::from_utf8_lossy(&found.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for pid in &pids {
+        let status = Command::new("kill")
+            .args([signal, pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+    pids.len()
+}
+
+/// The REPL under a pseudo-terminal (tmux), in `rshard demo`: a statement over several
+/// lines runs once it ends with `;` and is one history entry; Up recalls it; Ctrl-C drops
+/// partial input; Ctrl-C cancels a statement stuck on a cluster that answers nothing,
+/// promptly, and leaves the nodes running (they must not get the terminal's SIGINT);
+/// Ctrl-D leaves with exit code 0.
+#[test]
+fn the_repl_under_a_terminal_has_history_multi_line_input_and_ctrl_c() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data = dir.path().join("demo");
+    let history = dir.path().join("history");
+    let data_text = data.to_str().expect("UTF-8");
+    let terminal = Terminal::start(
+        dir.path(),
+        &[BINARY, "demo", "--rows", "300", "--keep", data_text],
+        &[
+            ("RSHARD_HISTORY", history.to_str().expect("UTF-8")),
+            ("RSHARD_LOG", "warn"),
+        ],
+    );
+    terminal.wait_for(0, "rshard> ", Duration::from_secs(120));
+
+    // One statement over two lines; the first line alone runs nothing.
+    let from = terminal.mark();
+    terminal.type_text("SELECT COUNT(*) AS n");
+    terminal.key("Enter");
+    terminal.type_text("FROM accounts WHERE id <= 7;");
+    terminal.key("Enter");
+    terminal.expect_value(from, "7");
+
+    // Ctrl-C drops a half-typed statement (over two lines): nothing of it runs.
+    let from = terminal.mark();
+    terminal.type_text("DELETE FROM accounts");
+    terminal.key("Enter");
+    terminal.type_text("WHERE id <= 7");
+    terminal.key("C-c");
+    terminal.type_text("SELECT COUNT(*) AS n FROM accounts;");
+    terminal.key("Enter");
+    terminal.expect_value(from, "300");
+
+    // Up twice recalls the two-line statement as one entry.
+    let from = terminal.mark();
+    terminal.key("Up");
+    terminal.key("Up");
+    terminal.key("Enter");
+    let shown = terminal.expect_value(from, "7");
+    assert!(
+        shown.contains("SELECT COUNT(*) AS n\nFROM accounts WHERE id <= 7;\n"),
+        "{shown}"
+    );
+
+    // Ctrl-C while a statement runs: the nodes are stopped, so it cannot finish.
+    assert_eq!(signal_nodes(&data, "-STOP"), 3, "the demo's three nodes");
+    let from = terminal.mark();
+    terminal.type_text("SELECT SUM(balance) FROM accounts;");
+    terminal.key("Enter");
+    terminal.wait_for(from, "FROM accounts;\n", Duration::from_secs(5));
+    // Pressed once the statement has had time to start (it prints nothing before it ends,
+    // and cannot end on its own this soon). Pressed too early, rustyline would drop the
+    // input instead and the wait below would fail: never a false pass.
+    std::thread::sleep(Duration::from_secs(1));
+    let pressed = Instant::now();
+    terminal.key("C-c");
+    terminal.wait_for(from, "ERROR: cancelled", Duration::from_secs(3));
+    let cancel_took = pressed.elapsed();
+    signal_nodes(&data, "-CONT");
+    println!("cancelled {cancel_took:?} after Ctrl-C");
+
+    // The nodes are still there and the shell still works.
+    let from = terminal.mark();
+    terminal.type_text("SELECT COUNT(*) AS n FROM accounts;");
+    terminal.key("Enter");
+    terminal.expect_value(from, "300");
+
+    terminal.key("C-d");
+    assert_eq!(
+        terminal.exit_status(Duration::from_secs(60)),
+        0,
+        "{}",
+        terminal.screen()
+    );
+
+    // One entry per statement run, none for the dropped input; a multi-line statement is
+    // one entry (rustyline keeps its newline escaped); recalled and run again, it is a new
+    // entry.
+    let entries: Vec<String> = std::fs::read_to_string(&history)
+        .expect("the history file")
+        .lines()
+        .filter(|line| !line.starts_with("#V2"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "SELECT COUNT(*) AS n\\nFROM accounts WHERE id <= 7;",
+            "SELECT COUNT(*) AS n FROM accounts;",
+            "SELECT COUNT(*) AS n\\nFROM accounts WHERE id <= 7;",
+            "SELECT SUM(balance) FROM accounts;",
+            "SELECT COUNT(*) AS n FROM accounts;",
+        ],
+        "the history file"
+    );
+    assert_eq!(
+        signal_nodes(&data, "-CONT"),
+        0,
+        "the nodes stopped with the demo"
+    );
+}

@@ -167,6 +167,16 @@ pub fn run(mut session: Session, runtime: &Runtime, banner: &str) -> u8 {
         // A missing history file is the normal first run.
         let _ = editor.load_history(path);
     }
+    // Install the SIGINT handler now, not at the first statement: from here on a Ctrl-C
+    // that lands between statements (while one is read back or its rows print) is
+    // swallowed instead of ending the shell. It stays installed for the process's life.
+    let installed = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    });
+    if let Err(error) = installed {
+        eprintln!("ERROR: cannot catch Ctrl-C: {error}");
+        return 1;
+    }
     print!("{banner}");
     loop {
         let input = match editor.readline(PROMPT) {
