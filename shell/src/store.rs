@@ -40,6 +40,16 @@ pub struct FailedCondition {
     pub written_ops: usize,
 }
 
+/// What [`Store::write_one_batch`] did.
+#[derive(Debug)]
+pub enum OneBatch {
+    Written,
+    /// A condition failed; nothing was written (`written_ops` is 0).
+    Failed(FailedCondition),
+    /// The operations span shards or exceed the batch limits; nothing was written.
+    TooBig,
+}
+
 impl Store {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, SqlError> {
         match self {
@@ -102,7 +112,7 @@ impl Store {
             let mut bytes = 0;
             while end < order.len() && end - next < MAX_BATCH_OPS {
                 let op = &ops[order[end]];
-                let size = op.key().len() + op.written_value().map_or(0, <[u8]>::len);
+                let size = op_bytes(op);
                 let in_shard = shard_end.is_empty() || op.key() < shard_end.as_slice();
                 if !in_shard || (end > next && bytes + size > MAX_BATCH_BYTES) {
                     break;
@@ -142,6 +152,56 @@ impl Store {
         }
         Ok(Ok(batches))
     }
+
+    /// Whether `ops` fall in one shard (as routed now) and within the batch limits.
+    pub async fn fits_one_batch(&self, ops: &[WriteOp]) -> Result<bool, SqlError> {
+        let (Some(first), Some(last)) = (
+            ops.iter().map(WriteOp::key).min(),
+            ops.iter().map(WriteOp::key).max(),
+        ) else {
+            return Ok(true);
+        };
+        let bytes: usize = ops.iter().map(op_bytes).sum();
+        if ops.len() > MAX_BATCH_OPS || bytes > MAX_BATCH_BYTES {
+            return Ok(false);
+        }
+        let (_, shard_end) = self.shard_of(first).await?;
+        Ok(shard_end.is_empty() || last < shard_end.as_slice())
+    }
+
+    /// Writes `ops` as one atomic batch if they fit one (see [`Store::fits_one_batch`]; a
+    /// shard that splits meanwhile is looked up again); otherwise writes nothing.
+    pub async fn write_one_batch(&self, ops: Vec<WriteOp>) -> Result<OneBatch, SqlError> {
+        for op in &ops {
+            check_sizes(op)?;
+        }
+        if ops.is_empty() {
+            return Ok(OneBatch::Written);
+        }
+        for _ in 0..=MAX_REROUTES {
+            if !self.fits_one_batch(&ops).await? {
+                return Ok(OneBatch::TooBig);
+            }
+            match self.write(ops.clone()).await {
+                Ok(None) => return Ok(OneBatch::Written),
+                Ok(Some((index, current))) => {
+                    return Ok(OneBatch::Failed(FailedCondition {
+                        op: index,
+                        current,
+                        written_ops: 0,
+                    }))
+                }
+                Err(ClientError::CrossShard(..)) => {}
+                Err(error) => return Err(SqlError::Cluster(error)),
+            }
+        }
+        Ok(OneBatch::TooBig)
+    }
+}
+
+/// The bytes of keys and values an operation puts in a batch.
+fn op_bytes(op: &WriteOp) -> usize {
+    op.key().len() + op.written_value().map_or(0, <[u8]>::len)
 }
 
 fn check_sizes(op: &WriteOp) -> Result<(), SqlError> {

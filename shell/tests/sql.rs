@@ -205,6 +205,52 @@ fn primary_key_updates_move_rows_and_refuse_taken_keys() {
     });
 }
 
+/// Key moves over several shards never lose a row: they copy, then delete, take the
+/// copies back when a new key is taken, and refuse (writing nothing) a chain of keys left
+/// and taken that would span shards. Table 1's shards end at keys 5, 12 and 20.
+#[test]
+fn primary_key_moves_across_shards_lose_no_row() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (session, memory) = session();
+        status(run(&session, "CREATE TABLE u (id INT PRIMARY KEY, v INT)").await);
+        status(
+            run(
+                &session,
+                "INSERT INTO u VALUES (1, 1), (2, 2), (3, 3), (6, 6), (7, 7), (8, 8), (17, 0)",
+            )
+            .await,
+        );
+        let before = memory.dump();
+        // New keys 11 | 12, 13, 16, 17, 18: the second batch finds 17 taken after the
+        // first wrote 11, which is then deleted again.
+        let error = run(&session, "UPDATE u SET id = id + 10 WHERE id < 10")
+            .await
+            .expect_err("17 is taken");
+        assert!(error.to_string().contains("nothing changed"), "{error}");
+        assert_eq!(memory.dump(), before, "the copy at 11 was taken back");
+        // Keys left and taken (3 and 7) on both sides of the boundary at 5: refused whole.
+        let error = run(
+            &session,
+            "UPDATE u SET id = id + 1 WHERE id BETWEEN 2 AND 7",
+        )
+        .await
+        .expect_err("a chain across shards");
+        assert!(error.to_string().contains("two steps"), "{error}");
+        assert_eq!(memory.dump(), before);
+        // Moves to keys nobody holds go through, over several batches.
+        status(run(&session, "DELETE FROM u WHERE id = 17").await);
+        let moved = status(run(&session, "UPDATE u SET id = id + 100 WHERE id < 10").await);
+        assert_eq!(moved.0, "UPDATE 6");
+        assert_eq!(
+            rows(run(&session, "SELECT id, v FROM u").await),
+            [1, 2, 3, 6, 7, 8]
+                .map(|k| vec![Value::Int(k + 100), Value::Int(k)])
+                .to_vec()
+        );
+    });
+}
+
 #[test]
 fn drop_table_deletes_every_row_and_an_interrupted_drop_finishes() {
     let runtime = runtime();

@@ -5,7 +5,9 @@
 //! condition still holds, the update is computed anew from the new row; if not, or if the
 //! row is gone, it is left alone. An UPDATE of primary key columns moves rows to new keys;
 //! it reads every matching row first (so a moved row is never met again by the scan),
-//! then deletes the old keys and writes the new ones, refusing a new key that is taken.
+//! then writes the new keys and deletes the old ones, refusing a new key that is taken:
+//! in one atomic batch when they fit one, else in phases that never lose a row (see
+//! [`move_in_phases`]).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,7 @@ use super::scan::{self, Cursor, Row};
 use super::{single_table, Outcome};
 use crate::catalog::{self, TableDescriptor};
 use crate::error::SqlError;
-use crate::store::Store;
+use crate::store::{FailedCondition, OneBatch, Store};
 use crate::value::Value;
 
 /// Rows an UPDATE of primary key columns may move (it holds them all in memory).
@@ -245,20 +247,151 @@ async fn update_keys(
         .map(|(key, (expected, new))| WriteOp::CompareAndSwap { key, expected, new })
         .collect();
     let count = rows.len() as u64;
-    match store.write_batches(ops).await? {
-        Ok(batches) => Ok(Outcome::Status {
-            tag: format!("UPDATE {count}"),
-            notes: batch_note(batches),
-        }),
-        Err(failed) => {
-            let cause = match failed.current {
-                Some(_) => SqlError::Constraint(format!(
-                    "duplicate primary key in table {}, or a row changed meanwhile; nothing of the failing batch was written",
-                    table.name
-                )),
-                None => SqlError::Admin("a row changed meanwhile; try again".to_string()),
-            };
-            Err(partly(cause, failed.written_ops as u64))
+    let status = |batches| Outcome::Status {
+        tag: format!("UPDATE {count}"),
+        notes: batch_note(batches),
+    };
+    // The usual case: every key in one shard and batch, moved atomically.
+    match store.write_one_batch(ops.clone()).await? {
+        OneBatch::Written => return Ok(status(1)),
+        OneBatch::Failed(failed) => return Err(failed_cause(table, &failed)),
+        OneBatch::TooBig => {}
+    }
+    move_in_phases(store, table, ops).await.map(status)
+}
+
+/// Why a compare-and-swap of a key move failed.
+fn failed_cause(table: &TableDescriptor, failed: &FailedCondition) -> SqlError {
+    match failed.current {
+        Some(_) => SqlError::Constraint(format!(
+            "duplicate primary key in table {}, or a row changed meanwhile",
+            table.name
+        )),
+        None => SqlError::Admin("a row changed meanwhile; try again".to_string()),
+    }
+}
+
+/// Moves rows over several batches so that no row is ever lost, only briefly present
+/// twice: first the new keys nobody holds are written, then the keys that one row leaves
+/// and another takes (one atomic batch, or the statement is refused before anything is
+/// written: a chain of such keys cut in two would lose the rows between), and last the
+/// old keys are deleted. If the first two steps fail, what they wrote is taken back.
+/// The number of batches.
+async fn move_in_phases(
+    store: &Store,
+    table: &TableDescriptor,
+    ops: Vec<WriteOp>,
+) -> Result<usize, SqlError> {
+    let (mut inserts, mut swaps, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    for op in ops {
+        match &op {
+            WriteOp::CompareAndSwap { expected: None, .. } => inserts.push(op),
+            WriteOp::CompareAndSwap { new: None, .. } => deletes.push(op),
+            _ => swaps.push(op),
         }
     }
+    if !swaps.is_empty() && !store.fits_one_batch(&swaps).await? {
+        return Err(SqlError::Unsupported(format!(
+            "this UPDATE moves {} row(s) of table {} onto keys that other rows of it leave \
+             (as SET id = id + 1 does) across shards or batch limits: without cross-shard \
+             transactions that cannot be done without risking rows, so nothing was written. \
+             Move the rows in two steps (e.g. SET id = id + 1000000, then SET id = id - \
+             999999) or update a smaller range",
+            swaps.len(),
+            table.name
+        )));
+    }
+    // Sorted, so that the operations a failure reports as written are a prefix.
+    inserts.sort_by(|a, b| a.key().cmp(b.key()));
+    let undo = |written: &[WriteOp]| -> Vec<WriteOp> {
+        written
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::CompareAndSwap {
+                    key,
+                    new: Some(new),
+                    ..
+                } => Some(WriteOp::CompareAndSwap {
+                    key: key.clone(),
+                    expected: Some(new.clone()),
+                    new: None,
+                }),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut batches = match store.write_batches(inserts.clone()).await {
+        Ok(Ok(batches)) => batches,
+        Ok(Err(failed)) => {
+            let cause = failed_cause(table, &failed);
+            return Err(take_back(store, undo(&inserts[..failed.written_ops]), cause).await);
+        }
+        // An unknown outcome: take back every insert that did land.
+        Err(error) => return Err(take_back(store, undo(&inserts), error).await),
+    };
+    match store.write_one_batch(swaps).await {
+        Ok(OneBatch::Written) => batches += 1,
+        Ok(OneBatch::Failed(failed)) => {
+            let cause = failed_cause(table, &failed);
+            return Err(take_back(store, undo(&inserts), cause).await);
+        }
+        Ok(OneBatch::TooBig) => {
+            let cause = SqlError::Admin(
+                "a shard boundary moved into the rows being moved; try again".to_string(),
+            );
+            return Err(take_back(store, undo(&inserts), cause).await);
+        }
+        Err(error) => return Err(take_back(store, undo(&inserts), error).await),
+    }
+    let moved = inserts.len();
+    match store.write_batches(deletes).await {
+        Ok(Ok(more)) => Ok(batches + more),
+        Ok(Err(failed)) => Err(left_behind(table, failed_cause(table, &failed), moved)),
+        Err(error) => Err(left_behind(table, error, moved)),
+    }
+}
+
+/// `cause`, after deleting again the rows `undo` names (each only if it still holds what
+/// this statement wrote), and saying whether that put everything back.
+async fn take_back(store: &Store, mut undo: Vec<WriteOp>, cause: SqlError) -> SqlError {
+    undo.sort_by(|a, b| a.key().cmp(b.key()));
+    let total = undo.len();
+    // A failed condition means that key does not hold this statement's row (it was never
+    // written, or was changed since): nothing to take back there; go on after it.
+    let mut rounds = 0;
+    while !undo.is_empty() && rounds <= total {
+        rounds += 1;
+        match store.write_batches(undo.clone()).await {
+            Ok(Ok(_)) => undo.clear(),
+            Ok(Err(failed)) => {
+                // The batches before the failing one were written; the failing one was
+                // not, apart from its failed key, is still to do.
+                undo.remove(failed.op);
+                undo.drain(..failed.written_ops);
+            }
+            Err(_) => break,
+        }
+    }
+    if undo.is_empty() {
+        if total == 0 {
+            cause
+        } else {
+            SqlError::Admin(format!(
+                "{cause} (the {total} row(s) already copied to new keys were deleted again: nothing changed)"
+            ))
+        }
+    } else {
+        SqlError::Admin(format!(
+            "{cause} ({} row(s) copied to their new keys could not be deleted again: those rows now exist under both keys; no row was lost)",
+            undo.len()
+        ))
+    }
+}
+
+/// `cause` of a failure while deleting old keys: every row is at its new key already.
+fn left_behind(table: &TableDescriptor, cause: SqlError, moved: usize) -> SqlError {
+    SqlError::Admin(format!(
+        "{cause} (every row was written at its new key, but some old rows of table {} could not be deleted and remain beside their copies; {moved} row(s) moved to keys no other row held; no row was lost)",
+        table.name
+    ))
 }
