@@ -68,9 +68,35 @@ fn table_key(name: &str) -> Vec<u8> {
     [TABLE_KEY_PREFIX, name.as_bytes()].concat()
 }
 
+/// A catalog entry as stored, checked so that the code using it can index by it: the bytes
+/// may have been written by anything that can write raw keys.
 fn decode(name: &str, bytes: &[u8]) -> Result<TableDescriptor, SqlError> {
-    rmp_serde::from_slice(bytes)
-        .map_err(|error| SqlError::Corrupt(format!("the catalog entry of {name}: {error}")))
+    let corrupt = |what: String| SqlError::Corrupt(format!("the catalog entry of {name}: {what}"));
+    let table: TableDescriptor =
+        rmp_serde::from_slice(bytes).map_err(|error| corrupt(error.to_string()))?;
+    let mut seen = std::collections::HashSet::new();
+    if table.primary_key.is_empty()
+        || !table
+            .primary_key
+            .iter()
+            .all(|&index| index < table.columns.len() && seen.insert(index))
+    {
+        return Err(corrupt(format!(
+            "primary key columns {:?} of {} columns",
+            table.primary_key,
+            table.columns.len()
+        )));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    if !table
+        .columns
+        .iter()
+        .all(|column| ids.insert(column.id) && names.insert(column.name.as_str()))
+    {
+        return Err(corrupt("two columns share an id or a name".to_string()));
+    }
+    Ok(table)
 }
 
 fn encode(table: &TableDescriptor) -> Result<Vec<u8>, SqlError> {
@@ -168,4 +194,64 @@ pub async fn replace(
         new: new.map(encode).transpose()?,
     };
     Ok(store.write_batches(vec![swap]).await?.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(id: u32, name: &str) -> ColumnDescriptor {
+        ColumnDescriptor {
+            id,
+            name: name.to_string(),
+            column_type: ColumnType::Int,
+            nullable: true,
+            default: None,
+        }
+    }
+
+    /// Entries that would make the code using them index out of bounds are refused as
+    /// corrupt when read, not trusted.
+    #[test]
+    fn a_catalog_entry_is_checked_when_read() {
+        let good = TableDescriptor {
+            id: 7,
+            name: "t".to_string(),
+            columns: vec![column(1, "a"), column(2, "b")],
+            primary_key: vec![1, 0],
+            state: TableState::Public,
+        };
+        let stored = |table: &TableDescriptor| encode(table).expect("encodes");
+        assert_eq!(decode("t", &stored(&good)).expect("a good entry"), good);
+        let broken = [
+            TableDescriptor {
+                primary_key: vec![2],
+                ..good.clone()
+            },
+            TableDescriptor {
+                primary_key: vec![],
+                ..good.clone()
+            },
+            TableDescriptor {
+                primary_key: vec![0, 0],
+                ..good.clone()
+            },
+            TableDescriptor {
+                columns: vec![column(1, "a"), column(1, "b")],
+                ..good.clone()
+            },
+            TableDescriptor {
+                columns: vec![column(1, "a"), column(2, "a")],
+                ..good.clone()
+            },
+        ];
+        for table in &broken {
+            let error = decode("t", &stored(table)).expect_err("refused");
+            assert!(matches!(error, SqlError::Corrupt(_)), "{table:?}: {error}");
+        }
+        assert!(matches!(
+            decode("t", b"\xc1garbage"),
+            Err(SqlError::Corrupt(_))
+        ));
+    }
 }

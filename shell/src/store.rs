@@ -128,11 +128,17 @@ impl Store {
                     next = end;
                 }
                 Ok(Some((index, current))) => {
+                    // The index comes from the network: one outside the batch is the
+                    // server's fault, reported as such.
+                    let op = order[next..end]
+                        .get(index)
+                        .copied()
+                        .ok_or_else(|| failed_outside(index, end - next))?;
                     return Ok(Err(FailedCondition {
-                        op: order[next + index],
+                        op,
                         current,
                         written_ops,
-                    }))
+                    }));
                 }
                 // The shard split or moved its boundary since it was looked up: nothing of
                 // this batch was written; cut it again.
@@ -185,11 +191,14 @@ impl Store {
             match self.write(ops.clone()).await {
                 Ok(None) => return Ok(OneBatch::Written),
                 Ok(Some((index, current))) => {
+                    if index >= ops.len() {
+                        return Err(failed_outside(index, ops.len()));
+                    }
                     return Ok(OneBatch::Failed(FailedCondition {
                         op: index,
                         current,
                         written_ops: 0,
-                    }))
+                    }));
                 }
                 Err(ClientError::CrossShard(..)) => {}
                 Err(error) => return Err(SqlError::Cluster(error)),
@@ -197,6 +206,13 @@ impl Store {
         }
         Ok(OneBatch::TooBig)
     }
+}
+
+/// A failed condition the cluster placed outside the batch it was sent.
+fn failed_outside(index: usize, batch_ops: usize) -> SqlError {
+    SqlError::Corrupt(format!(
+        "the cluster reported a failed condition at operation {index} of a batch of {batch_ops}"
+    ))
 }
 
 /// The bytes of keys and values an operation puts in a batch.
