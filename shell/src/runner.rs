@@ -69,6 +69,11 @@ pub fn run(
             );
             return EXIT_STATEMENT_FAILED;
         }
+        // A statement can end only at a `;`: without one, the buffer is not split again
+        // (which would make a long statement over many lines quadratic to read).
+        if !line.contains(';') {
+            continue;
+        }
         let (statements, rest) = split_statements(&buffer);
         for statement in statements {
             match run_one(

@@ -251,6 +251,48 @@ fn primary_key_moves_across_shards_lose_no_row() {
     });
 }
 
+/// SUM's running total may pass the 64-bit range as long as the result is inside it, and
+/// AVG of large INTs is a float, not an overflow.
+#[test]
+fn sums_and_averages_of_large_integers() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (session, _) = session();
+        status(run(&session, "CREATE TABLE n (id INT PRIMARY KEY, v INT)").await);
+        status(
+            run(
+                &session,
+                "INSERT INTO n VALUES (1, 9223372036854775807), (2, 1), (3, -1)",
+            )
+            .await,
+        );
+        assert_eq!(
+            rows(run(&session, "SELECT SUM(v) FROM n").await),
+            vec![vec![Value::Int(i64::MAX)]]
+        );
+        status(
+            run(
+                &session,
+                "UPDATE n SET v = 9000000000000000000 WHERE id < 3",
+            )
+            .await,
+        );
+        assert_eq!(
+            rows(run(&session, "SELECT AVG(v) FROM n WHERE id < 3").await),
+            vec![vec![Value::Float(9e18)]]
+        );
+        let error = run(&session, "SELECT SUM(v) FROM n")
+            .await
+            .expect_err("over i64");
+        assert!(
+            error
+                .to_string()
+                .contains("out of the 64-bit integer range"),
+            "{error}"
+        );
+    });
+}
+
 #[test]
 fn drop_table_deletes_every_row_and_an_interrupted_drop_finishes() {
     let runtime = runtime();

@@ -415,7 +415,7 @@ struct Aggregate {
     kind: AggregateKind,
     arg: Option<Scalar>,
     count: u64,
-    int_sum: i64,
+    int_sum: i128,
     float_sum: f64,
     saw_float: bool,
     extreme: Option<Value>,
@@ -462,8 +462,10 @@ impl Aggregate {
             AggregateKind::Sum | AggregateKind::Avg => match value {
                 Value::Int(i) => {
                     self.float_sum += i as f64;
-                    self.int_sum = self.int_sum.checked_add(i).ok_or_else(|| {
-                        SqlError::Type("SUM is out of the 64-bit integer range".to_string())
+                    // i128 holds the sum of 2^64 of the largest INTs, so only SUM's final
+                    // value needs to fit 64 bits; a running total may pass through more.
+                    self.int_sum = self.int_sum.checked_add(i128::from(i)).ok_or_else(|| {
+                        SqlError::Type("SUM is out of the 128-bit integer range".to_string())
                     })?;
                 }
                 Value::Float(f) => {
@@ -487,8 +489,18 @@ impl Aggregate {
             AggregateKind::Min | AggregateKind::Max => self.extreme.unwrap_or(Value::Null),
             _ if self.count == 0 => Value::Null,
             AggregateKind::Sum if self.saw_float => Value::Float(normal_float(self.float_sum)?),
-            AggregateKind::Sum => Value::Int(self.int_sum),
-            AggregateKind::Avg => Value::Float(normal_float(self.float_sum / self.count as f64)?),
+            AggregateKind::Sum => Value::Int(i64::try_from(self.int_sum).map_err(|_| {
+                SqlError::Type(format!(
+                    "SUM is {}, out of the 64-bit integer range",
+                    self.int_sum
+                ))
+            })?),
+            AggregateKind::Avg if self.saw_float => {
+                Value::Float(normal_float(self.float_sum / self.count as f64)?)
+            }
+            AggregateKind::Avg => {
+                Value::Float(normal_float(self.int_sum as f64 / self.count as f64)?)
+            }
         })
     }
 }
