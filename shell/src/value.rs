@@ -69,8 +69,10 @@ impl Value {
             (Value::Int(i), ColumnType::Int) => Value::Int(i),
             (Value::Int(i), ColumnType::Float) => Value::Float(i as f64),
             (Value::Float(f), ColumnType::Float) => Value::Float(normal_float(f)?),
+            // Strictly above -2^63: that float is also what -9223372036854775809 and its
+            // neighbours round to, and a true i64::MIN arrives as an INT literal.
             (Value::Float(f), ColumnType::Int)
-                if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 =>
+                if f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64 =>
             {
                 Value::Int(f as i64)
             }

@@ -402,6 +402,61 @@ fn range_plans_read_only_the_rows_they_need() {
         assert_eq!(plan("a = 1 OR a = 2"), whole);
         assert_eq!(plan("a = v"), whole);
         assert_eq!(plan("b = 'x'"), whole);
+        // A negative number bounds the range like any literal.
+        match plan("a >= -3 AND a < -1") {
+            KeyRange::Span { start, end } => {
+                assert_eq!(start, key(&[Value::Int(-3)]));
+                assert_eq!(end, key(&[Value::Int(-1)]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Past 2^53 an INT compares with a float as a float; the float bounds nothing.
+        assert_eq!(plan("a <= 9007199254740992.0"), whole);
+
+        // ... and the rows agree: 2^53 + 1 equals the float 2^53.
+        status(run(&session, "CREATE TABLE big (id INT PRIMARY KEY)").await);
+        status(
+            run(
+                &session,
+                "INSERT INTO big VALUES (9007199254740993), (-9223372036854775808)",
+            )
+            .await,
+        );
+        for condition in ["id <= 9007199254740992.0", "id + 0 <= 9007199254740992.0"] {
+            assert_eq!(
+                rows(
+                    run(
+                        &session,
+                        &format!("SELECT COUNT(*) FROM big WHERE {condition}")
+                    )
+                    .await
+                ),
+                vec![vec![Value::Int(2)]],
+                "{condition}"
+            );
+        }
+        assert_eq!(
+            rows(
+                run(
+                    &session,
+                    "SELECT id FROM big WHERE id = -9223372036854775808"
+                )
+                .await
+            ),
+            vec![vec![Value::Int(i64::MIN)]]
+        );
+        assert!(
+            run(&session, "INSERT INTO big VALUES (-9223372036854775809)")
+                .await
+                .is_err(),
+            "a number below the INT range is not stored as its minimum"
+        );
+        assert!(
+            run(&session, "SELECT - -9223372036854775808")
+                .await
+                .is_err(),
+            "overflow"
+        );
     });
 }
 

@@ -186,12 +186,23 @@ pub fn bind(expr: &Expr, scope: Scope<'_>) -> Result<Scalar, SqlError> {
         }
         Expr::UnaryOp { op, expr } => match op {
             UnaryOperator::Not => Scalar::Not(boxed(expr)?),
-            UnaryOperator::Minus => match bind(expr, scope)? {
-                // -9223372036854775808 is a literal, not the negation of one too large.
-                Scalar::Literal(Value::Float(9_223_372_036_854_775_808.0)) => {
+            UnaryOperator::Minus => match &**expr {
+                // -9223372036854775808 is a literal, not the negation of one too large. The
+                // text decides: larger numbers round to the same float.
+                Expr::Value(value) if matches!(&value.value, ast::Value::Number(text, _) if text == "9223372036854775808") => {
                     Scalar::Literal(Value::Int(i64::MIN))
                 }
-                inner => Scalar::Negate(Box::new(inner)),
+                // A negated number is a literal too, so that key ranges can use it.
+                _ => match bind(expr, scope)? {
+                    // -(-9223372036854775808) does not fit: Negate reports it when run.
+                    Scalar::Literal(Value::Int(int)) if int != i64::MIN => {
+                        Scalar::Literal(Value::Int(-int))
+                    }
+                    Scalar::Literal(Value::Float(float)) => {
+                        Scalar::Literal(Value::Float(normal_float(-float)?))
+                    }
+                    inner => Scalar::Negate(Box::new(inner)),
+                },
             },
             UnaryOperator::Plus => bind(expr, scope)?,
             other => return Err(SqlError::Unsupported(format!("the operator {other}"))),

@@ -14,7 +14,7 @@ use crate::catalog::TableDescriptor;
 use crate::encoding::{self, decode_row, decode_row_key, prefix_end, table_prefix};
 use crate::error::SqlError;
 use crate::store::Store;
-use crate::value::Value;
+use crate::value::{ColumnType, Value};
 
 /// Keys read per scan request.
 pub const PAGE_ROWS: usize = 1000;
@@ -98,6 +98,9 @@ fn conjuncts<'a>(filter: &'a Scalar, out: &mut Vec<&'a Scalar>) {
     }
 }
 
+/// 2^53: from here on, not every INT has a float of its own.
+const MAX_EXACT_INT_FLOAT: f64 = 9_007_199_254_740_992.0;
+
 /// The keys of `table` that rows matching `filter` can have.
 pub fn plan_range(table: &TableDescriptor, filter: Option<&Scalar>) -> KeyRange {
     let mut bounds = vec![Bounds::default(); table.columns.len()];
@@ -115,6 +118,14 @@ pub fn plan_range(table: &TableDescriptor, filter: Option<&Scalar>) -> KeyRange 
             _ => continue,
         };
         let column = &table.columns[index];
+        // INT against FLOAT compares as floats, which above 2^53 cannot tell neighbouring
+        // INTs apart: such a literal would bound the range more tightly than the filter
+        // matches, so it leaves the range alone.
+        if matches!(value, Value::Float(f) if f.abs() >= MAX_EXACT_INT_FLOAT)
+            && column.column_type == ColumnType::Int
+        {
+            continue;
+        }
         // A literal that does not fit the column's type (1.5 against an INT) leaves the
         // range alone; the filter decides.
         let Ok(value) = value.clone().coerce(column.column_type, &column.name) else {
