@@ -523,18 +523,36 @@ pub enum ApiResponse {
     RangeChanged(ShardDescriptor),
 }
 
+/// Who leads, for a message.
+fn leader_text(leader: Option<&NodeInfo>) -> String {
+    match leader {
+        Some(node) => format!("the leader is node {} at {}", node.id, node.address),
+        None => "the leader is not known".to_string(),
+    }
+}
+
+/// A shard's range in the printable key form, for a message.
+fn range_text(descriptor: &ShardDescriptor) -> String {
+    let end = if descriptor.end_key.is_empty() {
+        "the end".to_string()
+    } else {
+        crate::keytext::show(&descriptor.end_key)
+    };
+    format!("{} .. {end}", crate::keytext::show(&descriptor.start_key))
+}
+
 /// Errors a client can act on. Only [`ApiError::OutcomeUnknown`] and [`ApiError::Timeout`]
 /// leave a write's fate open; every other error means nothing was written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
 pub enum ApiError {
-    #[error("not the leader of shard {shard}; the leader is {leader:?}")]
+    #[error("not the leader of shard {shard}; {}", leader_text(leader.as_ref()))]
     NotLeader {
         shard: ShardId,
         leader: Option<NodeInfo>,
     },
-    #[error("the key is not in shard {}; the shard is now {:?}..{:?}", descriptor.id, descriptor.start_key, descriptor.end_key)]
+    #[error("the key is not in shard {}; the shard is now {}", descriptor.id, range_text(descriptor))]
     KeyNotInShard { descriptor: Box<ShardDescriptor> },
-    #[error("shard {} changed (epoch {:?}); refresh the route", descriptor.id, descriptor.epoch)]
+    #[error("shard {} changed (now version {}, membership version {}); refresh the route", descriptor.id, descriptor.epoch.version, descriptor.epoch.conf_version)]
     StaleEpoch { descriptor: Box<ShardDescriptor> },
     #[error("shard {shard} has no replica or no leader reachable here: {reason}")]
     ShardUnavailable { shard: ShardId, reason: String },

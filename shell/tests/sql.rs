@@ -293,6 +293,39 @@ fn sums_and_averages_of_large_integers() {
     });
 }
 
+/// A key bound longer than any key may be is no error: an equality finds nothing, and a
+/// range reads from where such a key would sort.
+#[test]
+fn key_bounds_longer_than_a_key_may_be() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (session, _) = session();
+        status(run(&session, "CREATE TABLE names (name TEXT PRIMARY KEY)").await);
+        status(run(&session, "INSERT INTO names VALUES ('a'), ('x'), ('y')").await);
+        let long = "x".repeat(5000);
+        assert_eq!(
+            rows(
+                run(
+                    &session,
+                    &format!("SELECT * FROM names WHERE name = '{long}'")
+                )
+                .await
+            ),
+            Vec::<Vec<Value>>::new()
+        );
+        assert_eq!(
+            rows(
+                run(
+                    &session,
+                    &format!("SELECT * FROM names WHERE name >= '{long}'")
+                )
+                .await
+            ),
+            vec![vec![Value::Text("y".into())]]
+        );
+    });
+}
+
 #[test]
 fn drop_table_deletes_every_row_and_an_interrupted_drop_finishes() {
     let runtime = runtime();

@@ -449,13 +449,20 @@ pub fn batch_note(batches: usize) -> Vec<String> {
 }
 
 /// `error`, saying how many rows were written before it, if any.
+/// An error that already says so gets the two counts added, not a second note.
 pub fn partly(error: SqlError, written: u64) -> SqlError {
-    if written == 0 {
-        error
-    } else {
+    match error {
+        _ if written == 0 => error,
         SqlError::PartlyWritten {
+            written: before,
+            cause,
+        } => SqlError::PartlyWritten {
+            written: before + written,
+            cause,
+        },
+        error => SqlError::PartlyWritten {
             written,
             cause: Box::new(error),
-        }
+        },
     }
 }

@@ -15,6 +15,7 @@ use crate::encoding::{self, decode_row, decode_row_key, prefix_end, table_prefix
 use crate::error::SqlError;
 use crate::store::Store;
 use crate::value::{ColumnType, Value};
+use rshard_common::api::MAX_KEY_BYTES;
 
 /// Keys read per scan request.
 pub const PAGE_ROWS: usize = 1000;
@@ -186,13 +187,29 @@ pub struct Cursor<'a> {
     from: Option<Vec<u8>>,
 }
 
+/// The first key a scan resuming after `key` reads from: `key` + 0x00, unless that is
+/// longer than a key may be; then no longer key has `key` as a prefix, and the next one
+/// is the end of that prefix (`None`: nothing comes after it).
+fn key_after(key: &[u8]) -> Option<Vec<u8>> {
+    if key.len() < MAX_KEY_BYTES {
+        Some([key, &[0]].concat())
+    } else {
+        Some(prefix_end(key)).filter(|end| !end.is_empty())
+    }
+}
+
 impl<'a> Cursor<'a> {
     pub fn new(table: &'a TableDescriptor, filter: Option<&'a Scalar>) -> Self {
         let range = plan_range(table, filter);
-        let from = Some(match &range {
-            KeyRange::Point(key) => key.clone(),
-            KeyRange::Span { start, .. } => start.clone(),
-        });
+        // No stored key is longer than the cluster's limit, and no request may name one.
+        let from = match &range {
+            // So a longer point holds nothing,
+            KeyRange::Point(key) if key.len() > MAX_KEY_BYTES => None,
+            KeyRange::Point(key) => Some(key.clone()),
+            // and a longer start reads from its first MAX_KEY_BYTES bytes: a few keys
+            // more, which the filter then drops.
+            KeyRange::Span { start, .. } => Some(start[..start.len().min(MAX_KEY_BYTES)].to_vec()),
+        };
         Cursor {
             table,
             filter,
@@ -219,7 +236,7 @@ impl<'a> Cursor<'a> {
             KeyRange::Span { end, .. } => {
                 let items = store.scan(&from, end, PAGE_ROWS).await?;
                 if items.len() == PAGE_ROWS {
-                    self.from = items.last().map(|(key, _)| [key.as_slice(), &[0]].concat());
+                    self.from = items.last().and_then(|(key, _)| key_after(key));
                 }
                 items
             }
