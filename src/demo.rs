@@ -12,13 +12,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{bail, Context};
 use rshard_common::certs::{self, CertsDir};
 use rshard_common::client::{Client, ClientOptions};
 use rshard_common::quic::Security;
 use rshard_shell::render::Format;
+use rshard_shell::runner::EXIT_INTERRUPTED;
 use rshard_shell::session::Session;
 use rshard_shell::store::Store;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::kv::ClientArgs;
 use crate::shell::{run_session, ShellArgs};
@@ -152,6 +156,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     let runtime = crate::runtime()?;
     // The client's endpoint needs the runtime's context.
     let _context = runtime.enter();
+    // Ctrl-C while the cluster starts and loads: noticed at the next step, which then
+    // stops the nodes and deletes the directory as a normal exit does (the default action
+    // would end the process at once and leave the directory, certificates and all).
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let watcher = runtime.spawn({
+        let interrupted = Arc::clone(&interrupted);
+        async move {
+            let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+                return;
+            };
+            while interrupts.recv().await.is_some() {
+                interrupted.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let stop_if_interrupted = || {
+        if interrupted.load(Ordering::SeqCst) {
+            eprintln!("interrupted; stopping the nodes ...");
+            true
+        } else {
+            false
+        }
+    };
     let (temporary, dir) = match &args.keep {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -189,6 +216,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         let (child, address) = start_node(&dir, index, addresses.first().copied())?;
         nodes.children.push(child);
         addresses.push(address);
+        if stop_if_interrupted() {
+            return Ok(EXIT_INTERRUPTED);
+        }
     }
     let client = Client::new(
         &Security::Certs(CertsDir::new(&dir.join("certs"), None)),
@@ -207,6 +237,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         });
         if formed {
             break;
+        }
+        if stop_if_interrupted() {
+            return Ok(EXIT_INTERRUPTED);
         }
         if Instant::now() > until {
             bail!(
@@ -236,6 +269,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     }
     let mut first = 1;
     while first <= args.rows {
+        if stop_if_interrupted() {
+            return Ok(EXIT_INTERRUPTED);
+        }
         let last = (first + LOAD_BATCH_ROWS - 1).min(args.rows);
         let statement = sample_rows(first, last);
         if let Err(error) = runtime.block_on(session.execute(&statement)) {
@@ -275,6 +311,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         eprint!("{banner}");
     }
+    if stop_if_interrupted() {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    // The shell handles Ctrl-C itself from here on.
+    watcher.abort();
     let code = run_session(&mut session, &runtime, &shell, &banner);
     eprintln!("stopping the nodes ...");
     drop(nodes);

@@ -179,6 +179,26 @@ fn admin_shards_of_a_table(cluster: &Cluster) {
     assert!(!ok && stderr.contains("nope"), "{stderr}");
 }
 
+/// Sends `child` SIGINT and waits for it to end; it is killed if it is still running
+/// after `timeout` (and then did not end with an exit code).
+fn interrupt(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -INT");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waitable") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every user key and value, for "nothing changed" checks.
 async fn everything(client: &rshard_common::client::Client) -> Vec<(Vec<u8>, Vec<u8>)> {
     client.scan(b"", b"", 1_000_000).await.expect("a full scan")
@@ -336,6 +356,48 @@ async fn shell_statements_on_a_live_cluster() {
         })
         .collect();
     assert!(changed.is_empty(), "garbage changed the data: {changed:?}");
+
+    // Ctrl-C (SIGINT) cancels a non-interactive statement stuck on paused nodes and stops
+    // the run with 130. The first statement (on stdin) shows the shell connected.
+    let output_path = tempfile::NamedTempFile::new().expect("a temp file");
+    let mut child = Command::new(BINARY)
+        .args(["shell", "--format", "csv", "--host"])
+        .arg(cluster.addresses()[0].to_string())
+        .arg("--certs-dir")
+        .arg(cluster.certs())
+        .env("RSHARD_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(output_path.reopen().expect("a handle"))
+        .stderr(output_path.reopen().expect("a handle"))
+        .spawn()
+        .expect("the shell starts");
+    let mut input = child.stdin.take().expect("stdin");
+    let statement = b"SELECT COUNT(*) AS counted FROM users;\n";
+    std::io::Write::write_all(&mut input, statement).expect("written");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(output_path.path())
+        .unwrap_or_default()
+        .contains("counted\n")
+    {
+        assert!(Instant::now() < deadline, "the first statement did not run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for node in 0..3 {
+        cluster.pause(node, true);
+    }
+    std::io::Write::write_all(&mut input, statement).expect("written");
+    // Long enough for the shell to be inside the statement, which cannot end while the
+    // nodes are paused. Sent too early, the SIGINT would find no statement to cancel and
+    // the run would not end with 130: never a false pass.
+    std::thread::sleep(Duration::from_secs(1));
+    let status = interrupt(&mut child, Duration::from_secs(3));
+    for node in 0..3 {
+        cluster.pause(node, false);
+    }
+    drop(input);
+    let output = std::fs::read_to_string(output_path.path()).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(output.contains("ERROR: cancelled"), "{output}");
 }
 
 /// `rshard demo` with statements on stdin: it forms a cluster, loads the sample table over
@@ -690,5 +752,49 @@ fn the_repl_under_a_terminal_has_history_multi_line_input_and_ctrl_c() {
         signal_nodes(&data, "-CONT"),
         0,
         "the nodes stopped with the demo"
+    );
+}
+
+/// Ctrl-C (SIGINT) while the demo loads its table stops the nodes and deletes the
+/// directory, with exit code 130, instead of leaving both behind.
+#[test]
+fn the_demo_interrupted_while_loading_cleans_up() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let stderr_path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("a file");
+    let mut child = Command::new(BINARY)
+        .args(["demo", "--rows", "200000"])
+        .env("RSHARD_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("the demo starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let demo_dir = loop {
+        let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        if text.contains("creating table accounts") {
+            break text
+                .lines()
+                .find_map(|l| l.strip_prefix("starting 3 nodes in "))
+                .and_then(|l| l.strip_suffix(" ..."))
+                .expect("the demo names its directory")
+                .to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not start loading: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = interrupt(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("interrupted; stopping the nodes"), "{text}");
+    assert!(!Path::new(&demo_dir).exists(), "{demo_dir} was left behind");
+    assert_eq!(
+        signal_nodes(Path::new(&demo_dir), "-CONT"),
+        0,
+        "nodes left running"
     );
 }

@@ -17,7 +17,7 @@ use rustyline::{Context, Editor, Helper};
 use tokio::runtime::Runtime;
 
 use crate::catalog;
-use crate::session::{error_text, timing_line, Meta, Session};
+use crate::session::{error_text, execute_cancellable, timing_line, Meta, Session, CANCELLED};
 use crate::sql::split_statements;
 
 const PROMPT: &str = "rshard> ";
@@ -212,13 +212,8 @@ pub fn run(mut session: Session, runtime: &Runtime, banner: &str) -> u8 {
         for statement in statements {
             let started = Instant::now();
             // Ctrl-C while a statement runs arrives as SIGINT (the terminal is not in raw
-            // mode then): it drops the statement's future, which stops it between requests.
-            let result = runtime.block_on(async {
-                tokio::select! {
-                    result = session.execute(&statement) => Some(result),
-                    _ = tokio::signal::ctrl_c() => None,
-                }
-            });
+            // mode then).
+            let result = execute_cancellable(&session, runtime, &statement);
             match result {
                 Some(Ok(outcome)) => {
                     print!(
@@ -228,9 +223,7 @@ pub fn run(mut session: Session, runtime: &Runtime, banner: &str) -> u8 {
                 }
                 Some(Err(error)) => eprint!("{}", error_text(&statement, &error)),
                 None => {
-                    eprintln!(
-                        "ERROR: cancelled (writes already acknowledged stay; an admin operation already started keeps running)"
-                    );
+                    eprintln!("{CANCELLED}");
                     break;
                 }
             }

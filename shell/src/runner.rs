@@ -3,17 +3,21 @@
 //! Results go to stdout and errors to stderr. The run stops at the first failed statement
 //! with [`EXIT_STATEMENT_FAILED`] unless told to continue (it then still exits with that
 //! code if any statement failed); a cluster that cannot be reached exits with
-//! [`EXIT_CONNECTION_FAILED`] at once. A last statement without `;` still runs.
+//! [`EXIT_CONNECTION_FAILED`] at once. A last statement without `;` still runs. Ctrl-C
+//! cancels the running statement and stops the run with [`EXIT_INTERRUPTED`] (from the
+//! first statement on, a Ctrl-C between statements is ignored).
 
 use std::io::{BufRead, Write};
 
 use tokio::runtime::Runtime;
 
-use crate::session::{Meta, Session};
+use crate::session::{execute_cancellable, Meta, Session, CANCELLED};
 use crate::sql::split_statements;
 
 pub const EXIT_CONNECTION_FAILED: u8 = 2;
 pub const EXIT_STATEMENT_FAILED: u8 = 3;
+/// Ctrl-C cancelled a statement: the run stops (128 + SIGINT, as a shell reports it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs every statement `input` holds; the process exit code.
 pub fn run(
@@ -72,6 +76,10 @@ pub fn run(
         // A statement can end only at a `;`: without one, the buffer is not split again
         // (which would make a long statement over many lines quadratic to read).
         if !line.contains(';') {
+            // Comments between statements are not part of the next one.
+            if crate::sql::is_blank(&buffer) {
+                buffer.clear();
+            }
             continue;
         }
         let (statements, rest) = split_statements(&buffer);
@@ -129,7 +137,11 @@ fn run_one(
     if session.echo {
         let _ = out.write_all(format!("{statement};\n").as_bytes());
     }
-    match runtime.block_on(session.execute(statement)) {
+    let Some(result) = execute_cancellable(session, runtime, statement) else {
+        let _ = writeln!(err, "{CANCELLED}");
+        return Err(EXIT_INTERRUPTED);
+    };
+    match result {
         Ok(outcome) => {
             let text = crate::render::render(&outcome, session.format, session.expanded);
             let _ = out.write_all(text.as_bytes());

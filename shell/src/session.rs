@@ -116,6 +116,24 @@ fn on_off(on: bool) -> &'static str {
     }
 }
 
+/// What a statement cancelled by Ctrl-C prints.
+pub const CANCELLED: &str = "ERROR: cancelled (writes already acknowledged stay; an admin operation already started keeps running)";
+
+/// Runs `statement` until it ends or Ctrl-C (SIGINT) cancels it (`None`), which drops the
+/// statement's future: it stops between two requests to the cluster.
+pub fn execute_cancellable(
+    session: &Session,
+    runtime: &tokio::runtime::Runtime,
+    statement: &str,
+) -> Option<Result<Outcome, SqlError>> {
+    runtime.block_on(async {
+        tokio::select! {
+            result = session.execute(statement) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    })
+}
+
 pub fn timing_line(elapsed: Duration) -> String {
     format!("Time: {:.3} ms\n", elapsed.as_secs_f64() * 1000.0)
 }

@@ -243,8 +243,9 @@ fn block_comment_length(after_opening: &str) -> Option<usize> {
     None
 }
 
-/// True if `text` holds nothing but whitespace and comments.
-fn is_blank(text: &str) -> bool {
+/// True if `text` holds nothing but whitespace and comments (an unclosed block comment is
+/// unfinished input, not blank).
+pub fn is_blank(text: &str) -> bool {
     let mut rest = text.trim_start();
     loop {
         if rest.is_empty() {
@@ -258,7 +259,7 @@ fn is_blank(text: &str) -> bool {
         } else if let Some(after) = rest.strip_prefix("/*") {
             match block_comment_length(after) {
                 Some(length) => rest = after[length..].trim_start(),
-                None => return true,
+                None => return false,
             }
         } else {
             return false;

@@ -329,8 +329,9 @@ async fn move_in_phases(
         // An unknown outcome: take back every insert that did land.
         Err(error) => return Err(take_back(store, undo(&inserts), error).await),
     };
+    let swapping = !swaps.is_empty();
     match store.write_one_batch(swaps).await {
-        Ok(OneBatch::Written) => batches += 1,
+        Ok(OneBatch::Written) => batches += usize::from(swapping),
         Ok(OneBatch::Failed(failed)) => {
             let cause = failed_cause(table, &failed);
             return Err(take_back(store, undo(&inserts), cause).await);
