@@ -244,6 +244,8 @@ fn check_sizes(op: &WriteOp) -> Result<(), SqlError> {
 pub struct MemoryStore {
     data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     boundaries: Mutex<Vec<Vec<u8>>>,
+    /// Write requests taken (each a round trip on a cluster), for tests of their number.
+    write_requests: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryStore {
@@ -254,7 +256,14 @@ impl MemoryStore {
         MemoryStore {
             data: Mutex::default(),
             boundaries: Mutex::new(boundaries),
+            write_requests: Default::default(),
         }
+    }
+
+    /// Write requests taken so far.
+    pub fn write_requests(&self) -> usize {
+        self.write_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Everything stored, in key order.
@@ -295,6 +304,8 @@ impl MemoryStore {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<Option<FailedOp>, ClientError> {
+        self.write_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(first) = ops.first() else {
             return Err(ClientError::Refused(ApiError::Malformed(
                 "no operations".to_string(),

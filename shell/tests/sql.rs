@@ -326,6 +326,51 @@ fn key_bounds_longer_than_a_key_may_be() {
     });
 }
 
+/// Re-inserting rows that all exist settles their conflicts a batch at a time (one scan
+/// per batch), not with a write request per conflicting row.
+#[test]
+fn many_conflicts_take_few_write_requests() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (session, memory) = session();
+        status(run(&session, "CREATE TABLE c (id INT PRIMARY KEY, v INT)").await);
+        let values: Vec<String> = (0..3000).map(|i| format!("({i}, {i})")).collect();
+        let values = values.join(", ");
+        status(run(&session, &format!("INSERT INTO c VALUES {values}")).await);
+        let before = memory.write_requests();
+        let (tag, _) = status(
+            run(
+                &session,
+                &format!("INSERT INTO c VALUES {values} ON CONFLICT DO NOTHING"),
+            )
+            .await,
+        );
+        assert_eq!(tag, "INSERT 0 0");
+        let nothing = memory.write_requests() - before;
+        let before = memory.write_requests();
+        let (tag, _) = status(
+            run(
+                &session,
+                &format!(
+                    "INSERT INTO c VALUES {values} ON CONFLICT (id) DO UPDATE SET v = c.v + 1"
+                ),
+            )
+            .await,
+        );
+        assert_eq!(tag, "INSERT 0 3000");
+        let updated = memory.write_requests() - before;
+        assert_eq!(
+            rows(run(&session, "SELECT SUM(v) FROM c").await),
+            vec![vec![Value::Int((0..3000).sum::<i64>() + 3000)]]
+        );
+        // 3,000 rows in 3 batches over 4 shards: a handful of rounds each, not 3,000.
+        assert!(
+            nothing <= 30 && updated <= 30,
+            "{nothing} and {updated} write requests"
+        );
+    });
+}
+
 #[test]
 fn drop_table_deletes_every_row_and_an_interrupted_drop_finishes() {
     let runtime = runtime();

@@ -11,7 +11,9 @@
 //! Rows in one batch of one shard are written atomically; a statement whose rows span
 //! batches reports it in its result.
 
-use rshard_common::api::WriteOp;
+use std::collections::BTreeMap;
+
+use rshard_common::api::{WriteOp, MAX_BATCH_OPS};
 use sqlparser::ast::{self, OnConflictAction, OnInsert, SetExpr, TableObject};
 
 use super::expr::{bind, ident_name, Scalar, Scope};
@@ -360,66 +362,35 @@ async fn write(
             batches += 1;
         }
         let index = pending[failed.op];
-        match (conflict, &failed.current) {
-            (Conflict::Error, Some(_)) => {
-                let cause = SqlError::Constraint(format!(
-                    "duplicate primary key {} in table {}",
-                    key_text(table, &proposed[index]),
-                    table.name
-                ));
-                return Err(partly(cause, affected));
-            }
-            (Conflict::Nothing, Some(_)) => ops[index] = None,
-            (Conflict::Update { .. }, current) => {
-                let Some((assignments, selection)) = update else {
-                    return Err(SqlError::Corrupt("an update without its plan".to_string()));
-                };
-                let key = batch[failed.op].key().to_vec();
-                ops[index] = match current {
-                    // The row went away meanwhile: insert it after all.
-                    None => Some(WriteOp::CompareAndSwap {
-                        key,
-                        expected: None,
-                        new: scan::encode(table, &proposed[index]).map(|(_, s)| Some(s))?,
-                    }),
-                    Some(stored) => {
-                        let existing = scan::decode(table, key.clone(), stored.clone())?;
-                        let keep = match selection {
-                            Some(s) => matches!(
-                                s.eval(&existing.values, Some(&proposed[index]))?,
-                                Value::Bool(true)
-                            ),
-                            None => true,
-                        };
-                        if keep {
-                            let mut values = existing.values.clone();
-                            for (column, scalar) in assignments {
-                                let descriptor = &table.columns[*column];
-                                values[*column] = scalar
-                                    .eval(&existing.values, Some(&proposed[index]))?
-                                    .coerce(descriptor.column_type, &descriptor.name)?;
-                            }
-                            check_not_null(table, &values)?;
-                            let (_, new) = scan::encode(table, &values)?;
-                            Some(WriteOp::CompareAndSwap {
-                                key,
-                                expected: Some(stored.clone()),
-                                new: Some(new),
-                            })
-                        } else {
-                            None
-                        }
-                    }
-                };
-            }
-            // A condition that expected no row failed with no row there, or a plain write
-            // failed a condition it does not have: the store answered wrongly.
-            _ => {
-                return Err(SqlError::Corrupt(
-                    "a write's condition failed without a conflicting row".to_string(),
-                ))
-            }
+        if matches!(conflict, Conflict::Error) && failed.current.is_some() {
+            let cause = SqlError::Constraint(format!(
+                "duplicate primary key {} in table {}",
+                key_text(table, &proposed[index]),
+                table.name
+            ));
+            return Err(partly(cause, affected));
         }
+        let key = batch[failed.op].key().to_vec();
+        ops[index] = resolve(
+            table,
+            conflict,
+            update,
+            &proposed[index],
+            key,
+            failed.current,
+        )?;
+        // The rows after it are read in one scan and their conflicts settled now: a batch
+        // with many conflicts then costs a few rounds, not one round trip each.
+        let unwritten: Vec<usize> = by_key[failed.written_ops..]
+            .iter()
+            .map(|&position| pending[position])
+            .filter(|&i| matches!(ops[i], Some(WriteOp::CompareAndSwap { expected: None, .. })))
+            .take(MAX_BATCH_OPS)
+            .collect();
+        settle_conflicts(
+            store, table, conflict, update, proposed, &mut ops, &unwritten,
+        )
+        .await?;
     }
     let pending = ops.iter().filter(|op| op.is_some()).count();
     if pending > 0 {
@@ -435,6 +406,110 @@ async fn write(
         tag: format!("INSERT 0 {affected}"),
         notes: batch_note(batches),
     })
+}
+
+/// Rows read at most to settle the conflicts of one batch ahead of writing it.
+const SETTLE_SCAN_ROWS: usize = 4 * MAX_BATCH_OPS;
+
+/// What to write for a proposed row whose key held `current` when its insert failed
+/// (`None`: the row went away meanwhile). For `Conflict::Nothing`, nothing.
+fn resolve(
+    table: &TableDescriptor,
+    conflict: &Conflict,
+    update: Option<&BoundUpdate>,
+    proposed: &[Value],
+    key: Vec<u8>,
+    current: Option<Vec<u8>>,
+) -> Result<Option<WriteOp>, SqlError> {
+    match (conflict, current) {
+        (Conflict::Nothing, Some(_)) => Ok(None),
+        (Conflict::Update { .. }, current) => {
+            let Some((assignments, selection)) = update else {
+                return Err(SqlError::Corrupt("an update without its plan".to_string()));
+            };
+            let Some(stored) = current else {
+                // The row went away meanwhile: insert it after all.
+                return Ok(Some(WriteOp::CompareAndSwap {
+                    key,
+                    expected: None,
+                    new: Some(scan::encode(table, proposed)?.1),
+                }));
+            };
+            let existing = scan::decode(table, key.clone(), stored.clone())?;
+            let keep = match selection {
+                Some(s) => matches!(s.eval(&existing.values, Some(proposed))?, Value::Bool(true)),
+                None => true,
+            };
+            if !keep {
+                return Ok(None);
+            }
+            let mut values = existing.values.clone();
+            for (column, scalar) in assignments {
+                let descriptor = &table.columns[*column];
+                values[*column] = scalar
+                    .eval(&existing.values, Some(proposed))?
+                    .coerce(descriptor.column_type, &descriptor.name)?;
+            }
+            check_not_null(table, &values)?;
+            let (_, new) = scan::encode(table, &values)?;
+            Ok(Some(WriteOp::CompareAndSwap {
+                key,
+                expected: Some(stored),
+                new: Some(new),
+            }))
+        }
+        // A condition that expected no row failed with no row there, or a plain write
+        // failed a condition it does not have: the store answered wrongly.
+        _ => Err(SqlError::Corrupt(
+            "a write's condition failed without a conflicting row".to_string(),
+        )),
+    }
+}
+
+/// Reads the keys of the inserts `indexes` (in key order) with one bounded scan and
+/// resolves those whose key is taken, as their failed insert would have. A range holding
+/// too many other rows is left to be settled one conflict at a time.
+async fn settle_conflicts(
+    store: &Store,
+    table: &TableDescriptor,
+    conflict: &Conflict,
+    update: Option<&BoundUpdate>,
+    proposed: &[Vec<Value>],
+    ops: &mut [Option<WriteOp>],
+    indexes: &[usize],
+) -> Result<(), SqlError> {
+    if matches!(conflict, Conflict::Error | Conflict::Replace) {
+        return Ok(());
+    }
+    let key_of = |i: usize| ops[i].as_ref().map(|op| op.key().to_vec());
+    let (Some(Some(first)), Some(Some(last))) = (
+        indexes.first().map(|&i| key_of(i)),
+        indexes.last().map(|&i| key_of(i)),
+    ) else {
+        return Ok(());
+    };
+    let end = [last.as_slice(), &[0]].concat();
+    let items = store.scan(&first, &end, SETTLE_SCAN_ROWS).await?;
+    if items.len() >= SETTLE_SCAN_ROWS {
+        return Ok(());
+    }
+    let taken: BTreeMap<Vec<u8>, Vec<u8>> = items.into_iter().collect();
+    for &i in indexes {
+        let Some(key) = ops[i].as_ref().map(|op| op.key().to_vec()) else {
+            continue;
+        };
+        if let Some(current) = taken.get(&key) {
+            ops[i] = resolve(
+                table,
+                conflict,
+                update,
+                &proposed[i],
+                key,
+                Some(current.clone()),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The note a statement written in more than one batch carries.
