@@ -281,6 +281,13 @@ fn sums_and_averages_of_large_integers() {
             rows(run(&session, "SELECT AVG(v) FROM n WHERE id < 3").await),
             vec![vec![Value::Float(9e18)]]
         );
+        // An output name comes before the table's column of that name, as in PostgreSQL.
+        assert_eq!(
+            rows(run(&session, "SELECT id, -id AS v FROM n ORDER BY v").await),
+            [3, 2, 1]
+                .map(|id| vec![Value::Int(id), Value::Int(-id)])
+                .to_vec()
+        );
         let error = run(&session, "SELECT SUM(v) FROM n")
             .await
             .expect_err("over i64");
@@ -367,6 +374,53 @@ fn many_conflicts_take_few_write_requests() {
         assert!(
             nothing <= 30 && updated <= 30,
             "{nothing} and {updated} write requests"
+        );
+    });
+}
+
+/// A small page far into a large table is no "too many rows" error: in key order the
+/// OFFSET rows are passed over, and sorted, only OFFSET + LIMIT rows are held.
+#[test]
+fn a_far_offset_returns_its_few_rows() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (session, _) = session();
+        status(run(&session, "CREATE TABLE wide (id INT PRIMARY KEY)").await);
+        for part in 0..2 {
+            let values: Vec<String> = (part * 60_000..(part + 1) * 60_000)
+                .map(|i| format!("({i})"))
+                .collect();
+            status(
+                run(
+                    &session,
+                    &format!("INSERT INTO wide VALUES {}", values.join(", ")),
+                )
+                .await,
+            );
+        }
+        let ids = |values: &[i64]| {
+            values
+                .iter()
+                .map(|&id| vec![Value::Int(id)])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rows(run(&session, "SELECT id FROM wide LIMIT 2 OFFSET 110000").await),
+            ids(&[110_000, 110_001])
+        );
+        assert_eq!(
+            rows(
+                run(
+                    &session,
+                    "SELECT id FROM wide ORDER BY id DESC LIMIT 2 OFFSET 60000"
+                )
+                .await
+            ),
+            ids(&[59_999, 59_998])
+        );
+        assert!(
+            run(&session, "SELECT id FROM wide").await.is_err(),
+            "120,000 rows are over the result limit"
         );
     });
 }

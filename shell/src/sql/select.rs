@@ -208,10 +208,21 @@ impl Select {
                 && !order.nulls_first
                 && matches!(&order.key, SortKey::Row(Scalar::Column(c)) if table.primary_key.get(position) == Some(c))
         });
-        let wanted = limit.map(|l| l.saturating_add(offset));
+        // In scan order the OFFSET rows are passed over as they come, never held.
+        let mut to_skip = if scan_ordered { offset } else { 0 };
+        let offset = offset - to_skip;
+        // Rows worth holding: at most OFFSET + LIMIT once sorted, if that is a result size
+        // this shell returns; otherwise every row, up to the result limit.
+        let wanted = limit
+            .map(|l| l.saturating_add(offset))
+            .filter(|&wanted| wanted <= MAX_RESULT_ROWS);
         let mut rows: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
         'scan: while let Some(page) = cursor.next_page(store).await? {
             for row in page {
+                if to_skip > 0 {
+                    to_skip -= 1;
+                    continue;
+                }
                 let output = items
                     .iter()
                     .map(|item| match item {
@@ -237,7 +248,8 @@ impl Select {
                         sort(&mut rows, &orders);
                         rows.truncate(wanted);
                     }
-                    _ if rows.len() > MAX_RESULT_ROWS => {
+                    Some(_) => {}
+                    None if rows.len() > MAX_RESULT_ROWS => {
                         return Err(SqlError::Limit(format!(
                             "the result has more than {MAX_RESULT_ROWS} rows; add a LIMIT or a narrower WHERE"
                         )))
@@ -393,12 +405,13 @@ fn order_of(
                 )))
             }
         },
+        // A bare name is an output column's first, then the table's (as in PostgreSQL:
+        // `SELECT -v AS v ... ORDER BY v` sorts by the negated value).
         Expr::Identifier(ident) => {
             let name = ident_name(ident);
-            let is_column = scope.table.is_some_and(|t| t.column_index(&name).is_some());
             match names.iter().position(|n| *n == name) {
-                Some(position) if !is_column => SortKey::Output(position),
-                _ => SortKey::Row(bind(&expr.expr, scope)?),
+                Some(position) => SortKey::Output(position),
+                None => SortKey::Row(bind(&expr.expr, scope)?),
             }
         }
         other => SortKey::Row(bind(other, scope)?),
