@@ -395,9 +395,9 @@ impl Scalar {
                 (Value::Null, _) | (_, Value::Null) => Value::Null,
                 (Value::Text(value), Value::Text(pattern)) => {
                     let matched = if *case_insensitive {
-                        like(&value.to_lowercase(), &pattern.to_lowercase())
+                        like(&value.to_lowercase(), &pattern.to_lowercase())?
                     } else {
-                        like(&value, &pattern)
+                        like(&value, &pattern)?
                     };
                     Value::Bool(matched != *negated)
                 }
@@ -487,14 +487,27 @@ fn concat_error() -> SqlError {
 }
 
 /// SQL LIKE: `%` any run of characters, `_` one character; no escape character.
-fn like(value: &str, pattern: &str) -> bool {
+/// Steps one LIKE match may take. Matching is linear in practice but can take length of
+/// value times length of pattern steps (`'aaa…a' LIKE '%aaa…ab'`), which on a 1 MiB row
+/// would hold the statement, deaf to Ctrl-C, for hours; past this it is an error.
+const MAX_LIKE_STEPS: usize = 20_000_000;
+
+fn like(value: &str, pattern: &str) -> Result<bool, SqlError> {
     let value: Vec<char> = value.chars().collect();
     let pattern: Vec<char> = pattern.chars().collect();
     // Iterative matching with one backtrack point (the last %): linear in practice, never
     // exponential.
     let (mut v, mut p) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0;
     while v < value.len() {
+        steps += 1;
+        if steps > MAX_LIKE_STEPS {
+            return Err(SqlError::Limit(format!(
+                "LIKE took more than {MAX_LIKE_STEPS} steps on one value of {} characters; use a simpler pattern",
+                value.len()
+            )));
+        }
         match pattern.get(p) {
             Some('%') => {
                 star = Some((p, v));
@@ -514,11 +527,11 @@ fn like(value: &str, pattern: &str) -> bool {
                     v = star_v + 1;
                     star = Some((star_p, star_v + 1));
                 }
-                None => return false,
+                None => return Ok(false),
             },
         }
     }
-    pattern[p..].iter().all(|c| *c == '%')
+    Ok(pattern[p..].iter().all(|c| *c == '%'))
 }
 
 #[cfg(test)]
@@ -527,6 +540,7 @@ mod tests {
 
     #[test]
     fn like_matches_as_sql_does() {
+        let like = |value: &str, pattern: &str| like(value, pattern).expect("within the budget");
         assert!(like("hello", "h%o"));
         assert!(like("hello", "%"));
         assert!(like("", "%"));
@@ -536,5 +550,14 @@ mod tests {
         assert!(like("abcabc", "%abc"));
         assert!(like("aaab", "%a%b"));
         assert!(!like("ab", "a"));
+    }
+
+    /// The worst case of the backtracking match ends in an error, not in hours.
+    #[test]
+    fn a_pathological_like_is_refused() {
+        let value = "a".repeat(100_000);
+        let pattern = format!("%{}b", "a".repeat(1_000));
+        assert!(like(&value, &pattern).is_err());
+        assert!(like(&value, "%a%a%").expect("linear"));
     }
 }
