@@ -583,6 +583,23 @@ impl ApiError {
     }
 }
 
+/// The first key a scan resuming after `key` reads from: `key` + 0x00, unless that would
+/// be longer than a key may be; then no stored key extends `key`, and the next one is the
+/// first past every key it prefixes. `None`: no key comes after it.
+pub fn key_after(key: &[u8]) -> Option<Vec<u8>> {
+    if key.len() < MAX_KEY_BYTES {
+        return Some([key, &[0]].concat());
+    }
+    let mut next = key.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xff {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
 /// Checks a user's key-value request before it is routed: sizes, counts, and no system
 /// keys.
 pub fn check_user_op(op: &ShardOp) -> Result<(), ApiError> {
@@ -633,6 +650,22 @@ pub fn check_user_op(op: &ShardOp) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scan resumes after any key at a key a request may name, and never before it.
+    #[test]
+    fn the_key_after_a_key_is_one_a_request_may_name() {
+        assert_eq!(key_after(b"ab"), Some(b"ab\0".to_vec()));
+        let longest = vec![b'k'; MAX_KEY_BYTES];
+        let next = key_after(&longest).expect("a next key");
+        assert!(next.len() <= MAX_KEY_BYTES && next > longest);
+        let mut ending_in_ff = vec![b'k'; MAX_KEY_BYTES - 1];
+        ending_in_ff.push(0xff);
+        assert_eq!(
+            key_after(&ending_in_ff),
+            Some([vec![b'k'; MAX_KEY_BYTES - 2], vec![b'l']].concat())
+        );
+        assert_eq!(key_after(&vec![0xff; MAX_KEY_BYTES]), None);
+    }
 
     #[test]
     fn fields_added_later_leave_the_earlier_layout_readable_both_ways() {

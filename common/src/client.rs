@@ -242,8 +242,13 @@ impl Client {
             };
             let last = got.last().map(|(key, _)| key.to_vec());
             items.extend(got.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
-            match last {
-                Some(last) if more => from = [last.as_slice(), &[0]].concat(),
+            match last
+                .filter(|_| more)
+                .map(|last| crate::api::key_after(&last))
+            {
+                Some(Some(next)) => from = next,
+                // Nothing can follow the largest key.
+                Some(None) => break,
                 _ => {
                     // This shard is done: go on from its end, if the range goes further.
                     let shard_end = served.end_key;

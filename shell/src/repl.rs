@@ -18,7 +18,7 @@ use tokio::runtime::Runtime;
 
 use crate::catalog;
 use crate::session::{error_text, execute_cancellable, timing_line, Meta, Session, CANCELLED};
-use crate::sql::split_statements;
+use crate::sql::{input_is_complete, split_statements};
 
 const PROMPT: &str = "rshard> ";
 /// History entries kept.
@@ -106,8 +106,7 @@ impl Highlighter for ShellHelper {
 impl Validator for ShellHelper {
     fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
         let input = ctx.input();
-        let (_, rest) = split_statements(input);
-        if input.trim_start().starts_with('\\') || rest.is_empty() {
+        if input.trim_start().starts_with('\\') || input_is_complete(input) {
             Ok(ValidationResult::Valid(None))
         } else {
             Ok(ValidationResult::Incomplete)
@@ -207,7 +206,12 @@ pub fn run(mut session: Session, runtime: &Runtime, banner: &str) -> u8 {
                 Meta::Run(statement) => vec![statement],
             }
         } else {
-            split_statements(trimmed).0
+            // A rest the tokenizer could not read is run too, so that its error shows.
+            let (mut statements, rest) = split_statements(trimmed);
+            if !rest.is_empty() {
+                statements.push(rest);
+            }
+            statements
         };
         for statement in statements {
             let started = Instant::now();

@@ -246,6 +246,9 @@ pub struct MemoryStore {
     boundaries: Mutex<Vec<Vec<u8>>>,
     /// Write requests taken (each a round trip on a cluster), for tests of their number.
     write_requests: std::sync::atomic::AtomicUsize,
+    /// The write request that is applied but answered "outcome unknown", as a lost reply
+    /// would be (usize::MAX: none).
+    lost_reply: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryStore {
@@ -257,7 +260,17 @@ impl MemoryStore {
             data: Mutex::default(),
             boundaries: Mutex::new(boundaries),
             write_requests: Default::default(),
+            lost_reply: std::sync::atomic::AtomicUsize::new(usize::MAX),
         }
+    }
+
+    /// The `nth` write request from now (0: the next) is applied but answered "outcome
+    /// unknown", as when its reply is lost. For tests of that case.
+    pub fn lose_reply(&self, nth: usize) {
+        self.lost_reply.store(
+            self.write_requests() + nth,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Write requests taken so far.
@@ -304,8 +317,19 @@ impl MemoryStore {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<Option<FailedOp>, ClientError> {
-        self.write_requests
+        let request = self
+            .write_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answer = self.apply(ops);
+        if request == self.lost_reply.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ClientError::OutcomeUnknown(
+                "the reply was lost".to_string(),
+            ));
+        }
+        answer
+    }
+
+    fn apply(&self, ops: Vec<WriteOp>) -> Result<Option<FailedOp>, ClientError> {
         let Some(first) = ops.first() else {
             return Err(ClientError::Refused(ApiError::Malformed(
                 "no operations".to_string(),

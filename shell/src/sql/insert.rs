@@ -378,7 +378,8 @@ async fn write(
             &proposed[index],
             key,
             failed.current,
-        )?;
+        )
+        .map_err(|error| partly(error, affected))?;
         // The rows after it are read in one scan and their conflicts settled now: a batch
         // with many conflicts then costs a few rounds, not one round trip each.
         let unwritten: Vec<usize> = by_key[failed.written_ops..]
@@ -390,7 +391,8 @@ async fn write(
         settle_conflicts(
             store, table, conflict, update, proposed, &mut ops, &unwritten,
         )
-        .await?;
+        .await
+        .map_err(|error| partly(error, affected))?;
     }
     let pending = ops.iter().filter(|op| op.is_some()).count();
     if pending > 0 {

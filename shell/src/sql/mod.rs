@@ -68,155 +68,108 @@ pub enum Statement {
 /// Splits `text` into complete statements (without their `;`) and the unfinished rest.
 /// Empty statements are dropped.
 ///
-/// A `;` ends a statement only outside what PostgreSQL's tokenizer (and so sqlparser's, which
-/// parses the pieces) reads as one token: quoted strings and identifiers (a doubled quote
-/// stays inside), `E'...'` strings (where `\'` is a quote too), dollar-quoted strings
-/// (`$$...$$`, `$tag$...$tag$`), line comments and nested block comments. Splitting
-/// differently would run text from inside a string as a statement of its own.
+/// The split is sqlparser's own: a `;` ends a statement where its tokenizer (the one that
+/// then parses each piece) reads a `;` token, never inside a string of any kind
+/// (`'...'`, `E'...'`, `$$...$$`), a quoted name or a comment. A splitter of its own
+/// would disagree somewhere, and there text inside a string would run as a statement.
+/// Where the tokenizer fails (an unclosed string, say), the statements before the
+/// failing token are complete and the rest is unfinished.
 pub fn split_statements(text: &str) -> (Vec<String>, String) {
-    enum In {
-        Code,
-        Single,
-        /// An `E'...'` string: a backslash escapes the next character.
-        Escaped,
-        Double,
-        /// A dollar-quoted string, ended by its opening delimiter (`$$` or `$tag$`).
-        Dollar(String),
-        LineComment,
-        /// Block comments nest; the depth.
-        BlockComment(usize),
+    let (statements, rest, _) = tokenized_split(text);
+    (statements, rest)
+}
+
+/// Whether the REPL's input is complete: every statement ended by `;`, or a tokenizer
+/// error that more input cannot mend (the parser then reports it). An unclosed string,
+/// quoted name or comment asks for more lines.
+pub fn input_is_complete(text: &str) -> bool {
+    match tokenized_split(text) {
+        (_, rest, None) => rest.is_empty(),
+        (_, _, Some(error)) if error.contains("Unterminated") || error.contains("EOF") => false,
+        (_, _, Some(_)) => text.trim_end().ends_with(';'),
     }
-    /// The token the tokenizer is in the middle of, as far as the splitter must know: an
-    /// `E` right before a quote opens an escaped string only as a word of its own, and a
-    /// `$` inside an identifier opens nothing.
-    #[derive(Clone, Copy)]
-    enum Word {
-        None,
-        Number,
-        Identifier { length: usize, first: char },
-    }
-    let mut state = In::Code;
-    let mut word = Word::None;
+}
+
+/// (complete statements, the unfinished rest, the tokenizer's error if it failed).
+fn tokenized_split(text: &str) -> (Vec<String>, String, Option<String>) {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let mut tokens = Vec::new();
+    let error = Tokenizer::new(&dialect(), text)
+        .tokenize_with_location_into_buf(&mut tokens)
+        .err()
+        .map(|error| error.message);
     let mut statements = Vec::new();
     let mut start = 0;
-    let mut index = 0;
-    while let Some(c) = text[index..].chars().next() {
-        let rest = &text[index..];
-        let mut step = c.len_utf8();
-        let mut next_word = Word::None;
-        match &mut state {
-            In::Code => match c {
-                '\'' => {
-                    let escaped = matches!(
-                        word,
-                        Word::Identifier {
-                            length: 1,
-                            first: 'e' | 'E'
-                        }
-                    );
-                    state = if escaped { In::Escaped } else { In::Single };
+    let mut position = TextPosition::default();
+    // Whether the piece since the last `;` holds more than whitespace and comments.
+    let mut meaningful = false;
+    for token in &tokens {
+        match token.token {
+            Token::SemiColon => {
+                let at = position.advance_to(text, token.span.start.line, token.span.start.column);
+                if meaningful {
+                    statements.push(text[start..at].trim().to_string());
                 }
-                '"' => state = In::Double,
-                '-' if rest.starts_with("--") => state = In::LineComment,
-                '/' if rest.starts_with("/*") => {
-                    step = 2;
-                    state = In::BlockComment(1);
-                }
-                '$' if !matches!(word, Word::Identifier { .. }) => match dollar_start(rest) {
-                    DollarStart::Quote(delimiter) => {
-                        step = delimiter.len();
-                        state = In::Dollar(delimiter.to_string());
-                    }
-                    DollarStart::Placeholder(length) => step = length,
-                },
-                ';' => {
-                    let statement = text[start..index].trim();
-                    if !is_blank(statement) {
-                        statements.push(statement.to_string());
-                    }
-                    start = index + 1;
-                }
-                c if c.is_alphabetic() || c == '_' || !c.is_ascii() => {
-                    next_word = match word {
-                        Word::Identifier { length, first } => Word::Identifier {
-                            length: length + 1,
-                            first,
-                        },
-                        _ => Word::Identifier {
-                            length: 1,
-                            first: c,
-                        },
-                    };
-                }
-                c if c.is_ascii_digit() || c == '$' => {
-                    next_word = match word {
-                        Word::Identifier { length, first } => Word::Identifier {
-                            length: length + 1,
-                            first,
-                        },
-                        _ => Word::Number,
-                    };
-                }
-                _ => {}
-            },
-            // A doubled quote inside a string is one quote: leaving and re-entering gives
-            // the same result.
-            In::Single if c == '\'' => state = In::Code,
-            In::Double if c == '"' => state = In::Code,
-            In::Escaped if c == '\\' => {
-                step += rest[1..].chars().next().map_or(0, char::len_utf8);
+                start = (at + 1).min(text.len());
+                meaningful = false;
             }
-            In::Escaped if c == '\'' => {
-                if rest[1..].starts_with('\'') {
-                    step = 2;
-                } else {
-                    state = In::Code;
-                }
-            }
-            In::Dollar(delimiter) if rest.starts_with(delimiter.as_str()) => {
-                step = delimiter.len();
-                state = In::Code;
-            }
-            In::LineComment if c == '\n' => state = In::Code,
-            In::BlockComment(depth) if rest.starts_with("/*") => {
-                step = 2;
-                *depth += 1;
-            }
-            In::BlockComment(depth) if rest.starts_with("*/") => {
-                step = 2;
-                *depth -= 1;
-                if *depth == 0 {
-                    state = In::Code;
-                }
-            }
-            _ => {}
+            Token::Whitespace(_) => {}
+            _ => meaningful = true,
         }
-        word = next_word;
-        index += step;
     }
-    let rest = text[start..].trim();
-    let rest = if is_blank(rest) { "" } else { rest };
-    (statements, rest.to_string())
-}
-
-/// What a `$` outside an identifier starts, as sqlparser's tokenizer reads it.
-enum DollarStart<'a> {
-    /// A dollar-quoted string with this delimiter: `$$`, or `$tag$` (any letters, digits
-    /// and underscores).
-    Quote(&'a str),
-    /// A placeholder such as `$1`, of this many bytes.
-    Placeholder(usize),
-}
-
-fn dollar_start(text: &str) -> DollarStart<'_> {
-    let after = text.get(1..).unwrap_or_default();
-    let tag_bytes = after
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(after.len());
-    if after[tag_bytes..].starts_with('$') {
-        DollarStart::Quote(&text[..tag_bytes + 2])
+    // A failed tokenizer stopped at something after the last token: that is unfinished.
+    let rest = if meaningful || error.is_some() {
+        text[start..].trim().to_string()
     } else {
-        DollarStart::Placeholder(1 + tag_bytes)
+        String::new()
+    };
+    (statements, rest, error)
+}
+
+/// A byte offset into a text with the tokenizer's line and column (1-based; lines end at
+/// `\n`, columns count characters), moved forward only, so that finding every `;` of a
+/// text is one pass over it.
+#[derive(Clone, Copy)]
+struct TextPosition {
+    line: u64,
+    column: u64,
+    byte: usize,
+}
+
+impl Default for TextPosition {
+    fn default() -> Self {
+        TextPosition {
+            line: 1,
+            column: 1,
+            byte: 0,
+        }
+    }
+}
+
+impl TextPosition {
+    /// The byte offset of (`line`, `column`), at or after the current position (the end
+    /// of `text` if it lies beyond).
+    fn advance_to(&mut self, text: &str, line: u64, column: u64) -> usize {
+        while self.line < line {
+            match text[self.byte..].find('\n') {
+                Some(newline) => {
+                    self.byte += newline + 1;
+                    self.line += 1;
+                    self.column = 1;
+                }
+                None => return text.len(),
+            }
+        }
+        while self.column < column {
+            match text[self.byte..].chars().next() {
+                Some(c) => {
+                    self.byte += c.len_utf8();
+                    self.column += 1;
+                }
+                None => return text.len(),
+            }
+        }
+        self.byte
     }
 }
 
@@ -252,7 +205,7 @@ pub fn is_blank(text: &str) -> bool {
             return true;
         }
         if let Some(after) = rest.strip_prefix("--") {
-            match after.find('\n') {
+            match after.find(['\n', '\r']) {
                 Some(end) => rest = after[end..].trim_start(),
                 None => return true,
             }
@@ -487,6 +440,8 @@ mod tests {
             ("select 1 /* a /* nested ; */ still ; */; select 2;", 2),
             ("select 'a\\'; select 2;", 2),
             ("select type'x;'; select 2;", 2),
+            ("select 1e5$q$; drop table t; $q$;", 1),
+            ("select 'é;€'; select '\u{1F600}';\r\nselect 3;", 3),
         ] {
             let (done, rest) = split_statements(text);
             assert_eq!(
@@ -497,15 +452,32 @@ mod tests {
         }
     }
 
-    /// The splitter agrees with sqlparser's tokenizer (which parses what it splits) on
-    /// where statements end, over random texts built from the characters that matter.
+    /// The statements split out are exactly the tokenizer's, over random texts built from
+    /// the characters that matter (multi-byte ones and `\r` included): each piece holds
+    /// the tokens between two `;` tokens of the whole text, which checks the mapping from
+    /// the tokenizer's lines and columns back to byte offsets.
     #[test]
     fn splitting_agrees_with_the_tokenizer() {
-        use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
-        const PARTS: [&str; 20] = [
+        use sqlparser::tokenizer::{Token, Tokenizer};
+        const PARTS: [&str; 22] = [
             "'", "\"", "E", "e", " E", "$", "$$", "$a$", "\\", ";", "/*", "*/", "--", "\n", " ",
-            "x", "1", "''", "U", "x",
+            "x", "1", "''", "U", "é", "\r", "e5",
         ];
+        // The meaningful tokens of `text` in groups between `;` tokens; empty groups
+        // dropped. `None` if it does not tokenize.
+        let groups = |text: &str| -> Option<Vec<Vec<Token>>> {
+            let tokens = Tokenizer::new(&dialect(), text).tokenize().ok()?;
+            let mut groups = vec![Vec::new()];
+            for token in tokens {
+                match token {
+                    Token::SemiColon => groups.push(Vec::new()),
+                    Token::Whitespace(_) => {}
+                    token => groups.last_mut()?.push(token),
+                }
+            }
+            groups.retain(|group| !group.is_empty());
+            Some(groups)
+        };
         let seed: u64 = std::env::var("RSHARD_SPLIT_SEED")
             .ok()
             .and_then(|seed| seed.parse().ok())
@@ -519,32 +491,17 @@ mod tests {
             let text: String = (0..rng.below(14))
                 .map(|_| PARTS[rng.below(PARTS.len() as u64) as usize])
                 .collect();
-            let Ok(tokens) = Tokenizer::new(&dialect(), &text).tokenize() else {
+            let (done, rest) = split_statements(&text);
+            let Some(whole) = groups(&text) else {
                 continue;
             };
             compared += 1;
-            let mut pieces = 0;
-            let mut open = false;
-            for token in tokens {
-                match token {
-                    Token::SemiColon => {
-                        pieces += usize::from(open);
-                        open = false;
-                    }
-                    Token::Whitespace(
-                        Whitespace::Space
-                        | Whitespace::Newline
-                        | Whitespace::Tab
-                        | Whitespace::SingleLineComment { .. }
-                        | Whitespace::MultiLineComment(_),
-                    ) => {}
-                    _ => open = true,
-                }
-            }
-            pieces += usize::from(open);
-            let (done, rest) = split_statements(&text);
-            let split = done.len() + usize::from(!rest.is_empty());
-            assert_eq!(split, pieces, "{text:?}: split into {done:?} and {rest:?}");
+            let pieces: Vec<Vec<Token>> = done
+                .iter()
+                .chain(std::iter::once(&rest).filter(|rest| !rest.is_empty()))
+                .map(|piece| groups(piece).map(|g| g.concat()).unwrap_or_default())
+                .collect();
+            assert_eq!(pieces, whole, "{text:?}: split into {done:?} and {rest:?}");
         }
         assert!(compared > 10_000, "only {compared} texts tokenized");
     }

@@ -15,7 +15,7 @@ use crate::encoding::{self, decode_row, decode_row_key, prefix_end, table_prefix
 use crate::error::SqlError;
 use crate::store::Store;
 use crate::value::{ColumnType, Value};
-use rshard_common::api::MAX_KEY_BYTES;
+use rshard_common::api::{key_after, MAX_KEY_BYTES};
 
 /// Keys read per scan request.
 pub const PAGE_ROWS: usize = 1000;
@@ -185,17 +185,6 @@ pub struct Cursor<'a> {
     range: KeyRange,
     /// Where the next page starts; `None` once done.
     from: Option<Vec<u8>>,
-}
-
-/// The first key a scan resuming after `key` reads from: `key` + 0x00, unless that is
-/// longer than a key may be; then no longer key has `key` as a prefix, and the next one
-/// is the end of that prefix (`None`: nothing comes after it).
-fn key_after(key: &[u8]) -> Option<Vec<u8>> {
-    if key.len() < MAX_KEY_BYTES {
-        Some([key, &[0]].concat())
-    } else {
-        Some(prefix_end(key)).filter(|end| !end.is_empty())
-    }
 }
 
 impl<'a> Cursor<'a> {

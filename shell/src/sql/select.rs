@@ -154,6 +154,20 @@ impl Select {
                 ast::OrderByKind::Expressions(exprs) => exprs
                     .iter()
                     .map(|e| order_of(e, &names, scope))
+                    .map(|order| {
+                        // An output column that is a table column sorts as that column,
+                        // so that ORDER BY on the primary key is still scan order.
+                        order.map(|mut order| {
+                            if let SortKey::Output(position) = order.key {
+                                if let Some(Item::Scalar(column @ Scalar::Column(_))) =
+                                    items.get(position)
+                                {
+                                    order.key = SortKey::Row(column.clone());
+                                }
+                            }
+                            order
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
                 ast::OrderByKind::All(_) => return Err(unsupported("ORDER BY ALL")),
             },

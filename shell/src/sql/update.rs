@@ -229,9 +229,14 @@ async fn update_keys(
         .map(|row| (row.key.clone(), (Some(row.stored.clone()), None)))
         .collect();
     let mut targets = std::collections::HashSet::new();
+    // Keys whose row keeps them (other columns may change).
+    let mut staying = std::collections::HashSet::new();
     for row in &rows {
         let values = new_values(&row.values)?;
         let (key, stored) = scan::encode(table, &values)?;
+        if key == row.key {
+            staying.insert(key.clone());
+        }
         if !targets.insert(key.clone()) {
             return Err(SqlError::Constraint(format!(
                 "two rows would get the primary key {} in table {}",
@@ -257,7 +262,9 @@ async fn update_keys(
         OneBatch::Failed(failed) => return Err(failed_cause(table, &failed)),
         OneBatch::TooBig => {}
     }
-    move_in_phases(store, table, ops).await.map(status)
+    move_in_phases(store, table, ops, &staying)
+        .await
+        .map(status)
 }
 
 /// Why a compare-and-swap of a key move failed.
@@ -272,21 +279,23 @@ fn failed_cause(table: &TableDescriptor, failed: &FailedCondition) -> SqlError {
 }
 
 /// Moves rows over several batches so that no row is ever lost, only briefly present
-/// twice: first the new keys nobody holds are written, then the keys that one row leaves
+/// twice: first the new keys nobody holds are written; then the keys that one row leaves
 /// and another takes (one atomic batch, or the statement is refused before anything is
-/// written: a chain of such keys cut in two would lose the rows between), and last the
-/// old keys are deleted. If the first two steps fail, what they wrote is taken back.
-/// The number of batches.
+/// written: a chain of such keys cut in two would lose the rows between); last the old
+/// keys are deleted and the rows that keep their key rewritten. If the first two steps
+/// fail, the copies they certainly wrote are deleted again. The number of batches.
 async fn move_in_phases(
     store: &Store,
     table: &TableDescriptor,
     ops: Vec<WriteOp>,
+    staying: &std::collections::HashSet<Vec<u8>>,
 ) -> Result<usize, SqlError> {
-    let (mut inserts, mut swaps, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut inserts, mut swaps, mut last) = (Vec::new(), Vec::new(), Vec::new());
     for op in ops {
         match &op {
             WriteOp::CompareAndSwap { expected: None, .. } => inserts.push(op),
-            WriteOp::CompareAndSwap { new: None, .. } => deletes.push(op),
+            WriteOp::CompareAndSwap { new: None, .. } => last.push(op),
+            _ if staying.contains(op.key()) => last.push(op),
             _ => swaps.push(op),
         }
     }
@@ -303,77 +312,134 @@ async fn move_in_phases(
     }
     // Sorted, so that the operations a failure reports as written are a prefix.
     inserts.sort_by(|a, b| a.key().cmp(b.key()));
-    let undo = |written: &[WriteOp]| -> Vec<WriteOp> {
-        written
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::CompareAndSwap {
-                    key,
-                    new: Some(new),
-                    ..
-                } => Some(WriteOp::CompareAndSwap {
-                    key: key.clone(),
-                    expected: Some(new.clone()),
-                    new: None,
-                }),
-                _ => None,
-            })
-            .collect()
-    };
     let mut batches = match store.write_batches(inserts.clone()).await {
         Ok(Ok(batches)) => batches,
         Ok(Err(failed)) => {
             let cause = failed_cause(table, &failed);
-            return Err(take_back(store, undo(&inserts[..failed.written_ops]), cause).await);
+            return Err(take_back(store, &inserts[..failed.written_ops], cause, None).await);
         }
-        // An unknown outcome: take back every insert that did land.
-        Err(error) => return Err(take_back(store, undo(&inserts), error).await),
+        // The batch that failed may have been written or not; only the copies before it
+        // are certainly this statement's to delete (one with the same bytes may be another
+        // statement's, which would then lose its row).
+        Err(error) => {
+            let written = match &error {
+                SqlError::PartlyWritten { written, .. } => *written as usize,
+                _ => 0,
+            };
+            let written = written.min(inserts.len());
+            let unknown = inserts.len() - written;
+            return Err(take_back(store, &inserts[..written], error, Some(unknown)).await);
+        }
     };
-    let swapping = !swaps.is_empty();
+    let swapping = swaps.first().cloned();
     match store.write_one_batch(swaps).await {
-        Ok(OneBatch::Written) => batches += usize::from(swapping),
+        Ok(OneBatch::Written) => batches += usize::from(swapping.is_some()),
         Ok(OneBatch::Failed(failed)) => {
             let cause = failed_cause(table, &failed);
-            return Err(take_back(store, undo(&inserts), cause).await);
+            return Err(take_back(store, &inserts, cause, None).await);
         }
         Ok(OneBatch::TooBig) => {
             let cause = SqlError::Admin(
                 "a shard boundary moved into the rows being moved; try again".to_string(),
             );
-            return Err(take_back(store, undo(&inserts), cause).await);
+            return Err(take_back(store, &inserts, cause, None).await);
         }
-        Err(error) => return Err(take_back(store, undo(&inserts), error).await),
+        // The swap batch may have been written: one of its keys tells, as it is atomic.
+        Err(error) => match landed(store, swapping.as_ref()).await {
+            Some(true) => batches += 1,
+            Some(false) => return Err(take_back(store, &inserts, error, None).await),
+            None => {
+                return Err(SqlError::Admin(format!(
+                    "{error} (whether the rows moving onto each other's keys were written is unknown: every row is at its old key, its new key, or both; none was lost)"
+                )))
+            }
+        },
     }
     let moved = inserts.len();
-    match store.write_batches(deletes).await {
-        Ok(Ok(more)) => Ok(batches + more),
-        Ok(Err(failed)) => Err(left_behind(table, failed_cause(table, &failed), moved)),
-        Err(error) => Err(left_behind(table, error, moved)),
+    let (left, error, more) = write_each(store, last).await;
+    if left == 0 && error.is_none() {
+        return Ok(batches + more);
+    }
+    let cause = error.unwrap_or_else(|| SqlError::Admin("rows changed meanwhile".to_string()));
+    Err(SqlError::Admin(format!(
+        "{cause} (every row was written at its new key, but {left} old row(s) of table {} could not be deleted or rewritten and stay as they were; {moved} row(s) moved to keys no other row held; no row was lost)",
+        table.name
+    )))
+}
+
+/// Whether the atomic batch holding `probe` was written: its key holds what the probe
+/// writes (`true`) or what it expected (`false`); `None` if neither or unreadable.
+async fn landed(store: &Store, probe: Option<&WriteOp>) -> Option<bool> {
+    let Some(WriteOp::CompareAndSwap { key, expected, new }) = probe else {
+        return None;
+    };
+    let current = store.get(key).await.ok()?;
+    if current == *new {
+        Some(true)
+    } else if current == *expected {
+        Some(false)
+    } else {
+        None
     }
 }
 
-/// `cause`, after deleting again the rows `undo` names (each only if it still holds what
-/// this statement wrote), and saying whether that put everything back.
-async fn take_back(store: &Store, mut undo: Vec<WriteOp>, cause: SqlError) -> SqlError {
-    undo.sort_by(|a, b| a.key().cmp(b.key()));
-    let total = undo.len();
-    // A failed condition means that key does not hold this statement's row (it was never
-    // written, or was changed since): nothing to take back there; go on after it.
-    let mut rounds = 0;
-    while !undo.is_empty() && rounds <= total {
-        rounds += 1;
-        match store.write_batches(undo.clone()).await {
-            Ok(Ok(_)) => undo.clear(),
+/// Writes `ops` in batches, going on past a failed condition (that key is left as it
+/// is); (keys left, the error that stopped it if one did, batches written whole).
+async fn write_each(store: &Store, mut ops: Vec<WriteOp>) -> (usize, Option<SqlError>, usize) {
+    ops.sort_by(|a, b| a.key().cmp(b.key()));
+    let mut left = 0;
+    let mut batches = 0;
+    let rounds = ops.len();
+    for _ in 0..=rounds {
+        if ops.is_empty() {
+            break;
+        }
+        match store.write_batches(ops.clone()).await {
+            Ok(Ok(count)) => {
+                batches += count;
+                ops.clear();
+            }
             Ok(Err(failed)) => {
                 // The batches before the failing one were written; the failing one was
                 // not, apart from its failed key, is still to do.
-                undo.remove(failed.op);
-                undo.drain(..failed.written_ops);
+                ops.remove(failed.op);
+                ops.drain(..failed.written_ops);
+                left += 1;
             }
-            Err(_) => break,
+            Err(error) => return (left + ops.len(), Some(error), batches),
         }
     }
-    if undo.is_empty() {
+    (left + ops.len(), None, batches)
+}
+
+/// `cause`, after deleting again the copies `written` (each only if it still holds what
+/// this statement wrote), saying whether that put everything back. `unknown`: how many
+/// more copies may have been written by a batch whose outcome is unknown.
+async fn take_back(
+    store: &Store,
+    written: &[WriteOp],
+    cause: SqlError,
+    unknown: Option<usize>,
+) -> SqlError {
+    let undo: Vec<WriteOp> = written
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::CompareAndSwap {
+                key,
+                new: Some(new),
+                ..
+            } => Some(WriteOp::CompareAndSwap {
+                key: key.clone(),
+                expected: Some(new.clone()),
+                new: None,
+            }),
+            _ => None,
+        })
+        .collect();
+    let total = undo.len();
+    let (left, _, _) = write_each(store, undo).await;
+    let unknown = unknown.unwrap_or(0);
+    if left == 0 && unknown == 0 {
         if total == 0 {
             cause
         } else {
@@ -383,16 +449,8 @@ async fn take_back(store: &Store, mut undo: Vec<WriteOp>, cause: SqlError) -> Sq
         }
     } else {
         SqlError::Admin(format!(
-            "{cause} ({} row(s) copied to their new keys could not be deleted again: those rows now exist under both keys; no row was lost)",
-            undo.len()
+            "{cause} (up to {} row(s) now exist under both their old and new keys: {left} copy(ies) could not be deleted again and {unknown} may have been written by a batch whose outcome is unknown; no row was lost)",
+            left + unknown
         ))
     }
-}
-
-/// `cause` of a failure while deleting old keys: every row is at its new key already.
-fn left_behind(table: &TableDescriptor, cause: SqlError, moved: usize) -> SqlError {
-    SqlError::Admin(format!(
-        "{cause} (every row was written at its new key, but some old rows of table {} could not be deleted and remain beside their copies; {moved} row(s) moved to keys no other row held; no row was lost)",
-        table.name
-    ))
 }
