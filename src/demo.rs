@@ -93,6 +93,9 @@ fn start_node(
         .arg("--certs-dir")
         .arg(dir.join("certs"))
         .arg("--exit-with-stdin")
+        // The nodes stop together: there is nobody to hand leadership to, so the drain
+        // that would try for the default 10 s is cut short.
+        .args(["--shutdown-timeout-seconds", "1"])
         .env("RSHARD_LOG", "info,fjall=warn,lsm_tree=warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
