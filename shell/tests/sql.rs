@@ -170,6 +170,16 @@ fn types_nulls_defaults_and_constraints() {
         // NULL compares as unknown: neither = nor <> holds.
         assert_eq!(rows(run(&session, "SELECT id FROM t WHERE data = X'00' OR data <> X'00'").await).len(), 1);
         assert_eq!(rows(run(&session, "SELECT id FROM t WHERE data IS NULL").await), vec![vec![Value::Int(1)]]);
+        // DO NOTHING skips a row whose key an earlier row of the statement proposed.
+        assert_eq!(
+            status(run(&session, "INSERT INTO t (id, ok) VALUES (4, true), (4, false), (1, true) ON CONFLICT DO NOTHING").await).0,
+            "INSERT 0 1"
+        );
+        assert_eq!(
+            rows(run(&session, "SELECT ok FROM t WHERE id = 4").await),
+            vec![vec![Value::Bool(true)]]
+        );
+        assert!(run(&session, "INSERT INTO t (id, ok) VALUES (5, true), (5, false) ON CONFLICT (id) DO UPDATE SET ok = EXCLUDED.ok").await.is_err());
     });
 }
 

@@ -219,17 +219,26 @@ impl Insert {
             proposed.push(values);
         }
         let mut encoded = Vec::with_capacity(proposed.len());
+        let mut kept = Vec::with_capacity(proposed.len());
         let mut seen = std::collections::HashSet::new();
-        for values in &proposed {
-            let (key, stored) = scan::encode(&table, values)?;
+        for values in proposed {
+            let (key, stored) = scan::encode(&table, &values)?;
             if !seen.insert(key.clone()) {
+                // With DO NOTHING a later row conflicts with the earlier one, and is
+                // skipped as PostgreSQL skips it; any other choice would write the key
+                // twice in one statement, which is refused.
+                if matches!(self.conflict, Conflict::Nothing) {
+                    continue;
+                }
                 return Err(SqlError::Constraint(format!(
                     "the primary key {} is given twice in this statement",
-                    key_text(&table, values)
+                    key_text(&table, &values)
                 )));
             }
             encoded.push((key, stored));
+            kept.push(values);
         }
+        let proposed = kept;
         let update = match &self.conflict {
             Conflict::Update {
                 assignments,
