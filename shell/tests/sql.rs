@@ -305,6 +305,34 @@ fn key_moves_with_a_lost_reply_lose_no_row() {
     });
 }
 
+/// A statement busy filtering rows gives the runtime back between rows, so that Ctrl-C,
+/// waiting beside it, is heard: on the in-memory store (which never waits) the first poll
+/// of a scan of many rows returns before the statement is done.
+#[test]
+fn a_long_filter_yields_between_rows() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let (session, _) = session();
+        status(run(&session, "CREATE TABLE y (id INT PRIMARY KEY, v TEXT)").await);
+        let values: Vec<String> = (0..64).map(|i| format!("({i}, 'text {i}')")).collect();
+        status(
+            run(
+                &session,
+                &format!("INSERT INTO y VALUES {}", values.join(", ")),
+            )
+            .await,
+        );
+        let statement = session.execute("SELECT COUNT(*) FROM y WHERE v LIKE '%x%'");
+        let mut statement = std::pin::pin!(statement);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::future::Future::poll(statement.as_mut(), &mut context).is_pending(),
+            "the statement ran to its end without yielding"
+        );
+        assert_eq!(rows(statement.await), vec![vec![Value::Int(64)]]);
+    });
+}
+
 /// SUM's running total may pass the 64-bit range as long as the result is inside it, and
 /// AVG of large INTs is a float, not an overflow.
 #[test]

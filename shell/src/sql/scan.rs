@@ -99,6 +99,9 @@ fn conjuncts<'a>(filter: &'a Scalar, out: &mut Vec<&'a Scalar>) {
     }
 }
 
+/// Rows a page's filter evaluates between two yields to the runtime.
+const ROWS_BETWEEN_YIELDS: usize = 16;
+
 /// 2^53: from here on, not every INT has a float of its own.
 const MAX_EXACT_INT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
@@ -231,7 +234,13 @@ impl<'a> Cursor<'a> {
             }
         };
         let mut rows = Vec::with_capacity(items.len());
-        for (key, stored) in items {
+        for (position, (key, stored)) in items.into_iter().enumerate() {
+            // A filter can be slow (a LIKE may take tens of milliseconds on a long value):
+            // yielding now and then lets Ctrl-C, waiting beside the statement, be heard
+            // within a page rather than after it.
+            if position % ROWS_BETWEEN_YIELDS == ROWS_BETWEEN_YIELDS - 1 {
+                tokio::task::yield_now().await;
+            }
             let row = decode(self.table, key, stored)?;
             let keep = match self.filter {
                 Some(filter) => filter.holds(&row.values)?,
