@@ -327,7 +327,11 @@ async fn move_in_phases(
                 _ => 0,
             };
             let written = written.min(inserts.len());
-            let unknown = inserts.len() - written;
+            let unknown = if may_have_written(&error) {
+                inserts.len() - written
+            } else {
+                0
+            };
             return Err(take_back(store, &inserts[..written], error, Some(unknown)).await);
         }
     };
@@ -365,6 +369,23 @@ async fn move_in_phases(
         "{cause} (every row was written at its new key, but {left} old row(s) of table {} could not be deleted or rewritten and stay as they were; {moved} row(s) moved to keys no other row held; no row was lost)",
         table.name
     )))
+}
+
+/// Whether the batch that failed with `error` may have been written: its outcome is
+/// unknown, or the error is not one the cluster gives only for a write it refused.
+fn may_have_written(error: &SqlError) -> bool {
+    use rshard_common::client::ClientError;
+    match error {
+        SqlError::PartlyWritten { cause, .. } => may_have_written(cause),
+        SqlError::Cluster(ClientError::Refused(refusal)) => !refusal.wrote_nothing(),
+        SqlError::Cluster(
+            ClientError::Unavailable { .. }
+            | ClientError::CrossShard(..)
+            | ClientError::Setup(_)
+            | ClientError::Untrusted(_),
+        ) => false,
+        _ => true,
+    }
 }
 
 /// Whether the atomic batch holding `probe` was written: its key holds what the probe
@@ -452,5 +473,35 @@ async fn take_back(
             "{cause} (up to {} row(s) now exist under both their old and new keys: {left} copy(ies) could not be deleted again and {unknown} may have been written by a batch whose outcome is unknown; no row was lost)",
             left + unknown
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_have_written;
+    use crate::error::SqlError;
+    use rshard_common::api::ApiError;
+    use rshard_common::client::ClientError;
+
+    #[test]
+    fn only_an_unknown_outcome_may_have_written() {
+        let unknown = SqlError::Cluster(ClientError::OutcomeUnknown("lost".to_string()));
+        let refused = SqlError::Cluster(ClientError::Refused(ApiError::Busy("x".to_string())));
+        let gave_up = SqlError::Cluster(ClientError::Unavailable {
+            attempts: 3,
+            last: "x".to_string(),
+        });
+        assert!(may_have_written(&unknown));
+        assert!(!may_have_written(&refused));
+        assert!(!may_have_written(&gave_up));
+        let partly = |cause| SqlError::PartlyWritten {
+            written: 2,
+            cause: Box::new(cause),
+        };
+        assert!(may_have_written(&partly(unknown)));
+        assert!(!may_have_written(&partly(gave_up)));
+        assert!(may_have_written(&SqlError::Cluster(ClientError::Refused(
+            ApiError::OutcomeUnknown
+        ))));
     }
 }
