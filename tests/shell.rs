@@ -398,6 +398,53 @@ async fn shell_statements_on_a_live_cluster() {
     let output = std::fs::read_to_string(output_path.path()).unwrap_or_default();
     assert_eq!(status.code(), Some(130), "{output}");
     assert!(output.contains("ERROR: cancelled"), "{output}");
+
+    // A Ctrl-C between statements (here while the shell waits for its next line) is kept:
+    // the next line does not run, and the run ends with 130.
+    let output_path = tempfile::NamedTempFile::new().expect("a temp file");
+    let mut child = Command::new(BINARY)
+        .args(["shell", "--format", "csv", "--host"])
+        .arg(cluster.addresses()[0].to_string())
+        .arg("--certs-dir")
+        .arg(cluster.certs())
+        .env("RSHARD_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(output_path.reopen().expect("a handle"))
+        .stderr(output_path.reopen().expect("a handle"))
+        .spawn()
+        .expect("the shell starts");
+    let mut input = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut input, b"SELECT 1 AS one;\n").expect("written");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(output_path.path())
+        .unwrap_or_default()
+        .contains("one\n1\n")
+    {
+        assert!(Instant::now() < deadline, "the first statement did not run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    std::io::Write::write_all(&mut input, b"SELECT 2 AS two;\n").expect("written");
+    drop(input);
+    // Waited for without a second signal, which could end the run by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waitable") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the shell did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(output_path.path()).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(
+        !output.contains("two"),
+        "the statement after Ctrl-C ran: {output}"
+    );
 }
 
 /// `rshard demo` with statements on stdin: it forms a cluster, loads the sample table over

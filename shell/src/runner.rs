@@ -4,12 +4,14 @@
 //! with [`EXIT_STATEMENT_FAILED`] unless told to continue (it then still exits with that
 //! code if any statement failed); a cluster that cannot be reached exits with
 //! [`EXIT_CONNECTION_FAILED`] at once. A last statement without `;` still runs. Ctrl-C
-//! cancels the running statement and stops the run with [`EXIT_INTERRUPTED`] (from the
-//! first statement on, a Ctrl-C between statements is ignored).
+//! cancels the running statement and stops the run with [`EXIT_INTERRUPTED`]; one that
+//! comes between statements stops it before the next (while the run waits for a line of
+//! input, it is seen when the line comes).
 
 use std::io::{BufRead, Write};
 
 use tokio::runtime::Runtime;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::session::{execute_cancellable, Meta, Session, CANCELLED};
 use crate::sql::split_statements;
@@ -28,9 +30,19 @@ pub fn run(
     err: &mut dyn Write,
     continue_on_error: bool,
 ) -> u8 {
+    // Watched from the start, so that a Ctrl-C between statements is kept until looked at
+    // (with no watcher it would end the process; with only each statement's, it would be
+    // lost).
+    let mut interrupts = runtime
+        .block_on(async { signal(SignalKind::interrupt()) })
+        .ok();
     let mut buffer = String::new();
     let mut failed = false;
     for line in input.lines() {
+        if interrupted(runtime, &mut interrupts) {
+            let _ = writeln!(err, "ERROR: interrupted");
+            return EXIT_INTERRUPTED;
+        }
         let line = match line {
             Ok(line) => line,
             Err(error) => {
@@ -103,6 +115,10 @@ pub fn run(
         }
     }
     let rest = buffer.trim().to_string();
+    if interrupted(runtime, &mut interrupts) {
+        let _ = writeln!(err, "ERROR: interrupted");
+        return EXIT_INTERRUPTED;
+    }
     if !rest.is_empty() {
         if let Err(code) = run_one(
             session,
@@ -122,6 +138,20 @@ pub fn run(
     } else {
         0
     }
+}
+
+/// Whether a Ctrl-C came since the last look.
+fn interrupted(runtime: &Runtime, interrupts: &mut Option<Signal>) -> bool {
+    let Some(interrupts) = interrupts else {
+        return false;
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            biased;
+            _ = interrupts.recv() => true,
+            () = std::future::ready(()) => false,
+        }
+    })
 }
 
 /// Runs one statement: `Ok` to go on, `Err(code)` to stop with that exit code.
