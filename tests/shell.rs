@@ -179,6 +179,43 @@ fn admin_shards_of_a_table(cluster: &Cluster) {
     assert!(!ok && stderr.contains("nope"), "{stderr}");
 }
 
+/// `rshard shell --format csv` against `cluster`, statements on a pipe: (the process, its
+/// stdin, the file its stdout and stderr go to).
+fn piped_shell(
+    cluster: &Cluster,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    tempfile::NamedTempFile,
+) {
+    let output_path = tempfile::NamedTempFile::new().expect("a temp file");
+    let mut child = Command::new(BINARY)
+        .args(["shell", "--format", "csv", "--host"])
+        .arg(cluster.addresses()[0].to_string())
+        .arg("--certs-dir")
+        .arg(cluster.certs())
+        .env("RSHARD_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(output_path.reopen().expect("a handle"))
+        .stderr(output_path.reopen().expect("a handle"))
+        .spawn()
+        .expect("the shell starts");
+    let input = child.stdin.take().expect("stdin");
+    (child, input, output_path)
+}
+
+/// Waits (at most 30 s) until the file at `path` holds `wanted`.
+fn wait_for_output(path: &Path, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(wanted)
+    {
+        assert!(Instant::now() < deadline, "{wanted:?} was not printed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `child` SIGINT and waits for it to end; it is killed if it is still running
 /// after `timeout` (and then did not end with an exit code).
 fn interrupt(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
@@ -359,29 +396,10 @@ async fn shell_statements_on_a_live_cluster() {
 
     // Ctrl-C (SIGINT) cancels a non-interactive statement stuck on paused nodes and stops
     // the run with 130. The first statement (on stdin) shows the shell connected.
-    let output_path = tempfile::NamedTempFile::new().expect("a temp file");
-    let mut child = Command::new(BINARY)
-        .args(["shell", "--format", "csv", "--host"])
-        .arg(cluster.addresses()[0].to_string())
-        .arg("--certs-dir")
-        .arg(cluster.certs())
-        .env("RSHARD_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(output_path.reopen().expect("a handle"))
-        .stderr(output_path.reopen().expect("a handle"))
-        .spawn()
-        .expect("the shell starts");
-    let mut input = child.stdin.take().expect("stdin");
+    let (mut child, mut input, output_path) = piped_shell(&cluster);
     let statement = b"SELECT COUNT(*) AS counted FROM users;\n";
     std::io::Write::write_all(&mut input, statement).expect("written");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(output_path.path())
-        .unwrap_or_default()
-        .contains("counted\n")
-    {
-        assert!(Instant::now() < deadline, "the first statement did not run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_output(output_path.path(), "counted\n");
     for node in 0..3 {
         cluster.pause(node, true);
     }
@@ -401,28 +419,9 @@ async fn shell_statements_on_a_live_cluster() {
 
     // A Ctrl-C between statements (here while the shell waits for its next line) is kept:
     // the next line does not run, and the run ends with 130.
-    let output_path = tempfile::NamedTempFile::new().expect("a temp file");
-    let mut child = Command::new(BINARY)
-        .args(["shell", "--format", "csv", "--host"])
-        .arg(cluster.addresses()[0].to_string())
-        .arg("--certs-dir")
-        .arg(cluster.certs())
-        .env("RSHARD_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(output_path.reopen().expect("a handle"))
-        .stderr(output_path.reopen().expect("a handle"))
-        .spawn()
-        .expect("the shell starts");
-    let mut input = child.stdin.take().expect("stdin");
+    let (mut child, mut input, output_path) = piped_shell(&cluster);
     std::io::Write::write_all(&mut input, b"SELECT 1 AS one;\n").expect("written");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(output_path.path())
-        .unwrap_or_default()
-        .contains("one\n1\n")
-    {
-        assert!(Instant::now() < deadline, "the first statement did not run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_output(output_path.path(), "one\n1\n");
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
