@@ -9,10 +9,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
 use rshard_common::certs::{self, CertsDir};

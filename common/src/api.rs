@@ -583,6 +583,19 @@ impl ApiError {
     }
 }
 
+/// The first key after every key that starts with `prefix` (`None`: there is none, as
+/// for a prefix of 0xff bytes only).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// The first key a scan resuming after `key` reads from: `key` + 0x00, unless that would
 /// be longer than a key may be; then no stored key extends `key`, and the next one is the
 /// first past every key it prefixes. `None`: no key comes after it.
@@ -590,14 +603,7 @@ pub fn key_after(key: &[u8]) -> Option<Vec<u8>> {
     if key.len() < MAX_KEY_BYTES {
         return Some([key, &[0]].concat());
     }
-    let mut next = key.to_vec();
-    while let Some(last) = next.pop() {
-        if last < 0xff {
-            next.push(last + 1);
-            return Some(next);
-        }
-    }
-    None
+    prefix_end(key)
 }
 
 /// Checks a user's key-value request before it is routed: sizes, counts, and no system

@@ -48,14 +48,7 @@ pub fn table_span(id: u64) -> (Vec<u8>, Vec<u8>) {
 
 /// The first key after every key that starts with `prefix` (empty if there is none).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    end
+    rshard_common::api::prefix_end(prefix).unwrap_or_default()
 }
 
 /// Appends the order-preserving encoding of `value` to `out`.

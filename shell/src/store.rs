@@ -7,6 +7,7 @@
 //! batch is atomic, and one that does not says so when it fails part-way.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rshard_common::api::{ApiError, WriteOp, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -177,18 +178,18 @@ impl Store {
 
     /// Writes `ops` as one atomic batch if they fit one (see [`Store::fits_one_batch`]; a
     /// shard that splits meanwhile is looked up again); otherwise writes nothing.
-    pub async fn write_one_batch(&self, ops: Vec<WriteOp>) -> Result<OneBatch, SqlError> {
-        for op in &ops {
+    pub async fn write_one_batch(&self, ops: &[WriteOp]) -> Result<OneBatch, SqlError> {
+        for op in ops {
             check_sizes(op)?;
         }
         if ops.is_empty() {
             return Ok(OneBatch::Written);
         }
         for _ in 0..=MAX_REROUTES {
-            if !self.fits_one_batch(&ops).await? {
+            if !self.fits_one_batch(ops).await? {
                 return Ok(OneBatch::TooBig);
             }
-            match self.write(ops.clone()).await {
+            match self.write(ops.to_vec()).await {
                 Ok(None) => return Ok(OneBatch::Written),
                 Ok(Some((index, current))) => {
                     if index >= ops.len() {
@@ -245,10 +246,10 @@ pub struct MemoryStore {
     data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     boundaries: Mutex<Vec<Vec<u8>>>,
     /// Write requests taken (each a round trip on a cluster), for tests of their number.
-    write_requests: std::sync::atomic::AtomicUsize,
+    write_requests: AtomicUsize,
     /// The write request that is applied but answered "outcome unknown", as a lost reply
     /// would be (usize::MAX: none).
-    lost_reply: std::sync::atomic::AtomicUsize,
+    lost_reply: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -260,23 +261,20 @@ impl MemoryStore {
             data: Mutex::default(),
             boundaries: Mutex::new(boundaries),
             write_requests: Default::default(),
-            lost_reply: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            lost_reply: AtomicUsize::new(usize::MAX),
         }
     }
 
     /// The `nth` write request from now (0: the next) is applied but answered "outcome
     /// unknown", as when its reply is lost. For tests of that case.
     pub fn lose_reply(&self, nth: usize) {
-        self.lost_reply.store(
-            self.write_requests() + nth,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.lost_reply
+            .store(self.write_requests() + nth, Ordering::Relaxed);
     }
 
     /// Write requests taken so far.
     pub fn write_requests(&self) -> usize {
-        self.write_requests
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.write_requests.load(Ordering::Relaxed)
     }
 
     /// Everything stored, in key order.
@@ -317,11 +315,9 @@ impl MemoryStore {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<Option<FailedOp>, ClientError> {
-        let request = self
-            .write_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = self.write_requests.fetch_add(1, Ordering::Relaxed);
         let answer = self.apply(ops);
-        if request == self.lost_reply.load(std::sync::atomic::Ordering::Relaxed) {
+        if request == self.lost_reply.load(Ordering::Relaxed) {
             return Err(ClientError::OutcomeUnknown(
                 "the reply was lost".to_string(),
             ));

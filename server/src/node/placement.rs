@@ -141,16 +141,9 @@ fn record_key(prefix: &[u8], id: u64) -> Vec<u8> {
     [prefix, &id.to_be_bytes()].concat()
 }
 
-/// The first key after every key starting with `prefix`.
+/// The first key after every key starting with `prefix` (empty: the end of the key space).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
+    rshard_common::api::prefix_end(prefix).unwrap_or_default()
 }
 
 /// The placement shard's epoch, if this node leads it.

@@ -27,6 +27,7 @@
 
 use std::ops::ControlFlow;
 
+use rshard_common::api::prefix_end;
 use rshard_common::shard::ShardDescriptor;
 use serde::{Deserialize, Serialize};
 
@@ -200,18 +201,6 @@ impl StagingDiscard {
             cursor: None,
         }
     }
-}
-
-/// The first key after every key that starts with `prefix` (`None`: there is none).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 impl NodeBatch {

@@ -486,12 +486,12 @@ fn concat_error() -> SqlError {
     SqlError::Type("|| joins text only".to_string())
 }
 
-/// SQL LIKE: `%` any run of characters, `_` one character; no escape character.
 /// Steps one LIKE match may take. Matching is linear in practice but can take length of
 /// value times length of pattern steps (`'aaa…a' LIKE '%aaa…ab'`), which on a 1 MiB row
-/// would hold the statement, deaf to Ctrl-C, for hours; past this it is an error.
+/// would hold the statement for hours; past this it is an error.
 const MAX_LIKE_STEPS: usize = 20_000_000;
 
+/// SQL LIKE: `%` any run of characters, `_` one character; no escape character.
 fn like(value: &str, pattern: &str) -> Result<bool, SqlError> {
     let value: Vec<char> = value.chars().collect();
     let pattern: Vec<char> = pattern.chars().collect();

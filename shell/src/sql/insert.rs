@@ -492,23 +492,20 @@ async fn settle_conflicts(
     if matches!(conflict, Conflict::Error | Conflict::Replace) {
         return Ok(());
     }
-    let key_of = |i: usize| ops[i].as_ref().map(|op| op.key().to_vec());
-    let (Some(Some(first)), Some(Some(last))) = (
-        indexes.first().map(|&i| key_of(i)),
-        indexes.last().map(|&i| key_of(i)),
-    ) else {
+    let keys: Vec<(usize, Vec<u8>)> = indexes
+        .iter()
+        .filter_map(|&i| Some((i, ops[i].as_ref()?.key().to_vec())))
+        .collect();
+    let (Some((_, first)), Some((_, last))) = (keys.first(), keys.last()) else {
         return Ok(());
     };
     let end = [last.as_slice(), &[0]].concat();
-    let items = store.scan(&first, &end, SETTLE_SCAN_ROWS).await?;
+    let items = store.scan(first, &end, SETTLE_SCAN_ROWS).await?;
     if items.len() >= SETTLE_SCAN_ROWS {
         return Ok(());
     }
     let taken: BTreeMap<Vec<u8>, Vec<u8>> = items.into_iter().collect();
-    for &i in indexes {
-        let Some(key) = ops[i].as_ref().map(|op| op.key().to_vec()) else {
-            continue;
-        };
+    for (i, key) in keys {
         if let Some(current) = taken.get(&key) {
             ops[i] = resolve(
                 table,

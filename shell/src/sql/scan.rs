@@ -9,13 +9,14 @@
 
 use std::collections::BTreeMap;
 
+use rshard_common::api::{key_after, MAX_KEY_BYTES};
+
 use super::expr::{Compare, Scalar};
 use crate::catalog::TableDescriptor;
 use crate::encoding::{self, decode_row, decode_row_key, prefix_end, table_prefix};
 use crate::error::SqlError;
 use crate::store::Store;
 use crate::value::{ColumnType, Value};
-use rshard_common::api::{key_after, MAX_KEY_BYTES};
 
 /// Keys read per scan request.
 pub const PAGE_ROWS: usize = 1000;

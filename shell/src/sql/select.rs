@@ -153,21 +153,7 @@ impl Select {
             Some(order_by) => match &order_by.kind {
                 ast::OrderByKind::Expressions(exprs) => exprs
                     .iter()
-                    .map(|e| order_of(e, &names, scope))
-                    .map(|order| {
-                        // An output column that is a table column sorts as that column,
-                        // so that ORDER BY on the primary key is still scan order.
-                        order.map(|mut order| {
-                            if let SortKey::Output(position) = order.key {
-                                if let Some(Item::Scalar(column @ Scalar::Column(_))) =
-                                    items.get(position)
-                                {
-                                    order.key = SortKey::Row(column.clone());
-                                }
-                            }
-                            order
-                        })
-                    })
+                    .map(|e| order_of(e, &names, &items, scope))
                     .collect::<Result<Vec<_>, _>>()?,
                 ast::OrderByKind::All(_) => return Err(unsupported("ORDER BY ALL")),
             },
@@ -392,9 +378,19 @@ fn item_of(expr: &Expr, scope: Scope<'_>) -> Result<Item, SqlError> {
     }
 }
 
+/// The sort key of output column `position`: the table column itself when that is what
+/// the column shows, so that ORDER BY the primary key is recognised as scan order.
+fn output_key(position: usize, items: &[Item]) -> SortKey {
+    match items.get(position) {
+        Some(Item::Scalar(column @ Scalar::Column(_))) => SortKey::Row(column.clone()),
+        _ => SortKey::Output(position),
+    }
+}
+
 fn order_of(
     expr: &ast::OrderByExpr,
     names: &[String],
+    items: &[Item],
     scope: Scope<'_>,
 ) -> Result<Order, SqlError> {
     if expr.with_fill.is_some() {
@@ -410,7 +406,7 @@ fn order_of(
         // ORDER BY 2: the second output column.
         Expr::Value(value) => match super::expr::literal(&value.value)? {
             Value::Int(n) if n >= 1 && (n as usize) <= names.len() => {
-                SortKey::Output(n as usize - 1)
+                output_key(n as usize - 1, items)
             }
             other => {
                 return Err(SqlError::Type(format!(
@@ -424,7 +420,7 @@ fn order_of(
         Expr::Identifier(ident) => {
             let name = ident_name(ident);
             match names.iter().position(|n| *n == name) {
-                Some(position) => SortKey::Output(position),
+                Some(position) => output_key(position, items),
                 None => SortKey::Row(bind(&expr.expr, scope)?),
             }
         }

@@ -257,7 +257,7 @@ async fn update_keys(
         notes: batch_note(batches),
     };
     // The usual case: every key in one shard and batch, moved atomically.
-    match store.write_one_batch(ops.clone()).await? {
+    match store.write_one_batch(&ops).await? {
         OneBatch::Written => return Ok(status(1)),
         OneBatch::Failed(failed) => return Err(failed_cause(table, &failed)),
         OneBatch::TooBig => {}
@@ -335,8 +335,8 @@ async fn move_in_phases(
             return Err(take_back(store, &inserts[..written], error, Some(unknown)).await);
         }
     };
-    let swapping = swaps.first().cloned();
-    match store.write_one_batch(swaps).await {
+    let swapping = swaps.first();
+    match store.write_one_batch(&swaps).await {
         Ok(OneBatch::Written) => batches += usize::from(swapping.is_some()),
         Ok(OneBatch::Failed(failed)) => {
             let cause = failed_cause(table, &failed);
@@ -349,7 +349,7 @@ async fn move_in_phases(
             return Err(take_back(store, &inserts, cause, None).await);
         }
         // The swap batch may have been written: one of its keys tells, as it is atomic.
-        Err(error) => match landed(store, swapping.as_ref()).await {
+        Err(error) => match landed(store, swapping).await {
             Some(true) => batches += 1,
             Some(false) => return Err(take_back(store, &inserts, error, None).await),
             None => {
